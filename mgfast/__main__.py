@@ -1,0 +1,3 @@
+from mgfast.cli import main
+
+raise SystemExit(main())

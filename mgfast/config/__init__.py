@@ -1,0 +1,1 @@
+"""Upstream Media Gateway JSON configurations, loaded unchanged, plus mgfast's own keys."""

@@ -1,0 +1,161 @@
+"""Typed, validated configuration objects built by ``mgfast.config.loader``.
+
+Durations are seconds as floats. Paths are resolved against the config file's directory.
+Keys marked "mgfast" are extensions; everything else mirrors upstream 0.2.0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from mgfast.zmq.url import SocketUrl
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class OutStreamConfig:
+    url: SocketUrl
+    send_timeout: float = 1.0
+    send_retries: int = 3
+    receive_timeout: float = 1.0
+    receive_retries: int = 3
+    send_hwm: int = 1000
+    receive_hwm: int = 1000
+    fix_ipc_permissions: int | None = None
+    inflight_ops: int = 100
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TopicPrefixSpec:
+    kind: Literal["none", "source_id", "prefix"] = "none"
+    value: bytes = b""
+
+    def accepts(self, topic: bytes) -> bool:
+        if self.kind == "none":
+            return True
+        if self.kind == "source_id":
+            return topic == self.value
+        return topic.startswith(self.value)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class InStreamConfig:
+    url: SocketUrl
+    receive_timeout: float = 1.0
+    receive_hwm: int = 1000
+    topic_prefix_spec: TopicPrefixSpec = field(default_factory=TopicPrefixSpec)
+    source_cache_size: int = 1000
+    inflight_ops: int = 100
+    fix_ipc_permissions: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Identity:
+    certificate: Path
+    key: Path
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Peers:
+    lookup_hash_directory: Path
+    crl_enabled: bool = False
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ServerTls:
+    identity: Identity
+    peers: Peers | None = None
+    # mgfast: how long a TLS handshake may take, and how soon a live connection whose client
+    # certificate was revoked in the hash directory is closed.
+    handshake_timeout: float = 10.0
+    recheck_interval: float = 5.0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ClientTls:
+    root_certificate: Path | None = None
+    identity: Identity | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Statistics:
+    frame_period: int | None = None
+    timestamp_period: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Listen:
+    ip: str
+    port: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class HttpLimits:
+    """mgfast: the ``http`` object. Upstream caps bodies at 256 KiB; video frames need more."""
+
+    max_body_size: int = 64 * MiB
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
+    idle_timeout: float = 75.0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ServerConfig:
+    ip: str
+    port: int
+    out_stream: OutStreamConfig
+    tls: ServerTls | None = None
+    auth: dict | None = None
+    statistics: Statistics | None = None
+    http: HttpLimits = field(default_factory=HttpLimits)
+    workers: int | None = None  # mgfast: None means one per CPU
+    metrics: Listen | None = None  # mgfast
+    source: str = "<embedded default>"  # the file it came from, for messages
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RetryStrategy:
+    initial_delay: float = 0.001
+    maximum_delay: float = 1.0
+    multiplier: float = 2.0
+
+    def delays(self):
+        """Yield the successive backoff delays, forever."""
+        delay = self.initial_delay
+        while True:
+            yield delay
+            delay = min(delay * self.multiplier, self.maximum_delay)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WaitStrategy:
+    kind: Literal["yield", "sleep"] = "sleep"
+    sleep: float = 0.001
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BasicAuth:
+    username: str
+    password: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ClientConfig:
+    ip: str
+    port: int
+    url: str
+    in_stream: InStreamConfig
+    retry_strategy: RetryStrategy = field(default_factory=RetryStrategy)
+    wait_strategy: WaitStrategy = field(default_factory=WaitStrategy)
+    tls: ClientTls | None = None
+    auth: BasicAuth | None = None
+    statistics: Statistics | None = None
+    http: HttpLimits = field(default_factory=HttpLimits)
+    connections: int = 4  # mgfast: keep-alive connections to the server
+    batch: int = 1  # mgfast: messages per POST between mgfast peers; 1 = upstream API
+    drain_timeout: float = 10.0  # mgfast: on SIGTERM, how long to deliver what was read
+    metrics: Listen | None = None  # mgfast
+    source: str = "<embedded default>"
