@@ -1,0 +1,1 @@
+"""The gateway server: HTTP(S) in, Savant ZeroMQ out."""

@@ -1,0 +1,38 @@
+"""``mgfast server``: load the config, start serving, stop cleanly on SIGTERM / SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import uvloop
+
+from mgfast.config.model import ServerConfig
+from mgfast.server.worker import check_port_free, serve
+
+log = logging.getLogger("mgfast.server")
+
+
+def run(config: ServerConfig) -> int:
+    """Serve until a signal asks to stop; return the process exit status."""
+    check_port_free(config.ip, config.port)
+    return uvloop.run(_main(config))
+
+
+async def _main(config: ServerConfig) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    scheme = "https" if config.tls else "http"
+
+    def ready() -> None:
+        log.info("listening", extra={
+            "url": f"{scheme}://{config.ip}:{config.port}", "out_stream": str(config.out_stream.url),
+            "config": config.source,
+            "client_certificates": "required" if config.tls and config.tls.peers else "no"})
+
+    await serve(config, stop, ready=ready)
+    log.info("stopped")
+    return 0

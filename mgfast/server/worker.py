@@ -1,0 +1,97 @@
+"""One server event loop: listener, connections, TLS and the out_stream writer.
+
+``serve`` runs until ``stop`` is set, then drains: close the listener, let each connection finish
+the request in flight (bounded by ``drain_timeout``), close the rest, close the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import ssl
+from typing import Callable
+
+from mgfast.config.model import ServerConfig
+from mgfast.http.server_protocol import HttpServerProtocol
+from mgfast.server.app import GatewayApp
+from mgfast.server.listen import listen_socket
+from mgfast.tls.context import server_context
+from mgfast.tls.outcome import HandshakeOutcome
+from mgfast.tls.server_protocol import TlsServerProtocol
+from mgfast.zmq.writer import OutStreamWriter
+
+log = logging.getLogger("mgfast.server")
+
+DRAIN_TIMEOUT = 10.0  # seconds a graceful stop waits for requests in flight
+
+
+class StartupError(Exception):
+    """The server cannot start; the message says which setting to fix."""
+
+
+def check_port_free(ip: str, port: int) -> None:
+    """Fail early if anything listens on ip:port: SO_REUSEPORT would otherwise share it silently."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((ip, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise StartupError(
+                    f"{ip}:{port} is already in use; stop the other process or change "
+                    f"`port` in the config") from None
+            raise StartupError(f"cannot listen on {ip}:{port}: {exc.strerror}; check `ip` "
+                               f"and `port` in the config") from None
+
+
+def _log_handshake(outcome: HandshakeOutcome, _protocol: TlsServerProtocol) -> None:
+    if outcome.ok:
+        return
+    log.warning("TLS handshake rejected", extra={
+        "reason": outcome.reason, "peer": outcome.peer, "detail": outcome.detail,
+        "subject": outcome.subject, "issuer": outcome.issuer, "serial": outcome.serial})
+
+
+async def serve(config: ServerConfig, stop: asyncio.Event, *,
+                sock: socket.socket | None = None,
+                on_handshake: Callable[[HandshakeOutcome, TlsServerProtocol], None] = _log_handshake,
+                ready: Callable[[], None] | None = None) -> None:
+    writer = OutStreamWriter(config.out_stream)
+    await writer.start()
+    app = GatewayApp(writer)
+    context: ssl.SSLContext | None = server_context(config.tls) if config.tls else None
+    connections: set[HttpServerProtocol] = set()
+    limits = config.http
+
+    def http_protocol() -> HttpServerProtocol:
+        return HttpServerProtocol(app, limits, connections)
+
+    if context is None:
+        factory: Callable[[], asyncio.Protocol] = http_protocol
+    else:
+        handshake_timeout = config.tls.handshake_timeout  # type: ignore[union-attr]
+
+        def factory() -> asyncio.Protocol:
+            return TlsServerProtocol(context, http_protocol(), handshake_timeout=handshake_timeout,
+                                     on_handshake=on_handshake)
+
+    loop = asyncio.get_running_loop()
+    if sock is None:
+        sock = listen_socket(config.ip, config.port)
+    server = await loop.create_server(factory, sock=sock)
+    if ready is not None:
+        ready()
+    try:
+        await stop.wait()
+    finally:
+        server.close()
+        for connection in list(connections):
+            connection.shutdown()
+        deadline = loop.time() + DRAIN_TIMEOUT
+        while connections and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        for connection in list(connections):
+            connection.abort()
+        await writer.close()

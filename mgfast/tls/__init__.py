@@ -1,0 +1,1 @@
+"""TLS: contexts on the hash-directory store, the memory-BIO server protocol, handshake outcomes."""

@@ -1,0 +1,254 @@
+"""Server-side TLS on memory BIOs, wrapping an application protocol.
+
+Why not the event loop's own TLS transport: asyncio's and uvloop's close a rejected connection
+without writing the pending TLS alert, so curl reports "Empty reply from server" instead of
+"alert certificate revoked". Here every exit path flushes the outgoing BIO before closing.
+
+States::
+
+    HANDSHAKE --ok--> OPEN --close/EOF--> CLOSED
+        \\--failure or timeout (alert flushed)--> CLOSED
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from typing import Callable
+
+from mgfast.tls.outcome import HandshakeOutcome, classify
+from mgfast.tls.peer_certificate import describe
+
+log = logging.getLogger("mgfast.tls")
+
+# Plaintext read per SSLObject.read call: one TLS record's worth keeps copies small.
+READ_CHUNK = 256 * 1024
+
+HANDSHAKE, OPEN, CLOSED = "handshake", "open", "closed"
+
+
+class TlsServerProtocol(asyncio.Protocol):
+    def __init__(self, context: ssl.SSLContext, app: asyncio.Protocol, *,
+                 handshake_timeout: float,
+                 on_handshake: Callable[[HandshakeOutcome, "TlsServerProtocol"], None]) -> None:
+        # global
+        self.context = context
+        self.handshake_timeout = handshake_timeout
+        self.on_handshake = on_handshake
+        # per connection
+        self.app = app
+        self.app_transport = _AppTransport(self)
+        self.transport: asyncio.Transport | None = None
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.sslobj: ssl.SSLObject | None = None
+        self.state = HANDSHAKE
+        self.started = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.peer = ""
+        self.peer_leaf_der: bytes | None = None
+
+    # -- asyncio protocol interface --------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peername = transport.get_extra_info("peername")
+        self.peer = f"{peername[0]}:{peername[1]}" if peername else "?"
+        self.sslobj = self.context.wrap_bio(self.incoming, self.outgoing, server_side=True)
+        self.started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        self.timer = loop.call_later(self.handshake_timeout, self._on_handshake_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        self.incoming.write(data)
+        if self.state == HANDSHAKE:
+            self._do_handshake()
+        if self.state == OPEN:
+            self._read_plaintext()
+
+    def eof_received(self) -> bool | None:
+        self.incoming.write_eof()
+        if self.state == HANDSHAKE:
+            self._handshake_failed(ConnectionResetError("peer closed during the handshake"))
+            return None
+        if self.state == OPEN:
+            self._read_plaintext()
+            if self.state == OPEN:
+                keep_open = self.app.eof_received()
+                if not keep_open:
+                    self.close()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        was = self.state
+        self.state = CLOSED
+        self._cancel_timer()
+        if was == HANDSHAKE:
+            self._report(ConnectionResetError(str(exc or "closed during the handshake")))
+        elif was == OPEN or self.app_transport.app_connected:
+            self.app_transport.app_connected = False
+            self.app.connection_lost(exc)
+        self.transport = None
+
+    # -- handshake flow --------------------------------------------------------------------
+
+    def _do_handshake(self) -> None:
+        try:
+            self.sslobj.do_handshake()  # type: ignore[union-attr]
+        except ssl.SSLWantReadError:
+            self._flush()
+            return
+        except (ssl.SSLError, OSError) as exc:
+            self._handshake_failed(exc)
+            return
+        self._cancel_timer()
+        self.state = OPEN
+        self.peer_leaf_der = getattr(self.sslobj, "peer_leaf_der", None)
+        self._flush()
+        self._report(None)
+        self.app_transport.app_connected = True
+        self.app.connection_made(self.app_transport)
+
+    def _handshake_failed(self, exc: BaseException) -> None:
+        self._cancel_timer()
+        self.state = CLOSED
+        self.peer_leaf_der = getattr(self.sslobj, "peer_leaf_der", None)
+        self._flush()  # the alert: the whole point of driving the BIOs ourselves
+        self._report(exc)
+        if self.transport is not None:
+            self.transport.close()
+
+    def _on_handshake_timeout(self) -> None:
+        self.timer = None
+        if self.state == HANDSHAKE:
+            self.state = CLOSED
+            self._report(TimeoutError("handshake not finished in time"))
+            if self.transport is not None:
+                self.transport.abort()
+
+    def _report(self, exc: BaseException | None) -> None:
+        reason = classify(exc)
+        subject, issuer, serial = describe(self.peer_leaf_der)
+        detail = ""
+        if exc is not None:
+            detail = getattr(exc, "verify_message", "") or getattr(exc, "reason", "") or str(exc)
+        outcome = HandshakeOutcome(
+            reason=reason, duration=time.monotonic() - self.started, peer=self.peer,
+            detail=str(detail), subject=subject, issuer=issuer, serial=serial)
+        try:
+            self.on_handshake(outcome, self)
+        except Exception:
+            log.exception("handshake observer failed")
+
+    # -- outgoing flow ---------------------------------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.state != OPEN:
+            return
+        try:
+            self.sslobj.write(data)  # type: ignore[union-attr]
+        except ssl.SSLError as exc:
+            log.debug("TLS write failed", extra={"peer": self.peer, "error": str(exc)})
+            self.abort()
+            return
+        self._flush()
+
+    def _flush(self) -> None:
+        if self.outgoing.pending and self.transport is not None:
+            self.transport.write(self.outgoing.read())
+
+    def close(self) -> None:
+        """Send close_notify, then close the socket once written."""
+        if self.state == OPEN:
+            self.state = CLOSED
+            try:
+                self.sslobj.unwrap()  # type: ignore[union-attr]
+            except (ssl.SSLError, OSError):
+                pass  # we do not wait for the peer's close_notify
+            self._flush()
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.state = CLOSED
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- incoming flow ---------------------------------------------------------------------
+
+    def _read_plaintext(self) -> None:
+        read = self.sslobj.read  # type: ignore[union-attr]
+        while self.state == OPEN:
+            try:
+                chunk = read(READ_CHUNK)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                self._flush()
+                if not self.app.eof_received():
+                    self.close()
+                return
+            except (ssl.SSLError, OSError) as exc:
+                log.debug("TLS read failed", extra={"peer": self.peer, "error": str(exc)})
+                self._flush()
+                self.abort()
+                return
+            if not chunk:
+                break
+            self.app.data_received(chunk)
+        self._flush()  # key updates, session tickets
+
+    # -- flow control ----------------------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        if self.app_transport.app_connected:
+            self.app.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.app_transport.app_connected:
+            self.app.resume_writing()
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
+class _AppTransport(asyncio.Transport):
+    """What the application protocol sees: plaintext in, plaintext out."""
+
+    def __init__(self, tls: TlsServerProtocol) -> None:
+        super().__init__()
+        self.tls = tls
+        self.app_connected = False
+
+    def write(self, data) -> None:
+        self.tls.write(data)
+
+    def close(self) -> None:
+        self.tls.close()
+
+    def abort(self) -> None:
+        self.tls.abort()
+
+    def is_closing(self) -> bool:
+        return self.tls.state != OPEN
+
+    def pause_reading(self) -> None:
+        if self.tls.transport is not None:
+            self.tls.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.tls.transport is not None:
+            self.tls.transport.resume_reading()
+
+    def get_extra_info(self, name, default=None):
+        if name == "ssl_object":
+            return self.tls.sslobj
+        if name == "peercert_der":
+            return self.tls.peer_leaf_der
+        if self.tls.transport is None:
+            return default
+        return self.tls.transport.get_extra_info(name, default)
