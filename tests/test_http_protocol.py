@@ -1,0 +1,180 @@
+"""HttpServerProtocol fed bytes directly (in one piece and byte by byte) on a fake transport."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from mgfast.config.model import HttpLimits
+from mgfast.http import responses
+from mgfast.http.server_protocol import HttpServerProtocol, Request
+
+
+class FakeTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.out = bytearray()
+        self.closed = False
+        self.paused = False
+
+    def write(self, data) -> None:
+        self.out += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+    def get_extra_info(self, name, default=None):
+        return default
+
+
+class EchoApp:
+    """Answers with the method, path and body it got; POST /slow answers later."""
+
+    def __init__(self) -> None:
+        self.seen: list[Request] = []
+
+    def handle(self, request: Request):
+        self.seen.append(request)
+        body = request.method + b" " + request.path + b" " + bytes(request.body)
+        if request.path == b"/slow":
+            async def later():
+                await asyncio.sleep(0.01)
+                return responses.Response(200, body)
+            return later()
+        return responses.Response(200, body)
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 10))
+
+
+async def feed(data: bytes, *, bytewise: bool, limits: HttpLimits = HttpLimits(), settle=0.05):
+    app = EchoApp()
+    protocol = HttpServerProtocol(app, limits)
+    transport = FakeTransport()
+    protocol.connection_made(transport)
+    chunks = [data[i:i + 1] for i in range(len(data))] if bytewise else [data]
+    for chunk in chunks:
+        protocol.data_received(chunk)
+    await asyncio.sleep(settle)
+    return app, protocol, transport
+
+
+POST = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello"
+GET_HEALTH = b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n"
+
+
+@pytest.mark.parametrize("bytewise", [False, True])
+def test_request_is_parsed_the_same_in_one_piece_and_byte_by_byte(bytewise):
+    app, _, transport = run(feed(POST, bytewise=bytewise))
+    assert transport.out.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert transport.out.endswith(b"POST /x hello")
+    assert not transport.closed
+
+
+@pytest.mark.parametrize("bytewise", [False, True])
+def test_pipelined_requests_are_answered_in_order(bytewise):
+    slow = b"POST /slow HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\n1"
+    app, _, transport = run(feed(slow + POST + slow, bytewise=bytewise))
+    bodies = [part.split(b"\r\n\r\n", 1)[1] for part in transport.out.split(b"HTTP/1.1 ")[1:]]
+    assert bodies == [b"POST /slow 1", b"POST /x hello", b"POST /slow 1"]
+
+
+def test_chunked_body_is_reassembled():
+    data = (b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+    _, _, transport = run(feed(data, bytewise=True))
+    assert transport.out.endswith(b"POST /c abcde")
+
+
+def test_malformed_request_gets_400_and_close():
+    _, _, transport = run(feed(b"NOT HTTP AT ALL\r\n\r\n", bytewise=False))
+    assert transport.out.startswith(b"HTTP/1.1 400 ")
+    assert b"connection: close" in transport.out
+    assert transport.closed
+
+
+def test_body_over_limit_by_content_length_gets_413_without_reading_it():
+    limits = HttpLimits(max_body_size=4)
+    app, _, transport = run(feed(POST, bytewise=False, limits=limits))
+    assert transport.out.startswith(b"HTTP/1.1 413 ")
+    assert b"http.max_body_size" in transport.out
+    assert transport.closed and not app.seen
+
+
+def test_chunked_body_over_limit_gets_413():
+    limits = HttpLimits(max_body_size=4)
+    data = (b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n")
+    app, _, transport = run(feed(data, bytewise=False, limits=limits))
+    assert transport.out.startswith(b"HTTP/1.1 413 ")
+    assert not app.seen
+
+
+def test_expect_100_continue_is_answered_before_the_body():
+    head = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+    _, _, transport = run(feed(head, bytewise=False))
+    assert transport.out == responses.CONTINUE
+
+
+def test_http10_without_keep_alive_closes_after_the_response():
+    _, _, transport = run(feed(b"GET /health HTTP/1.0\r\n\r\n", bytewise=False))
+    assert b"connection: close" in transport.out and transport.closed
+
+
+def test_silent_connection_is_closed_after_the_header_timeout():
+    limits = HttpLimits(header_timeout=0.05, idle_timeout=5)
+    _, _, transport = run(feed(b"", bytewise=False, limits=limits, settle=0.2))
+    assert transport.closed and transport.out == b""
+
+
+def test_slow_headers_get_408():
+    limits = HttpLimits(header_timeout=0.05)
+    _, _, transport = run(feed(b"GET /health HTTP/1.1\r\nHo", bytewise=False, limits=limits,
+                               settle=0.2))
+    assert transport.out.startswith(b"HTTP/1.1 408 ") and transport.closed
+
+
+def test_slow_body_gets_408():
+    limits = HttpLimits(body_timeout=0.05)
+    head = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhe"
+    _, _, transport = run(feed(head, bytewise=False, limits=limits, settle=0.2))
+    assert transport.out.startswith(b"HTTP/1.1 408 ") and transport.closed
+
+
+def test_idle_keep_alive_connection_is_closed_after_the_idle_timeout():
+    limits = HttpLimits(idle_timeout=0.05, header_timeout=5)
+    _, _, transport = run(feed(GET_HEALTH, bytewise=False, limits=limits, settle=0.2))
+    assert transport.out.startswith(b"HTTP/1.1 200 ") and transport.closed
+
+
+def test_pipelining_pauses_reading_when_the_queue_is_full():
+    slow = b"POST /slow HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\n1"
+
+    async def scenario():
+        protocol = HttpServerProtocol(EchoApp(), HttpLimits())
+        transport = FakeTransport()
+        protocol.connection_made(transport)
+        protocol.data_received(slow * 40)
+        paused = transport.paused
+        deadline = asyncio.get_running_loop().time() + 5
+        while transport.out.count(b"HTTP/1.1 200") < 40:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
+        return paused, transport.paused
+
+    paused_then, paused_after = run(scenario())
+    assert paused_then and not paused_after
