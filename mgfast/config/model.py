@@ -84,6 +84,7 @@ class ClientTls:
 class Statistics:
     frame_period: int | None = None
     timestamp_period: float | None = None
+    history_size: int | None = None  # appears in upstream samples: how many periods to keep
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

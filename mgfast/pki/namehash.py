@@ -64,8 +64,9 @@ def _tlv(buf: bytes, pos: int) -> tuple[int, int, int]:
     return tag, pos, end
 
 
-def _children(buf: bytes, start: int, end: int, limit: int | None = None) -> list[tuple[int, int, int, int]]:
-    """The elements inside a constructed element's content: (tag, element start, content start, end)."""
+def _children(buf: bytes, start: int, end: int,
+              limit: int | None = None) -> list[tuple[int, int, int, int]]:
+    """Elements in a constructed element's content: (tag, element start, content start, end)."""
     out = []
     pos = start
     while pos < end and (limit is None or len(out) < limit):

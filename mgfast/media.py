@@ -1,0 +1,96 @@
+"""The gateway envelope: ``Media`` bodies <-> ZeroMQ frames, without re-encoding.
+
+The HTTP body of ``POST /`` is one protobuf (PROTOCOL.md section 4)::
+
+    message Media      { savant.Message message = 1; bytes topic = 2; repeated bytes data = 3; }
+    message MediaBatch { repeated Media items = 1; }   // mgfast-to-mgfast only
+
+and on ZeroMQ the same message is the frames ``[topic, message, *data]``. The codec is compiled
+(``ext/media.pyx`` -> ``mgfast._media``); this module holds the error class and re-exports it.
+
+decode_media(body) -> (topic, message, data, kind)
+    ``body`` is any C-contiguous buffer (bytes, bytearray, memoryview; TypeError otherwise).
+    topic, message and each data part are memoryview slices of ``body``: no copies, so a
+    bytearray body cannot be resized while they live. ``kind`` is the field number of the Savant
+    message's ``content`` oneof (see :class:`Kind`), 0 if it has none.
+    What is checked, each failure raising :class:`MediaError`:
+
+    - the Media is well-formed protobuf: varints of at most 10 bytes, tags that fit in 32 bits,
+      field number not 0, wire types 0, 1, 2 or 5 (groups, 3 and 4, are refused; 6 and 7 are
+      invalid), no payload running past the end. Unknown fields are skipped.
+    - ``message`` (field 1) is present, exactly once, length-delimited. A repeated message field
+      is refused: protobuf would merge the two messages, which needs re-encoding.
+    - ``topic`` (field 2) and ``data`` (field 3) are length-delimited. A repeated topic: the last
+      one wins, as in protobuf. At most ``MAX_DATA_PARTS`` data parts.
+    - ``topic`` is valid UTF-8 (an absent topic is the empty topic).
+    - the Savant message is well-formed protobuf at its top level; its known fields (1 to 11)
+      have their schema's wire type (Savant's prost decoder rejects them otherwise); its
+      ``protocol_version`` (last one wins) is present, non-empty and UTF-8. Nested messages
+      (the frame itself) are not parsed: the consumer does that.
+
+message_kind(message) -> int
+    The same Savant-message check as above, by the same code, on a serialized Savant message
+    (e.g. a ZeroMQ frame); returns ``kind``. ``Kind.END_OF_STREAM`` (9) marks end of stream.
+
+encode_media(topic, message, data) -> bytes
+    A Media body from bytes-like ``topic`` and ``message`` and a sequence ``data`` of bytes-like
+    parts. Fields in field-number order and an empty topic left out, so the output is
+    byte-identical to what a protobuf serializer writes for the same fields. One output
+    allocation. Nothing is validated beyond ``len(data) <= MAX_DATA_PARTS`` (MediaError).
+
+encode_media_batch(items) -> bytes / decode_media_batch(body) -> list
+    A MediaBatch of ``(topic, message, data)`` items, at most ``MAX_BATCH_ITEMS`` of them with at
+    most ``MAX_BATCH_DATA_PARTS`` data parts in all. Decoding returns, per item, the
+    ``decode_media`` tuple or the :class:`MediaError` for that item (so one bad item does not
+    reject the others); it raises MediaError only when the batch as a whole is malformed or
+    over those limits.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class MediaError(ValueError):
+    """A malformed Media, MediaBatch or Savant message; str() is a short reason for a 400 body."""
+
+
+class Kind(IntEnum):
+    """Field numbers of the Savant ``Message.content`` oneof, as returned in ``kind``."""
+
+    NONE = 0
+    VIDEO_FRAME = 5
+    VIDEO_FRAME_BATCH = 6
+    VIDEO_FRAME_UPDATE = 7
+    USER_DATA = 8
+    END_OF_STREAM = 9
+    UNKNOWN = 10
+    SHUTDOWN = 11
+
+
+# Defined after MediaError: the compiled module looks MediaError up here when it first raises.
+from mgfast._media import (  # noqa: E402
+    MAX_BATCH_DATA_PARTS,
+    MAX_BATCH_ITEMS,
+    MAX_DATA_PARTS,
+    MAX_VARINT_LEN,
+    decode_media,
+    decode_media_batch,
+    encode_media,
+    encode_media_batch,
+    message_kind,
+)
+
+__all__ = [
+    "MAX_BATCH_DATA_PARTS",
+    "MAX_BATCH_ITEMS",
+    "MAX_DATA_PARTS",
+    "MAX_VARINT_LEN",
+    "Kind",
+    "MediaError",
+    "decode_media",
+    "decode_media_batch",
+    "encode_media",
+    "encode_media_batch",
+    "message_kind",
+]

@@ -1,0 +1,222 @@
+"""The client's in_stream: a Savant ZeroMQ reader (sub, router or rep) for asyncio.
+
+``await reader.recv()`` returns ``(topic, [topic, message, *extra])``: the frames exactly as the
+Savant writer sent them (a ROUTER's routing id is removed). ``topic`` is ``bytes``, as is the
+``message`` frame; the ``extra`` frames (where video payloads travel) are memoryviews over
+libzmq's buffers, received without a copy.
+
+Semantics (Savant's reader, see PROTOCOL.md section 2):
+
+- **rep** replies ``OK`` to every multipart it receives, as soon as it is received: also to
+  messages it filters out, and also to malformed ones (a REP socket cannot receive again before
+  it has replied, and the REQ writer on the other side would otherwise wait in vain).
+- **router** replies ``[routing_id, OK]`` to every end-of-stream (``is_eos`` decides).
+- **sub** never replies; its ZeroMQ subscription is the topic prefix spec's value.
+- ``topic_prefix_spec`` filtering (``accepts(topic)``) drops messages of other topics, counted
+  in ``filtered``. As in savant-rs, an end-of-stream passes the filter whatever its topic (and
+  a router acks it); on SUB only what matches the subscription arrives at all.
+- ROUTER, like savant-rs, remembers the routing id that last sent each topic: once a topic comes
+  from a new routing id (a Savant writer reconnected), late messages of that topic from the
+  previous one are dropped and counted in ``stale``. ``source_cache_size`` bounds the memory of
+  retired (topic, routing id) pairs, as upstream's ``routing_cache_size``.
+- A multipart with fewer than 2 frames (3 on a ROUTER) is dropped and counted in ``dropped``;
+  so is one whose message ``is_eos`` cannot judge (it raises). The reader never stops on bad
+  input.
+
+No busy wait: ``recv`` reads with ``NOBLOCK`` while messages are queued in libzmq (no event-loop
+round trip per message) and awaits the asyncio socket's poll when there are none. ``recv`` is
+cancellation-safe: a message is taken off the socket only in a step that has no ``await``, so a
+cancelled ``recv`` loses nothing. It yields to the loop every :data:`SKIPPED_BEFORE_YIELD`
+dropped or filtered messages so a flood of unwanted input cannot starve the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+
+import zmq
+import zmq.asyncio
+
+from mgfast.config.model import InStreamConfig
+from mgfast.zmq.sockets import CONFIRMATION, StreamClosed, open_socket, shadow
+
+log = logging.getLogger(__name__)
+
+SKIPPED_BEFORE_YIELD = 64  # unwanted messages read back to back before yielding to the loop
+
+
+class InStreamReader:
+    """Savant reader semantics for one in_stream socket; one consumer calls ``recv``."""
+
+    def __init__(self, config: InStreamConfig, is_eos: Callable[[bytes | memoryview], bool],
+                 context: zmq.asyncio.Context | None = None):
+        # configuration
+        self.config = config
+        socket_type = config.url.socket_type
+        if socket_type not in ("sub", "router", "rep"):
+            raise ValueError(f"{config.url} is not a reader socket (sub, router or rep)")
+        self._is_eos = is_eos
+        self._router = socket_type == "router"
+        self._rep = socket_type == "rep"
+        self._head = 1 if self._router else 0  # frames before the topic
+        self._spec = config.topic_prefix_spec
+        self._filtering = config.topic_prefix_spec.kind != "none"
+        # resources, created by start()
+        self._context = context
+        self._owns_context = context is None
+        self._asock: zmq.asyncio.Socket | None = None
+        self._sock: zmq.Socket | None = None
+        self._closed = False
+        # ROUTER: current routing id per topic, and the retired (topic, routing id) pairs
+        self._routes: dict[bytes, bytes] = {}
+        self._retired: OrderedDict[tuple[bytes, bytes], None] = OrderedDict()
+        self._retired_max = max(1, config.source_cache_size)
+        # counters, for metrics
+        self.received = 0  # messages returned by recv
+        self.dropped = 0  # malformed multiparts
+        self.filtered = 0  # topic did not match topic_prefix_spec
+        self.stale = 0  # ROUTER: topic came from a routing id that was replaced
+        self.reply_failures = 0  # an OK reply libzmq did not take
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the socket; raises EndpointError naming the endpoint."""
+        if self._asock is not None or self._closed:
+            raise RuntimeError(f"reader for {self.config.url} was already started")
+        if self._context is None:
+            self._context = zmq.asyncio.Context()
+        spec = self._spec
+        try:
+            self._asock = open_socket(
+                self._context,
+                self.config.url,
+                receive_hwm=self.config.receive_hwm,
+                fix_ipc_permissions=self.config.fix_ipc_permissions,
+                subscribe=spec.value if spec.kind != "none" else b"",
+            )
+        except BaseException:
+            await self._release_context()
+            raise
+        self._sock = shadow(self._asock)
+
+    async def recv(self) -> tuple[bytes, list]:
+        """The next accepted message as ``(topic, [topic, message, *extra])``."""
+        skipped = 0
+        while True:
+            if self._sock is None:
+                raise StreamClosed(f"reader for {self.config.url} is not running")
+            try:
+                parts = self._read_nowait()
+            except zmq.Again:
+                try:
+                    await self._asock.poll(None, zmq.POLLIN)
+                except (zmq.ZMQError, asyncio.CancelledError):
+                    # closing the socket cancels its pending poll; tell that from our own
+                    # cancellation
+                    if self._closed and not _cancelling():
+                        raise StreamClosed(f"reader for {self.config.url} was closed") from None
+                    raise
+                continue
+            message = self._accept(parts)
+            if message is not None:
+                self.received += 1
+                return message
+            skipped += 1
+            if skipped % SKIPPED_BEFORE_YIELD == 0:
+                await asyncio.sleep(0)
+
+    async def close(self) -> None:
+        """Close the socket (pending ``recv`` calls raise StreamClosed)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._asock is not None:
+            sock, self._asock, self._sock = self._asock, None, None
+            sock.close()
+        await self._release_context()
+
+    async def _release_context(self) -> None:
+        if self._owns_context and self._context is not None:
+            context, self._context = self._context, None
+            await asyncio.to_thread(context.term)
+
+    # ---- receiving -------------------------------------------------------------------------
+
+    def _read_nowait(self) -> list:
+        """One multipart off the socket (raises zmq.Again if none). The frames up to the Savant
+        message are copied to ``bytes``; the extra frames stay in libzmq's buffers."""
+        sock = self._sock
+        parts = [sock.recv(zmq.NOBLOCK)]
+        copied = self._head + 2
+        while sock.get(zmq.RCVMORE):
+            if len(parts) < copied:
+                parts.append(sock.recv(zmq.NOBLOCK))
+            else:
+                parts.append(sock.recv(zmq.NOBLOCK, copy=False).buffer)
+        return parts
+
+    def _accept(self, parts: list) -> tuple[bytes, list] | None:
+        """Reply as Savant does and decide whether the multipart is delivered."""
+        if self._rep:
+            self._reply(CONFIRMATION)
+        head = self._head
+        if len(parts) < head + 2:
+            self.dropped += 1
+            log.debug("%s: dropped a multipart of %d frames", self.config.url, len(parts))
+            return None
+        frames = parts[head:] if head else parts
+        topic = frames[0]
+        accepted = not self._filtering or self._spec.accepts(topic)
+        if self._router or not accepted:
+            try:
+                eos = bool(self._is_eos(frames[1]))
+            except Exception as exc:
+                self.dropped += 1
+                log.debug("%s: dropped a message that is not a Savant message: %s",
+                          self.config.url, exc)
+                return None
+            if False:
+                if self._router:
+                    self._reply(parts[0], CONFIRMATION)
+                return topic, frames
+            if not accepted:
+                self.filtered += 1
+                return None
+            if self._router and not self._route_allows(topic, parts[0]):
+                self.stale += 1
+                return None
+        return topic, frames
+
+    def _reply(self, *frames: bytes) -> None:
+        try:
+            self._sock.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            self.reply_failures += 1
+            log.warning("%s: could not send the confirmation: %s", self.config.url, exc)
+
+    def _route_allows(self, topic: bytes, routing_id: bytes) -> bool:
+        current = self._routes.get(topic)
+        if current is None:
+            self._routes[topic] = routing_id
+            return True
+        if current == routing_id:
+            return True
+        if (topic, routing_id) in self._retired:
+            return False  # a writer that was replaced for this topic
+        retired = self._retired
+        retired[(topic, current)] = None
+        if len(retired) > self._retired_max:
+            retired.popitem(last=False)
+        self._routes[topic] = routing_id
+        return True
+
+
+def _cancelling() -> bool:
+    """Whether the current task is being cancelled (Python 3.11+; assume not before)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return bool(cancelling and cancelling())

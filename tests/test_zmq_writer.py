@@ -1,0 +1,393 @@
+"""OutStreamWriter against real savant-rs readers (and raw pyzmq peers where a test needs a peer
+that misbehaves on purpose)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import stat
+import time
+
+import pytest
+import uvloop
+import zmq
+import zmq.asyncio
+
+from mgfast.config.model import OutStreamConfig
+from mgfast.zmq.sockets import EndpointError, StreamClosed
+from mgfast.zmq.url import parse_socket_url
+from mgfast.zmq.writer import OutStreamWriter, WriteResult
+from tests import savant_peers as sp
+from tests.util import free_port
+
+READER_OF = {"pub": "sub", "dealer": "router", "req": "rep"}
+
+
+def arun(coro, timeout: float = 20.0):
+    """Run an async test body on uvloop (the production loop), bounded in time."""
+    return uvloop.run(asyncio.wait_for(coro, timeout))
+
+
+def endpoint(transport: str, tmp_path) -> str:
+    if transport == "ipc":
+        return f"ipc://{tmp_path}/socks/out"
+    return f"tcp://127.0.0.1:{free_port()}"
+
+
+def writer_config(url: str, **options) -> OutStreamConfig:
+    return OutStreamConfig(url=parse_socket_url(url, role="writer"), **options)
+
+
+def peer_url(socket_type: str, bind: bool, ep: str) -> str:
+    """The savant-rs reader URL that pairs with a writer of ``socket_type`` / ``bind``."""
+    return f"{READER_OF[socket_type]}+{'connect' if bind else 'bind'}:{ep}"
+
+
+async def warm_up(writer: OutStreamWriter, reader: sp.SavantReader, timeout: float = 10.0):
+    """PUB/SUB joins late: publish probes until the subscriber has seen one."""
+    deadline = time.monotonic() + timeout
+    probe = sp.frames("warmup", sp.user_data("warmup"))
+    while not reader.messages:
+        assert time.monotonic() < deadline, "the subscriber never received a probe"
+        assert await writer.write(probe, eos=False) is WriteResult.SUCCESS
+        await asyncio.sleep(0.02)
+
+
+def not_warmup(message: sp.Received) -> bool:
+    return message.topic != b"warmup"
+
+
+# ---- delivery to savant-rs readers ----------------------------------------------------------
+
+EXPECTED = {
+    "pub": [WriteResult.SUCCESS] * 3,
+    "dealer": [WriteResult.SUCCESS, WriteResult.SUCCESS, WriteResult.ACK],
+    "req": [WriteResult.ACK] * 3,
+}
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("transport", ["ipc", "tcp"])
+@pytest.mark.parametrize("mode", ["bind", "connect"])
+@pytest.mark.parametrize("socket_type", ["pub", "dealer", "req"])
+def test_savant_reader_receives_identical_frames(socket_type, mode, transport, tmp_path):
+    ep = endpoint(transport, tmp_path)
+    bind = mode == "bind"
+    big = os.urandom(200_000)  # above the zero-copy threshold
+    sent = [
+        sp.frames("cam-1", sp.video_frame("cam-1"), big, b"second extra"),
+        sp.frames("cam-1", sp.user_data("cam-1"), b""),
+        sp.frames("cam-1", sp.end_of_stream("cam-1")),
+    ]
+
+    async def body():
+        writer = OutStreamWriter(writer_config(
+            f"{socket_type}+{mode}:{ep}", receive_timeout=1.0, receive_retries=2))
+        reader = sp.SavantReader(peer_url(socket_type, bind, ep))
+        if bind:
+            await writer.start()
+            reader.start()
+        else:
+            reader.start()
+            await writer.start()
+        try:
+            if socket_type == "pub":
+                await warm_up(writer, reader)
+            results = []
+            for f in sent:
+                # pass memoryviews, as the server does with request bodies
+                results.append(await writer.write([memoryview(x) for x in f],
+                                                  eos=sp.is_eos(f[1])))
+            assert results == EXPECTED[socket_type]
+            received = await asyncio.to_thread(reader.wait_for, 3, where=not_warmup)
+            assert [r.frames for r in received] == sent
+            assert [r.eos for r in received] == [False, False, True]
+            assert reader.errors == []
+        finally:
+            await writer.close()
+            reader.close()
+
+    arun(body())
+
+
+# ---- acks and timeouts ----------------------------------------------------------------------
+
+@pytest.mark.timeout(30)
+def test_req_without_peer_times_out_then_recovers(tmp_path):
+    ep = f"tcp://127.0.0.1:{free_port()}"
+    config = writer_config(f"req+connect:{ep}", receive_timeout=0.2, receive_retries=2)
+    first = sp.frames("cam-1", sp.user_data("cam-1"))
+
+    async def body():
+        writer = OutStreamWriter(config)
+        await writer.start()
+        try:
+            started = time.monotonic()
+            assert await writer.write(first, eos=False) is WriteResult.ACK_TIMEOUT
+            elapsed = time.monotonic() - started
+            assert 0.55 <= elapsed < 1.5, elapsed  # 0.2 s x (2 + 1)
+            # the REQ socket is not stuck: once a REP peer appears, writes are acked again
+            with sp.SavantReader(f"rep+bind:{ep}") as reader:
+                later = []
+                for _ in range(10):
+                    f = sp.frames("cam-1", sp.user_data("cam-1"))
+                    later.append(f)
+                    if await writer.write(f, eos=False) is WriteResult.ACK:
+                        break
+                else:
+                    pytest.fail("the REQ writer never recovered from its ack timeout")
+                # the unacked messages were still delivered, in order, before the acked one
+                received = await asyncio.to_thread(reader.wait_for, 1 + len(later))
+                assert [r.frames for r in received] == [first, *later]
+                assert writer.results[WriteResult.ACK_TIMEOUT] == len(later)
+        finally:
+            await writer.close()
+
+    arun(body())
+
+
+@pytest.mark.timeout(30)
+def test_dealer_eos_ack_is_ok_of_that_eos(tmp_path):
+    """A dealer waits for OK only after an EOS; a late OK is not taken for a later EOS's ack,
+    and a reply that is not OK does not count."""
+    ep = f"ipc://{tmp_path}/dealer"
+    config = writer_config(f"dealer+connect:{ep}", receive_timeout=0.1, receive_retries=1)
+    eos = sp.frames("cam-1", sp.end_of_stream("cam-1"))
+
+    async def body():
+        context = zmq.asyncio.Context()
+        router = context.socket(zmq.ROUTER)
+        router.bind(ep)
+        writer = OutStreamWriter(config, context)
+        await writer.start()
+        try:
+            # a plain message needs no reply
+            msg = sp.frames("cam-1", sp.user_data("cam-1"), b"x")
+            assert await writer.write(msg, eos=False) is WriteResult.SUCCESS
+            assert (await router.recv_multipart())[1:] == msg
+            # no reply within 0.1 s x 2: ack timeout
+            started = time.monotonic()
+            assert await writer.write(eos, eos=True) is WriteResult.ACK_TIMEOUT
+            assert 0.18 <= time.monotonic() - started < 1.0
+            first = await router.recv_multipart()
+            await router.send_multipart([first[0], b"OK"])  # too late
+            await asyncio.sleep(0.05)  # let the late reply reach the dealer's queue
+            # the late OK must not ack the next EOS
+            assert await writer.write(eos, eos=True) is WriteResult.ACK_TIMEOUT
+            second = await router.recv_multipart()
+            assert second[1:] == eos
+            # a reply that is not OK is ignored; the OK after it acks
+            task = asyncio.ensure_future(writer.write(eos, eos=True))
+            third = await router.recv_multipart()
+            await router.send_multipart([third[0], b"NO"])
+            await router.send_multipart([third[0], b"OK"])
+            assert await task is WriteResult.ACK
+            assert writer.stale_replies == 1 and writer.unexpected_replies == 1
+        finally:
+            await writer.close()
+            router.close(linger=0)
+            context.term()
+
+    arun(body())
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("socket_type", ["dealer", "req"])
+def test_bound_writer_without_peer_gives_send_timeout(socket_type):
+    """A bound dealer/req with no peer has nowhere to put a message: after send_timeout x
+    (send_retries + 1) the result is a send timeout, for every queued request at once."""
+    ep = f"tcp://127.0.0.1:{free_port()}"
+    config = writer_config(f"{socket_type}+bind:{ep}", send_timeout=0.1, send_retries=2)
+
+    async def body():
+        writer = OutStreamWriter(config)
+        await writer.start()
+        try:
+            started = time.monotonic()
+            results = await asyncio.gather(*(
+                writer.write(sp.frames("cam-1", sp.user_data("cam-1")), eos=False)
+                for _ in range(20)))
+            elapsed = time.monotonic() - started
+            assert results == [WriteResult.SEND_TIMEOUT] * 20
+            # each request's budget runs from its submission: 20 of them take one budget
+            assert 0.28 <= elapsed < 1.0, elapsed
+        finally:
+            await writer.close()
+
+    arun(body())
+
+
+@pytest.mark.timeout(30)
+def test_dealer_send_timeout_at_high_water_mark():
+    """A connecting dealer whose peer is absent queues up to its HWM, then times out."""
+    ep = f"tcp://127.0.0.1:{free_port()}"
+    config = writer_config(f"dealer+connect:{ep}", send_timeout=0.05, send_retries=1,
+                           send_hwm=1)
+
+    async def body():
+        writer = OutStreamWriter(config)
+        await writer.start()
+        try:
+            message = sp.frames("cam-1", sp.user_data("cam-1"))
+            for sent in range(1, 100):
+                started = time.monotonic()
+                result = await writer.write(message, eos=False)
+                if result is WriteResult.SEND_TIMEOUT:
+                    break
+                assert result is WriteResult.SUCCESS
+            else:
+                pytest.fail("100 messages fit a dealer queue with send_hwm=1")
+            assert 0.09 <= time.monotonic() - started < 1.0
+            assert sent <= 10
+        finally:
+            await writer.close()
+
+    arun(body())
+
+
+@pytest.mark.timeout(30)
+def test_pub_never_blocks():
+    ep = f"tcp://127.0.0.1:{free_port()}"
+    config = writer_config(f"pub+bind:{ep}", send_timeout=5.0, send_hwm=1)
+
+    async def body():
+        writer = OutStreamWriter(config)
+        await writer.start()
+        try:
+            with sp.SavantReader(f"sub+connect:{ep}", receive_hwm=1):
+                message = sp.frames("cam-1", sp.user_data("cam-1"), os.urandom(10_000))
+                started = time.monotonic()
+                results = await asyncio.gather(*(writer.write(message, eos=False)
+                                                 for _ in range(2000)))
+                assert set(results) == {WriteResult.SUCCESS}
+                assert time.monotonic() - started < 5.0
+        finally:
+            await writer.close()
+
+    arun(body())
+
+
+# ---- ordering under concurrency -------------------------------------------------------------
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("socket_type,count", [("dealer", 1000), ("req", 200), ("pub", 1000)])
+def test_concurrent_writes_keep_submission_order(socket_type, count):
+    ep = f"tcp://127.0.0.1:{free_port()}"
+    config = writer_config(f"{socket_type}+bind:{ep}", send_hwm=100_000)
+    messages = []
+    for i in range(count):
+        if i % 250 == 249:
+            messages.append((sp.frames("cam-1", sp.end_of_stream("cam-1")), True))
+        else:
+            messages.append((sp.frames("cam-1", sp.user_data("cam-1"), str(i).encode()), False))
+
+    async def body():
+        writer = OutStreamWriter(config)
+        await writer.start()
+        reader = sp.SavantReader(f"{READER_OF[socket_type]}+connect:{ep}",
+                                 receive_hwm=100_000).start()
+        try:
+            if socket_type == "pub":
+                await warm_up(writer, reader)
+            completed = []
+
+            async def one(i, frames, eos):
+                result = await writer.write(frames, eos=eos)
+                completed.append(i)
+                return result
+
+            results = await asyncio.gather(*(one(i, f, e) for i, (f, e) in enumerate(messages)))
+            assert completed == list(range(count))
+            if socket_type == "req":
+                assert set(results) == {WriteResult.ACK}
+            elif socket_type == "dealer":
+                assert [r is WriteResult.ACK for r in results] == [e for _, e in messages]
+            received = await asyncio.to_thread(reader.wait_for, count, where=not_warmup)
+            # savant-rs readers deliver an EOS without extras (there are none here)
+            assert [r.frames for r in received] == [f for f, _ in messages]
+        finally:
+            await writer.close()
+            reader.close()
+
+    arun(body())
+
+
+# ---- sockets: ipc directories, permissions, endpoint errors, close --------------------------
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("permissions", [0o777, 0o600])
+def test_ipc_bind_creates_directories_and_fixes_permissions(tmp_path, permissions):
+    path = tmp_path / "a" / "b" / "out.sock"
+    config = writer_config(f"dealer+bind:ipc://{path}", fix_ipc_permissions=permissions,
+                           receive_timeout=1.0)
+
+    async def body():
+        writer = OutStreamWriter(config)
+        await writer.start()
+        try:
+            assert stat.S_ISSOCK(path.stat().st_mode)
+            assert stat.S_IMODE(path.stat().st_mode) == permissions
+            with sp.SavantReader(f"router+connect:ipc://{path}") as reader:
+                eos = sp.frames("cam-1", sp.end_of_stream("cam-1"))
+                assert await writer.write(eos, eos=True) is WriteResult.ACK
+                assert reader.wait_for(1)[0].frames == eos
+        finally:
+            await writer.close()
+
+    arun(body())
+
+
+@pytest.mark.timeout(30)
+def test_endpoint_errors_name_the_endpoint(tmp_path):
+    async def body():
+        port = free_port()
+        context = zmq.asyncio.Context()
+        holder = context.socket(zmq.ROUTER)
+        holder.bind(f"tcp://127.0.0.1:{port}")
+        try:
+            url = f"dealer+bind:tcp://127.0.0.1:{port}"
+            with pytest.raises(EndpointError, match=f"bind {re.escape(url)}: .*in use"):
+                await OutStreamWriter(writer_config(url), context).start()
+            (tmp_path / "dir.sock").mkdir()
+            url = f"pub+bind:ipc://{tmp_path}/dir.sock"
+            with pytest.raises(EndpointError, match=f"bind {re.escape(url)}: .*directory"):
+                await OutStreamWriter(writer_config(url)).start()
+            (tmp_path / "file").write_text("")
+            url = f"req+bind:ipc://{tmp_path}/file/sub/out"
+            with pytest.raises(EndpointError, match=f"directory of {re.escape(url)}: "):
+                await OutStreamWriter(writer_config(url)).start()
+            url = f"pub+bind:tcp://203.0.113.1:{port}"  # TEST-NET-3: not an address of ours
+            with pytest.raises(EndpointError, match=f"bind {re.escape(url)}: "):
+                await OutStreamWriter(writer_config(url)).start()
+        finally:
+            holder.close(linger=0)
+            context.term()
+
+    arun(body())
+
+
+@pytest.mark.timeout(30)
+def test_close_fails_what_cannot_finish():
+    ep = f"tcp://127.0.0.1:{free_port()}"
+    config = writer_config(f"dealer+bind:{ep}", send_timeout=10.0, send_retries=0)
+
+    async def body():
+        writer = OutStreamWriter(config)
+        with pytest.raises(StreamClosed):
+            await writer.write(sp.frames("cam-1", sp.user_data("cam-1")), eos=False)
+        await writer.start()
+        pending = [asyncio.ensure_future(writer.write(sp.frames("cam-1", sp.user_data()),
+                                                      eos=False)) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        await writer.close(timeout=0.1)
+        assert time.monotonic() - started < 1.0
+        for task in pending:
+            with pytest.raises(StreamClosed):
+                await task
+        with pytest.raises(StreamClosed):
+            await writer.write(sp.frames("cam-1", sp.user_data("cam-1")), eos=False)
+        await writer.close()  # idempotent
+
+    arun(body())
