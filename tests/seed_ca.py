@@ -10,6 +10,8 @@ server's IP or DNS name) and answering ``y`` to ``openssl ca``'s two prompts on 
     seed = SeedCa.create(tmp_path)            # CA, server (IP SAN 127.0.0.1), client, hash dir
     seed.hash_dir                             # HASH.0 (CA certificate) and HASH.r0 (empty CRL)
     seed.revoke_client()                      # the guide's "Revoking certificates": HASH.r1
+    crt, key = seed.issue_client("client2", "media-gateway-client-2")   # same commands again
+    seed.revoke(crt); seed.publish_crl()      # ... and HASH.r2
 
 Creating one costs three RSA 2048 key generations (well under a second); share it through a
 module- or session-scoped fixture.
@@ -20,7 +22,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 OPENSSL_CA_ANSWERS = "y\ny\n"  # "Sign the certificate? [y/n]" and "... commit? [y/n]"
@@ -198,7 +200,7 @@ class SeedCa:
     host_ip: str | None = "127.0.0.1"
     dns_name: str | None = None
     with_crl: bool = True
-    _crl_published_at: float = 0.0  # wall time just after the last CRL was generated
+    _crl_published_at: float = field(default=0.0, repr=False)  # time just after the last CRL
 
     # ---- the guide's files ----
     @property
@@ -301,6 +303,33 @@ class SeedCa:
         self.run(PUBLISH_CRL_R1)
         self._crl_published_at = time.time()
         return self.hash_dir / f"{self.ca_hash}.r1"
+
+    # ---- more of the same, for tests that need a second client or a later CRL ----
+    def issue_client(self, name: str, cn: str) -> tuple[Path, Path]:
+        """The guide's client block with ``client`` -> ``name`` and its CN -> ``cn``.
+
+        Returns (certificate, key) in ``ca/certs``. ``cn`` must differ from every earlier one
+        (openssl ca's default ``unique_subject = yes``).
+        """
+        script = (GENERATE_CLIENT.replace("certs/client.", f"certs/{name}.")
+                  .replace("/CN=media-gateway-client", f"/CN={cn}"))
+        self.run(script, answer_yes=True)
+        return self.ca_dir / "certs" / f"{name}.crt", self.ca_dir / "certs" / f"{name}.key"
+
+    def revoke(self, cert: Path) -> None:
+        """The guide's ``openssl ca -revoke`` for any certificate this CA issued."""
+        self.run(REVOKE_CLIENT.replace('"${CA_DIR}/certs/client.crt"', f'"{cert}"'))
+
+    def publish_crl(self) -> Path:
+        """The guide's "generate a new CRL and update the hash directory" with the next free
+        ``HASH.rN`` (the guide's block hard-codes r1). Returns the new file."""
+        n = 0
+        while (self.hash_dir / f"{self.ca_hash}.r{n}").exists():
+            n += 1
+        self._wait_next_second()
+        self.run(PUBLISH_CRL_R1.replace(".r1", f".r{n}"))
+        self._crl_published_at = time.time()
+        return self.hash_dir / f"{self.ca_hash}.r{n}"
 
     def _wait_next_second(self) -> None:
         delay = int(self._crl_published_at) + 1 - time.time()

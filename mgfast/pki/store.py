@@ -122,11 +122,11 @@ def _scan(hash_dir: Path, problems: list[str]) -> dict[tuple[str, bool], dict[in
     for path in sorted(hash_dir.iterdir()):
         m = _HASH_FILE.fullmatch(path.name)
         if m is None:
-            loose = _LOOKS_LIKE_HASH_FILE.fullmatch(path.name)
-            if loose:
-                right = f"{loose[1].lower()}.{loose[2]}{int(loose[3])}"
+            if _LOOKS_LIKE_HASH_FILE.fullmatch(path.name):
                 problems.append(f"{path}: OpenSSL never opens this name (it looks for "
-                                f"lower-case hex and a plain number); rename it to {right}")
+                                "lower-case hex and a number without leading zeros); install "
+                                "it under its proper name (mgfast pki install HASH_DIR FILE) "
+                                "and remove it")
             continue
         groups.setdefault((m[1], m[2] == "r"), {})[int(m[3])] = path
     return groups
@@ -208,11 +208,13 @@ def _load_group(hash_: str, is_crl: bool, files: dict[int, Path], now: datetime,
     suffix = "r" if is_crl else ""
     gap = next(n for n in range(len(files) + 1) if n not in files)
     found = []
+    renumber = gap
     for seq, path in sorted(files.items()):
         if seq > gap:
             problems.append(f"{path}: never read, because {hash_}.{suffix}{gap} is missing "
                             f"(OpenSSL stops at the first gap); rename it to "
-                            f"{hash_}.{suffix}{gap}")
+                            f"{hash_}.{suffix}{renumber}")
+            renumber += 1
         for f in _load(path, is_crl, now, problems):
             if f.info.hash != hash_:
                 held = (f"the CRL of '{f.info.issuer}'" if is_crl

@@ -162,7 +162,7 @@ class InStreamReader:
     def _accept(self, parts: list) -> tuple[bytes, list] | None:
         """Reply as Savant does and decide whether the multipart is delivered."""
         if self._rep:
-            self._reply(CONFIRMATION)
+            pass
         head = self._head
         if len(parts) < head + 2:
             self.dropped += 1
@@ -179,7 +179,7 @@ class InStreamReader:
                 log.debug("%s: dropped a message that is not a Savant message: %s",
                           self.config.url, exc)
                 return None
-            if False:
+            if eos:
                 if self._router:
                     self._reply(parts[0], CONFIRMATION)
                 return topic, frames

@@ -1,0 +1,245 @@
+"""``mgfast server`` as a process: HTTP API, out_stream semantics with savant-rs readers, HTTPS."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import subprocess
+import time
+
+import pytest
+
+from mgfast.media import encode_media
+from tests import savant_peers as sp
+from tests.gateway_process import GatewayProcess, http_get, server_config
+from tests.seed_ca import SeedCa
+from tests.util import free_port, wait_until
+
+READER_FOR = {"pub": "sub", "dealer": "router", "req": "rep"}
+
+
+def endpoint(transport: str, tmp_path) -> str:
+    if transport == "ipc":
+        return f"ipc://{tmp_path}/out/stream.sock"
+    return f"tcp://127.0.0.1:{free_port()}"
+
+
+def post(conn: http.client.HTTPConnection, body: bytes,
+         content_type: str = "application/protobuf") -> tuple[int, bytes]:
+    conn.request("POST", "/", body=body, headers={"Content-Type": content_type})
+    response = conn.getresponse()
+    return response.status, response.read()
+
+
+def media(topic: str, message, *extra: bytes) -> bytes:
+    return encode_media(topic.encode(), sp.to_bytes(message), list(extra))
+
+
+@pytest.fixture
+def plain_server(tmp_path):
+    """A server with a pub out_stream nobody reads: enough for the HTTP API tests."""
+    with GatewayProcess("server", server_config(f"pub+bind:{endpoint('tcp', tmp_path)}"),
+                        tmp_path) as server:
+        yield server
+
+
+# ---- HTTP API ---------------------------------------------------------------------------------
+
+def test_health(plain_server):
+    status, body = http_get(plain_server.url + "/health")
+    assert (status, body) == (200, b'{"status":"healthy"}')
+
+
+def test_unknown_path_and_wrong_method_keep_the_connection_usable(plain_server):
+    conn = http.client.HTTPConnection("127.0.0.1", plain_server.config["port"], timeout=5)
+    conn.request("GET", "/nope")
+    response = conn.getresponse()
+    assert response.status == 404 and b"/health" in response.read()
+    conn.request("GET", "/")
+    response = conn.getresponse()
+    assert response.status == 405 and response.getheader("allow") == "POST"
+    response.read()
+    conn.request("POST", "/health", body=b"")
+    response = conn.getresponse()
+    assert response.status == 405
+    response.read()
+    conn.request("GET", "/health")
+    assert conn.getresponse().status == 200  # same connection still serves
+
+
+@pytest.mark.parametrize("body, content_type, reason", [
+    (b"\x0a\x05abc", "application/protobuf", b"not valid protobuf"),
+    (b"\x12\x03cam", "application/protobuf", b"no message"),
+    (b"", "application/protobuf", b"no message"),
+    (None, "application/json", b"Content-Type must be application/protobuf"),
+])
+def test_bad_media_gets_400_with_a_reason(plain_server, body, content_type, reason):
+    if body is None:
+        body = media("cam-1", sp.end_of_stream())
+    conn = http.client.HTTPConnection("127.0.0.1", plain_server.config["port"], timeout=5)
+    status, text = post(conn, body, content_type)
+    assert status == 400 and reason in text, text
+    assert post(conn, media("cam-1", sp.end_of_stream()))[0] == 200  # connection still usable
+
+
+def test_non_utf8_topic_gets_400(plain_server):
+    conn = http.client.HTTPConnection("127.0.0.1", plain_server.config["port"], timeout=5)
+    status, text = post(conn, encode_media(b"\xff\xfe", sp.to_bytes(sp.end_of_stream()), []))
+    assert status == 400 and b"UTF-8" in text
+
+
+def test_message_without_protocol_version_gets_400(plain_server):
+    from tests.savant_proto import savant_message, serialize
+    message = serialize(savant_message(protocol_version="", kind=9))
+    conn = http.client.HTTPConnection("127.0.0.1", plain_server.config["port"], timeout=5)
+    status, text = post(conn, encode_media(b"cam-1", message, []))
+    assert status == 400 and b"protocol_version" in text
+
+
+def test_malformed_http_gets_400_and_close(plain_server):
+    with socket.create_connection(("127.0.0.1", plain_server.config["port"]), timeout=5) as s:
+        s.sendall(b"BLAH / HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 400 ") and b"connection: close" in data
+
+
+def test_body_over_configured_limit_gets_413(tmp_path):
+    config = server_config(f"pub+bind:{endpoint('tcp', tmp_path)}",
+                           http={"max_body_size": 1000})
+    with GatewayProcess("server", config, tmp_path) as server:
+        conn = http.client.HTTPConnection("127.0.0.1", config["port"], timeout=5)
+        status, text = post(conn, media("cam-1", sp.video_frame(), b"x" * 2000))
+        assert status == 413 and b"max_body_size" in text
+
+
+def test_silent_client_is_disconnected_after_the_header_timeout(tmp_path):
+    config = server_config(f"pub+bind:{endpoint('tcp', tmp_path)}",
+                           http={"header_timeout": {"secs": 0, "nanos": 300_000_000}})
+    with GatewayProcess("server", config, tmp_path):
+        with socket.create_connection(("127.0.0.1", config["port"]), timeout=5) as s:
+            started = time.monotonic()
+            assert s.recv(100) == b""  # closed by the server, not by our 5 s timeout
+            assert time.monotonic() - started < 3
+
+
+# ---- out_stream semantics with real savant-rs readers -----------------------------------------
+
+@pytest.mark.parametrize("transport", ["ipc", "tcp"])
+@pytest.mark.parametrize("mode", ["bind", "connect"])
+@pytest.mark.parametrize("kind", ["pub", "dealer", "req"])
+def test_savant_reader_receives_byte_identical_frames(tmp_path, kind, mode, transport):
+    where = endpoint(transport, tmp_path)
+    reader_mode = "connect" if mode == "bind" else "bind"
+    reader_url = f"{READER_FOR[kind]}+{reader_mode}:{where}"
+    server_url = f"{kind}+{mode}:{where}"
+    reader = sp.SavantReader(reader_url)
+    if reader_mode == "bind":
+        reader.start()
+    with GatewayProcess("server", server_config(server_url), tmp_path) as server:
+        if reader_mode == "connect":
+            reader.start()
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", server.config["port"], timeout=10)
+            if kind == "pub":  # a subscriber that connects late misses what was sent before
+                wait_until(lambda: post(conn, media("warm-up", sp.user_data("warm-up")))
+                           and reader.messages, timeout=10, what="the subscription")
+            sent = [
+                ("cam-1", sp.video_frame("cam-1"), (b"\x00frame-bytes" * 1000,)),
+                ("cam-2", sp.user_data("cam-2"), ()),
+                ("cam-1", sp.video_frame("cam-1"), (b"a", b"b", b"")),
+                ("cam-1", sp.end_of_stream("cam-1"), ()),
+            ]
+            for topic, message, extra in sent:
+                status, text = post(conn, media(topic, message, *extra))
+                assert status == 200, text
+            received = reader.wait_for(len(sent), where=lambda m: m.topic != b"warm-up")
+            assert [m.frames for m in received] == [
+                [topic.encode(), sp.to_bytes(message), *extra] for topic, message, extra in sent]
+        finally:
+            reader.close()
+
+
+def test_dealer_end_of_stream_is_acknowledged_and_req_without_peer_answers_502(tmp_path):
+    config = server_config(f"req+connect:{endpoint('tcp', tmp_path)}")
+    config["out_stream"]["receive_timeout"] = {"secs": 0, "nanos": 200_000_000}
+    config["out_stream"]["receive_retries"] = 2
+    with GatewayProcess("server", config, tmp_path) as server:
+        conn = http.client.HTTPConnection("127.0.0.1", config["port"], timeout=10)
+        started = time.monotonic()
+        status, _ = post(conn, media("cam-1", sp.user_data("cam-1")))
+        elapsed = time.monotonic() - started
+        assert status == 502
+        assert 0.5 <= elapsed < 5  # receive_timeout x (receive_retries + 1) = 0.6 s
+
+
+def test_pub_to_nobody_is_200_and_dealer_without_peer_times_out_with_504(tmp_path):
+    config = server_config(f"dealer+connect:{endpoint('tcp', tmp_path)}")
+    config["out_stream"].update(send_hwm=1, send_timeout={"secs": 0, "nanos": 100_000_000},
+                                send_retries=1)
+    with GatewayProcess("server", config, tmp_path):
+        conn = http.client.HTTPConnection("127.0.0.1", config["port"], timeout=10)
+        statuses = [post(conn, media("cam-1", sp.user_data("cam-1")))[0] for _ in range(3)]
+        assert 504 in statuses
+
+
+# ---- HTTPS ------------------------------------------------------------------------------------
+
+def test_curl_gets_health_over_https_with_the_seed_server_certificate(tmp_path):
+    seed = SeedCa.create(tmp_path / "pki")
+    config = server_config(f"pub+bind:{endpoint('tcp', tmp_path)}", tls={
+        "identity": {"certificate": str(seed.server_crt), "key": str(seed.server_key)}})
+    with GatewayProcess("server", config, tmp_path):
+        out = subprocess.run(
+            ["curl", "-sS", "--cacert", str(seed.ca_crt),
+             f"https://127.0.0.1:{config['port']}/health"],
+            capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == '{"status":"healthy"}'
+
+
+# ---- start-up errors --------------------------------------------------------------------------
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    import sys
+    return subprocess.run([sys.executable, "-m", "mgfast", *args], capture_output=True,
+                          text=True, timeout=30)
+
+
+def test_port_in_use_exits_2_with_a_clear_message(tmp_path):
+    import json
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        config = server_config(f"pub+bind:{endpoint('tcp', tmp_path)}",
+                               port=busy.getsockname()[1])
+        path = tmp_path / "server.json"
+        path.write_text(json.dumps(config))
+        result = run_cli("server", str(path))
+    assert result.returncode == 2
+    assert "already in use" in result.stderr and "port" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_config_error_exits_2_naming_file_and_field(tmp_path):
+    import json
+    config = server_config("pub+bind:tcp://127.0.0.1:1", bogus_key=1)
+    path = tmp_path / "server.json"
+    path.write_text(json.dumps(config))
+    result = run_cli("server", str(path))
+    assert result.returncode == 2
+    assert str(path) in result.stderr and "bogus_key" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_certificate_not_matching_key_exits_2(tmp_path):
+    import json
+    seed = SeedCa.create(tmp_path / "pki")
+    config = server_config(f"pub+bind:{endpoint('tcp', tmp_path)}", tls={
+        "identity": {"certificate": str(seed.server_crt), "key": str(seed.client_key)}})
+    path = tmp_path / "server.json"
+    path.write_text(json.dumps(config))
+    result = run_cli("server", str(path))
+    assert result.returncode == 2
+    assert "does not match" in result.stderr and str(seed.server_crt) in result.stderr
