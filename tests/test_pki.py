@@ -545,7 +545,8 @@ def test_seed_helper_second_client_and_next_crl(tmp_path):
     assert verify(seed.hash_dir, crt).returncode == 0
     seed.revoke(crt)
     assert seed.publish_crl().name == f"{seed.ca_hash}.r1"
-    assert "certificate revoked" in verify(seed.hash_dir, crt).stdout
+    proc = verify(seed.hash_dir, crt)
+    assert "certificate revoked" in proc.stdout + proc.stderr
     assert verify(seed.hash_dir, seed.client_crt).returncode == 0
     st = read_store(seed.hash_dir)
     assert st.problems == [] and st.effective_crls()[0].revoked_serials == [3]

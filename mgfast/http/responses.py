@@ -55,4 +55,3 @@ def text(status: int, message: str, *, close: bool = False) -> Response:
 
 
 OK_EMPTY = Response(200)
-HEALTHY = Response(200, HEALTHY_BODY, b"application/json")

@@ -9,7 +9,9 @@ Layout (``mgfast pki init-ca DIR``)::
     DIR/crl/ca.crl      the latest CRL published by gen-crl
 
 The database replaces openssl's ``index.txt``, ``serial`` and ``crlnumber``. Serials count from 1
-and CRL numbers from 1000, as the seed's ``echo 01 > serial`` and ``echo 1000 > crlnumber``.
+and CRL numbers from 1000, after the seed's ``echo 01 > serial`` and ``echo 1000 > crlnumber``
+(openssl reads those files as hex, so the seed's first CRL is actually number 0x1000 = 4096;
+only the increase matters to OpenSSL).
 Commands that change it hold an exclusive lock on ``DIR/.lock`` and rewrite it atomically.
 """
 

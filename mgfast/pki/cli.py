@@ -32,6 +32,19 @@ from mgfast.pki.store import StoreStatus, read_store
 EXIT_OK, EXIT_PROBLEMS, EXIT_ERROR = 0, 1, 2
 REVOKED_SHOWN = 8  # serials listed in the table; --json lists all
 
+WORKFLOW = """\
+the client-certificate guide's openssl steps:
+  mgfast pki init-ca ca --cn media-gateway-ca
+  mgfast pki issue-server ca --cn media-gateway-server --ip 192.168.0.108 --out server
+  mgfast pki issue-client ca --cn media-gateway-client --out client
+  mgfast pki install lookup-hash-dir ca/ca.crt
+  mgfast pki gen-crl ca --install lookup-hash-dir
+revoking a client:
+  mgfast pki revoke ca client.crt && mgfast pki gen-crl ca --install lookup-hash-dir
+checking the directory a server reads (also before the CRL expires, e.g. from cron):
+  mgfast pki status lookup-hash-dir
+"""
+
 
 def _time(text: str) -> datetime:
     try:  # Python 3.10's fromisoformat() does not take the "Z" suffix
@@ -48,8 +61,10 @@ def _fmt(value: datetime | None) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mgfast pki", description=(
-        "Private CA, certificates, CRLs and the OpenSSL hash directory for mutual TLS."))
+    p = argparse.ArgumentParser(
+        prog="mgfast pki", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Private CA, certificates, CRLs and the OpenSSL hash directory for mutual "
+                    "TLS.", epilog=WORKFLOW)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def validity(sp: argparse.ArgumentParser, days: int) -> None:

@@ -1,20 +1,34 @@
-"""The gateway's HTTP API (upstream 0.2.0): ``POST /`` with one Media, ``GET /health``."""
+"""The gateway's HTTP API: upstream 0.2.0's ``POST /`` with one Media and ``GET /health``,
+plus mgfast's batch framing between mgfast peers.
+
+Batch framing: ``POST /`` with ``Content-Type: application/x-mgfast-batch`` and a MediaBatch
+body. Items are written in order; the first item whose write fails ends the batch, so what
+follows it is not attempted and the client can resend from there without reordering. The
+answer is 200 with ``{"results": [status, ...]}``, one upstream status per item attempted (400
+for an item that is malformed on its own, skipped like a 400 in single mode). The server
+advertises the framing with the ``x-mgfast-batch: 1`` header on ``GET /health``.
+"""
 
 from __future__ import annotations
 
 import logging
+
+import orjson
 from typing import Awaitable, Protocol as TypingProtocol, Sequence
 
 from mgfast.http import responses
 from mgfast.http.responses import Response
 from mgfast.http.server_protocol import Request
-from mgfast.media import MediaError, decode_media
+from mgfast.media import MediaError, decode_media, decode_media_batch
 from mgfast.zmq.writer import WriteResult
 
 log = logging.getLogger("mgfast.server")
 
 END_OF_STREAM = 9  # Savant Message content field number
 MEDIA_TYPE = b"application/protobuf"
+BATCH_TYPE = b"application/x-mgfast-batch"
+BATCH_HEADER = (b"x-mgfast-batch", b"1")
+HEALTHY = Response(200, responses.HEALTHY_BODY, b"application/json", headers=(BATCH_HEADER,))
 
 # Writer result -> HTTP status, as upstream maps them.
 _RESULT_RESPONSES = {
@@ -42,11 +56,13 @@ class GatewayApp:
         if path == b"/health":
             if request.method not in (b"GET", b"HEAD"):
                 return Response(405, b"use GET\n", headers=((b"allow", b"GET"),))
-            return responses.HEALTHY
+            return HEALTHY
         return responses.text(404, f"no such path {path.decode('latin-1')!r}; use POST / or GET /health")
 
     def _media(self, request: Request) -> Response | Awaitable[Response]:
         content_type = request.content_type.partition(b";")[0].strip().lower()
+        if content_type == BATCH_TYPE:
+            return self._batch(request)
         if content_type != MEDIA_TYPE:
             return responses.text(
                 400, f"Content-Type must be application/protobuf, "
@@ -64,3 +80,23 @@ class GatewayApp:
             log.exception("out_stream write failed")
             return responses.text(500, "out_stream write failed")
         return _RESULT_RESPONSES[result]
+
+    def _batch(self, request: Request) -> Response | Awaitable[Response]:
+        try:
+            items = decode_media_batch(request.body)
+        except MediaError as exc:
+            return responses.text(400, str(exc))
+        return self._write_batch(items)
+
+    async def _write_batch(self, items: list) -> Response:
+        statuses: list[int] = []
+        for item in items:
+            if isinstance(item, MediaError):
+                statuses.append(400)
+                continue
+            topic, message, data, kind = item
+            response = await self._write([topic, message, *data], kind == END_OF_STREAM)
+            statuses.append(response.status)
+            if response.status != 200:
+                break
+        return Response(200, orjson.dumps({"results": statuses}), b"application/json")

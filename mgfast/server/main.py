@@ -10,12 +10,18 @@ import uvloop
 
 from mgfast.config.model import ServerConfig
 from mgfast.server.worker import check_port_free, serve
+from mgfast.tls.context import server_context
+from mgfast.tls.startup_checks import check_peers
 
 log = logging.getLogger("mgfast.server")
 
 
 def run(config: ServerConfig) -> int:
     """Serve until a signal asks to stop; return the process exit status."""
+    if config.tls is not None:
+        server_context(config.tls)  # fail now, naming the file, rather than in a worker
+        if config.tls.peers is not None:
+            check_peers(config.tls.peers)
     check_port_free(config.ip, config.port)
     return uvloop.run(_main(config))
 
@@ -23,8 +29,10 @@ def run(config: ServerConfig) -> int:
 async def _main(config: ServerConfig) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    reload = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload.set)
     scheme = "https" if config.tls else "http"
 
     def ready() -> None:
@@ -33,6 +41,6 @@ async def _main(config: ServerConfig) -> int:
             "config": config.source,
             "client_certificates": "required" if config.tls and config.tls.peers else "no"})
 
-    await serve(config, stop, ready=ready)
+    await serve(config, stop, reload=reload, ready=ready)
     log.info("stopped")
     return 0

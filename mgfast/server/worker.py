@@ -10,15 +10,15 @@ import asyncio
 import errno
 import logging
 import socket
-import ssl
 from typing import Callable
 
 from mgfast.config.model import ServerConfig
 from mgfast.http.server_protocol import HttpServerProtocol
 from mgfast.server.app import GatewayApp
 from mgfast.server.listen import listen_socket
-from mgfast.tls.context import server_context
 from mgfast.tls.outcome import HandshakeOutcome
+from mgfast.tls.rejection_log import RejectionLog
+from mgfast.tls.reloader import TlsReloader
 from mgfast.tls.server_protocol import TlsServerProtocol
 from mgfast.zmq.writer import OutStreamWriter
 
@@ -46,36 +46,50 @@ def check_port_free(ip: str, port: int) -> None:
                                f"and `port` in the config") from None
 
 
-def _log_handshake(outcome: HandshakeOutcome, _protocol: TlsServerProtocol) -> None:
-    if outcome.ok:
-        return
-    log.warning("TLS handshake rejected", extra={
-        "reason": outcome.reason, "peer": outcome.peer, "detail": outcome.detail,
-        "subject": outcome.subject, "issuer": outcome.issuer, "serial": outcome.serial})
-
-
 async def serve(config: ServerConfig, stop: asyncio.Event, *,
                 sock: socket.socket | None = None,
-                on_handshake: Callable[[HandshakeOutcome, TlsServerProtocol], None] = _log_handshake,
+                observe_handshake: Callable[[HandshakeOutcome], None] | None = None,
+                reload: asyncio.Event | None = None,
                 ready: Callable[[], None] | None = None) -> None:
+    """Serve until ``stop`` is set; setting ``reload`` re-reads the TLS material at once."""
     writer = OutStreamWriter(config.out_stream)
     await writer.start()
     app = GatewayApp(writer)
-    context: ssl.SSLContext | None = server_context(config.tls) if config.tls else None
     connections: set[HttpServerProtocol] = set()
     limits = config.http
 
     def http_protocol() -> HttpServerProtocol:
         return HttpServerProtocol(app, limits, connections)
 
-    if context is None:
+    reloader: TlsReloader | None = None
+    if config.tls is None:
         factory: Callable[[], asyncio.Protocol] = http_protocol
     else:
-        handshake_timeout = config.tls.handshake_timeout  # type: ignore[union-attr]
+        reloader = TlsReloader(config.tls)
+        reloader.start()
+        rejections = RejectionLog()
+        handshake_timeout = config.tls.handshake_timeout
+
+        def on_handshake(outcome: HandshakeOutcome, protocol: TlsServerProtocol) -> None:
+            if outcome.ok:
+                reloader.track(protocol)
+            else:
+                rejections(outcome)
+            if observe_handshake is not None:
+                observe_handshake(outcome)
 
         def factory() -> asyncio.Protocol:
-            return TlsServerProtocol(context, http_protocol(), handshake_timeout=handshake_timeout,
+            return TlsServerProtocol(reloader.context, http_protocol(),
+                                     handshake_timeout=handshake_timeout,
                                      on_handshake=on_handshake)
+
+        if reload is not None:
+            async def reload_on_request() -> None:
+                while True:
+                    await reload.wait()
+                    reload.clear()
+                    reloader.reload(force=True)
+            reload_task = asyncio.get_running_loop().create_task(reload_on_request())
 
     loop = asyncio.get_running_loop()
     if sock is None:
@@ -86,6 +100,10 @@ async def serve(config: ServerConfig, stop: asyncio.Event, *,
     try:
         await stop.wait()
     finally:
+        if reloader is not None:
+            reloader.stop()
+            if reload is not None:
+                reload_task.cancel()
         server.close()
         for connection in list(connections):
             connection.shutdown()

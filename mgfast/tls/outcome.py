@@ -26,12 +26,17 @@ REASONS = (
 )
 
 
+def reason_for_verify_code(code: int) -> str:
+    """The reason for an OpenSSL X509_V_ERR_* verification code."""
+    return _VERIFY_REASONS.get(code, "bad_certificate")
+
+
 def classify(exc: BaseException | None) -> str:
     """Map the exception a server-side handshake raised (None for success) to a reason."""
     if exc is None:
         return "ok"
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return _VERIFY_REASONS.get(exc.verify_code, "bad_certificate")
+        return reason_for_verify_code(exc.verify_code)
     if isinstance(exc, TimeoutError):
         return "timeout"
     if isinstance(exc, ssl.SSLError) and exc.reason == "PEER_DID_NOT_RETURN_A_CERTIFICATE":

@@ -41,7 +41,16 @@ import zmq
 import zmq.asyncio
 
 from mgfast.config.model import InStreamConfig
-from mgfast.zmq.sockets import CONFIRMATION, StreamClosed, open_socket, shadow
+from mgfast.zmq.sockets import (
+    CONFIRMATION,
+    NOBLOCK,
+    NOBLOCK_MORE,
+    RCVMORE,
+    StreamClosed,
+    backend_send,
+    open_socket,
+    shadow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -150,19 +159,20 @@ class InStreamReader:
         """One multipart off the socket (raises zmq.Again if none). The frames up to the Savant
         message are copied to ``bytes``; the extra frames stay in libzmq's buffers."""
         sock = self._sock
-        parts = [sock.recv(zmq.NOBLOCK)]
+        recv = sock.recv
+        parts = [recv(NOBLOCK)]
         copied = self._head + 2
-        while sock.get(zmq.RCVMORE):
+        while sock.get(RCVMORE):
             if len(parts) < copied:
-                parts.append(sock.recv(zmq.NOBLOCK))
+                parts.append(recv(NOBLOCK))
             else:
-                parts.append(sock.recv(zmq.NOBLOCK, copy=False).buffer)
+                parts.append(recv(NOBLOCK, copy=False).buffer)
         return parts
 
     def _accept(self, parts: list) -> tuple[bytes, list] | None:
         """Reply as Savant does and decide whether the multipart is delivered."""
         if self._rep:
-            pass
+            self._reply(CONFIRMATION)
         head = self._head
         if len(parts) < head + 2:
             self.dropped += 1
@@ -192,8 +202,11 @@ class InStreamReader:
         return topic, frames
 
     def _reply(self, *frames: bytes) -> None:
+        sock = self._sock
+        last = len(frames) - 1
         try:
-            self._sock.send_multipart(frames, zmq.NOBLOCK)
+            for i, frame in enumerate(frames):
+                backend_send(sock, frame, NOBLOCK_MORE if i < last else NOBLOCK, True)
         except zmq.ZMQError as exc:
             self.reply_failures += 1
             log.warning("%s: could not send the confirmation: %s", self.config.url, exc)

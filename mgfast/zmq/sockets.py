@@ -25,11 +25,24 @@ from collections.abc import Mapping
 
 import zmq
 import zmq.asyncio
+import zmq.backend
 
 from mgfast.zmq.url import SocketUrl
 
 LINGER_MS = 100  # Savant's linger on close: pending messages get 100 ms to leave
 CONFIRMATION = b"OK"  # the acknowledgement payload of Savant readers
+
+# Flags and options as plain ints: pyzmq's enum members cost an enum conversion per call, which
+# shows on the per-message paths.
+NOBLOCK = int(zmq.NOBLOCK)
+NOBLOCK_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
+RCVMORE = int(zmq.RCVMORE)
+
+# The per-frame send of pyzmq's Cython backend. The public ``zmq.Socket.send`` wraps it in
+# Python-level argument handling (routing ids, groups) that the Savant transport never uses and
+# that costs more than the send itself for small frames; called as
+# ``backend_send(socket, data, flags, copy)`` on any zmq.Socket.
+backend_send = zmq.backend.Socket.send
 
 SOCKET_TYPES: dict[str, int] = {
     "pub": zmq.PUB,

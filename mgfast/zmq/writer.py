@@ -59,14 +59,20 @@ import zmq
 import zmq.asyncio
 
 from mgfast.config.model import OutStreamConfig
-from mgfast.zmq.sockets import CONFIRMATION, StreamClosed, open_socket, shadow
+from mgfast.zmq.sockets import (
+    CONFIRMATION,
+    NOBLOCK,
+    NOBLOCK_MORE,
+    StreamClosed,
+    backend_send,
+    open_socket,
+    shadow,
+)
 
 log = logging.getLogger(__name__)
 
 ZERO_COPY_MIN = 65536  # pyzmq's copy threshold: below it a zero-copy send copies anyway, slower
 FAST_SEND_BATCH = 256  # queued messages sent back to back before yielding to the event loop
-
-_NOBLOCK_MORE = zmq.NOBLOCK | zmq.SNDMORE
 
 
 class WriteResult(enum.Enum):
@@ -261,20 +267,20 @@ class OutStreamWriter:
 
     def _send_nowait(self, frames: Sequence[bytes | memoryview]) -> bool:
         """Hand the whole multipart to libzmq without blocking; False if it would block."""
-        send = self._sock.send
+        sock = self._sock
         last = len(frames) - 1
         part = frames[0]
         try:
-            send(part, _NOBLOCK_MORE, copy=len(part) < ZERO_COPY_MIN)
+            backend_send(sock, part, NOBLOCK_MORE, len(part) < ZERO_COPY_MIN)
         except zmq.Again:
             return False
         # libzmq admits a multipart as a whole once its first part is accepted
         try:
             for i in range(1, last):
                 part = frames[i]
-                send(part, _NOBLOCK_MORE, copy=len(part) < ZERO_COPY_MIN)
+                backend_send(sock, part, NOBLOCK_MORE, len(part) < ZERO_COPY_MIN)
             part = frames[last]
-            send(part, zmq.NOBLOCK, copy=len(part) < ZERO_COPY_MIN)
+            backend_send(sock, part, NOBLOCK, len(part) < ZERO_COPY_MIN)
         except zmq.ZMQError as exc:
             raise RuntimeError(
                 f"{self.config.url}: the peer went away in the middle of a message ({exc})"
@@ -300,7 +306,7 @@ class OutStreamWriter:
         recv = self._sock.recv_multipart
         while True:
             try:
-                reply = recv(zmq.NOBLOCK)
+                reply = recv(NOBLOCK)
             except zmq.Again:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
@@ -318,7 +324,7 @@ class OutStreamWriter:
         recv = self._sock.recv_multipart
         while True:
             try:
-                recv(zmq.NOBLOCK)
+                recv(NOBLOCK)
             except zmq.Again:
                 return
             self.stale_replies += 1
