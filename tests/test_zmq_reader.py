@@ -378,10 +378,15 @@ def test_router_drops_late_messages_of_a_replaced_writer():
             assert bytes((await reader.recv())[1][-1]) == b"1"
             await exchange(new, b"2")
             assert bytes((await reader.recv())[1][-1]) == b"2"
-            await exchange(old, b"3")  # stale
+            pending = asyncio.ensure_future(reader.recv())
+            await exchange(old, b"3")  # stale: the pending recv reads and drops it
+            deadline = time.monotonic() + 5
+            while reader.stale == 0:  # two connections: wait for 3 before sending 4
+                assert time.monotonic() < deadline, "the stale message never arrived"
+                await asyncio.sleep(0.01)
             await exchange(new, b"4")
-            assert bytes((await asyncio.wait_for(reader.recv(), 5))[1][-1]) == b"4"
-            assert reader.stale == 1
+            assert bytes((await asyncio.wait_for(pending, 5))[1][-1]) == b"4"
+            assert reader.stale == 1 and reader.received == 3
         finally:
             old.close(linger=0)
             new.close(linger=0)

@@ -1,0 +1,276 @@
+"""Client-certificate authentication: the seed guide's "Testing / Server" section and beyond,
+with certificates from the openssl CLI (tests.seed_ca) and ``mgfast pki``, curl as the client."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.gateway_process import GatewayProcess
+from tests.seed_ca import SeedCa
+from tests.util import free_port, wait_until
+
+HEALTHY = {"status": "healthy"}
+
+
+def seed_server_config(seed: SeedCa, tmp_path: Path, *, crl_enabled: bool = True,
+                       **tls_extra) -> dict:
+    """The seed's media-gateway-server.json, paths and port adapted."""
+    return {
+        "ip": "127.0.0.1",
+        "port": free_port(),
+        "tls": {
+            "identity": {"certificate": str(seed.server_crt), "key": str(seed.server_key)},
+            "peers": {"lookup_hash_directory": str(seed.hash_dir), "crl_enabled": crl_enabled},
+            **tls_extra,
+        },
+        "out_stream": {
+            "url": f"pub+bind:ipc://{tmp_path}/server",
+            "send_timeout": {"secs": 1, "nanos": 0},
+            "send_retries": 3,
+            "receive_timeout": {"secs": 1, "nanos": 0},
+            "receive_retries": 3,
+            "send_hwm": 1000,
+            "receive_hwm": 1000,
+            "inflight_ops": 100,
+        },
+    }
+
+
+def curl(server: GatewayProcess, ca: Path, cert: Path | None = None,
+         key: Path | None = None) -> subprocess.CompletedProcess:
+    args = ["curl", "-sS", "--cacert", str(ca)]
+    if cert is not None:
+        args += ["--cert", str(cert), "--key", str(key)]
+    return subprocess.run(args + ["-v", f"{server.url}/health"], capture_output=True, text=True,
+                          timeout=30)
+
+
+def assert_healthy(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, result.stderr
+    assert "< HTTP/1.1 200 OK" in result.stderr
+    assert json.loads(result.stdout) == HEALTHY
+
+
+def pki(*args: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "mgfast", "pki", *args], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def seed_dir(tmp_path_factory) -> Path:
+    """The seed's CA, made once; tests copy it so that revocations stay their own."""
+    return SeedCa.create(tmp_path_factory.mktemp("seed")).workdir
+
+
+@pytest.fixture
+def seed(seed_dir, tmp_path) -> SeedCa:
+    import shutil
+    shutil.copytree(seed_dir, tmp_path / "pki", symlinks=True)
+    copy = SeedCa(tmp_path / "pki")
+    copy._crl_published_at = time.time()  # the copy's CRL may be as young as now
+    return copy
+
+
+# ---- the seed guide, step for step --------------------------------------------------------------
+
+def test_seed_guide_server_section_revocation_without_restart(seed, tmp_path):
+    with GatewayProcess("server", seed_server_config(seed, tmp_path), tmp_path) as server:
+        assert_healthy(curl(server, seed.ca_crt, seed.client_crt, seed.client_key))
+        seed.revoke_client()  # openssl ca -revoke; -gencrl; cp as HASH.r1
+        result = curl(server, seed.ca_crt, seed.client_crt, seed.client_key)
+        assert result.returncode != 0
+        assert "error:0A000414:SSL routines::sslv3 alert certificate revoked" in result.stderr
+        assert server.proc.poll() is None  # the same process, no restart
+        wait_until(lambda: "reason=revoked" in server.log(), what="the rejection to be logged")
+        line = next(l for l in server.log().splitlines() if "reason=revoked" in l)
+        assert "CN=media-gateway-client" in line and "issuer=CN=media-gateway-ca" in line
+
+
+def test_crl_disabled_accepts_a_revoked_certificate(seed, tmp_path):
+    seed.revoke_client()
+    config = seed_server_config(seed, tmp_path, crl_enabled=False)
+    with GatewayProcess("server", config, tmp_path) as server:
+        assert_healthy(curl(server, seed.ca_crt, seed.client_crt, seed.client_key))
+
+
+def test_unknown_ca_and_missing_certificate_get_their_alerts(seed, tmp_path):
+    foreign = tmp_path / "foreign"
+    pki("init-ca", str(foreign), "--cn", "someone-else")
+    pki("issue-client", str(foreign), "--cn", "intruder", "--out", str(tmp_path / "intruder"))
+    with GatewayProcess("server", seed_server_config(seed, tmp_path), tmp_path) as server:
+        result = curl(server, seed.ca_crt, tmp_path / "intruder.crt", tmp_path / "intruder.key")
+        assert result.returncode != 0 and "alert unknown ca" in result.stderr
+        result = curl(server, seed.ca_crt)
+        assert result.returncode != 0
+        assert "alert certificate required" in result.stderr
+        wait_until(lambda: "reason=no_certificate" in server.log()
+                   and "reason=unknown_ca" in server.log(), what="both rejections logged")
+
+
+def test_expired_client_certificate_is_rejected(tmp_path):
+    ca = tmp_path / "ca"
+    pki("init-ca", str(ca), "--cn", "pki-ca")
+    pki("issue-server", str(ca), "--cn", "server", "--ip", "127.0.0.1", "--out",
+        str(tmp_path / "server"))
+    pki("issue-client", str(ca), "--cn", "old", "--not-before", "2020-01-01T00:00:00Z",
+        "--not-after", "2021-01-01T00:00:00Z", "--out", str(tmp_path / "old"))
+    hash_dir = tmp_path / "hash"
+    pki("install", str(hash_dir), str(ca / "ca.crt"))
+    pki("gen-crl", str(ca), "--install", str(hash_dir))
+    seed = SeedCa(tmp_path)  # only for the config's file names
+    config = seed_server_config(seed, tmp_path)
+    config["tls"]["identity"] = {"certificate": str(tmp_path / "server.crt"),
+                                 "key": str(tmp_path / "server.key")}
+    config["tls"]["peers"]["lookup_hash_directory"] = str(hash_dir)
+    with GatewayProcess("server", config, tmp_path) as server:
+        result = curl(server, ca / "ca.crt", tmp_path / "old.crt", tmp_path / "old.key")
+        assert result.returncode != 0 and "alert certificate expired" in result.stderr
+        wait_until(lambda: "reason=expired" in server.log(), what="the rejection logged")
+
+
+def test_pki_flow_with_a_second_ca_added_while_running_and_an_expired_crl(tmp_path):
+    """The seed's flow driven by ``mgfast pki``; a second CA arrives while the server runs."""
+    ca, hash_dir = tmp_path / "ca", tmp_path / "hash"
+    pki("init-ca", str(ca), "--cn", "first-ca")
+    pki("issue-server", str(ca), "--cn", "server", "--ip", "127.0.0.1", "--out",
+        str(tmp_path / "server"))
+    pki("issue-client", str(ca), "--cn", "client-1", "--out", str(tmp_path / "client-1"))
+    pki("install", str(hash_dir), str(ca / "ca.crt"))
+    pki("gen-crl", str(ca), "--install", str(hash_dir))
+    config = seed_server_config(SeedCa(tmp_path), tmp_path)
+    config["tls"]["identity"] = {"certificate": str(tmp_path / "server.crt"),
+                                 "key": str(tmp_path / "server.key")}
+    config["tls"]["peers"]["lookup_hash_directory"] = str(hash_dir)
+    with GatewayProcess("server", config, tmp_path) as server:
+        assert_healthy(curl(server, ca / "ca.crt", tmp_path / "client-1.crt",
+                            tmp_path / "client-1.key"))
+        # A second CA, its client, and a CRL that expired an hour ago.
+        second = tmp_path / "second"
+        pki("init-ca", str(second), "--cn", "second-ca")
+        pki("issue-client", str(second), "--cn", "client-2", "--out", str(tmp_path / "client-2"))
+        result = curl(server, ca / "ca.crt", tmp_path / "client-2.crt", tmp_path / "client-2.key")
+        assert "alert unknown ca" in result.stderr  # not installed yet
+        pki("install", str(hash_dir), str(second / "ca.crt"))
+        pki("gen-crl", str(second), "--install", str(hash_dir))
+        assert_healthy(curl(server, ca / "ca.crt", tmp_path / "client-2.crt",
+                            tmp_path / "client-2.key"))
+        # revoke client-1 with mgfast pki: rejected, no restart
+        pki("revoke", str(ca), str(tmp_path / "client-1.crt"))
+        pki("gen-crl", str(ca), "--install", str(hash_dir))
+        result = curl(server, ca / "ca.crt", tmp_path / "client-1.crt", tmp_path / "client-1.key")
+        assert "alert certificate revoked" in result.stderr
+    # An expired CRL: a loud warning at start-up, and its clients are refused.
+    pki("gen-crl", str(second), "--last-update", "2020-01-01T00:00:00Z",
+        "--next-update", "2020-02-01T00:00:00Z", "--install", str(hash_dir))
+    config["port"] = free_port()
+    with GatewayProcess("server", config, tmp_path) as server:
+        assert "CRL EXPIRED" in server.log()
+        result = curl(server, ca / "ca.crt", tmp_path / "client-2.crt", tmp_path / "client-2.key")
+        assert result.returncode != 0
+        wait_until(lambda: "reason=crl_expired" in server.log(), what="crl_expired logged")
+
+
+# ---- live connections, timeouts, rotation -------------------------------------------------------
+
+def client_tls(seed: SeedCa) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(seed.ca_crt))
+    context.load_cert_chain(str(seed.client_crt), str(seed.client_key))
+    return context
+
+
+def get_health(sock: ssl.SSLSocket) -> bytes:
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    return sock.recv(4096)
+
+
+def test_live_connection_is_cut_within_the_bound_after_revocation(seed, tmp_path):
+    config = seed_server_config(seed, tmp_path,
+                                recheck_interval={"secs": 1, "nanos": 0})
+    with GatewayProcess("server", config, tmp_path) as server:
+        raw = socket.create_connection(("127.0.0.1", config["port"]), timeout=10)
+        with client_tls(seed).wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            assert b"200 OK" in get_health(tls)
+            seed.revoke_client()
+            revoked_at = time.monotonic()
+            tls.settimeout(10)
+            try:
+                data = tls.recv(4096)
+                while data:  # only a close_notify or EOF may come
+                    data = tls.recv(4096)
+            except (ssl.SSLError, ConnectionError):
+                pass
+            assert time.monotonic() - revoked_at < 4  # recheck_interval 1 s, with slack
+        assert "closing a live connection" in server.log()
+
+
+def test_handshake_timeout_closes_a_silent_connection(seed, tmp_path):
+    config = seed_server_config(seed, tmp_path,
+                                handshake_timeout={"secs": 0, "nanos": 300_000_000})
+    with GatewayProcess("server", config, tmp_path) as server:
+        with socket.create_connection(("127.0.0.1", config["port"]), timeout=5) as s:
+            started = time.monotonic()
+            try:
+                assert s.recv(100) == b""
+            except ConnectionResetError:
+                pass
+            assert time.monotonic() - started < 3
+        wait_until(lambda: "reason=timeout" in server.log(), what="timeout logged")
+
+
+def test_sighup_rotates_the_server_certificate_and_keeps_open_connections(seed, tmp_path):
+    with GatewayProcess("server", seed_server_config(seed, tmp_path), tmp_path) as server:
+        raw = socket.create_connection(("127.0.0.1", server.config["port"]), timeout=10)
+        with client_tls(seed).wrap_socket(raw, server_hostname="127.0.0.1") as open_conn:
+            assert b"200 OK" in get_health(open_conn)
+            old_serial = open_conn.getpeercert()["serialNumber"]
+            # Issue a new server certificate with the seed's own openssl ca, in place.
+            seed.run('openssl ca -batch -config "${CA_DIR}/ca.conf" -in '
+                     '"${CA_DIR}/certs/server.csr" -out "${CA_DIR}/certs/server.crt" '
+                     '-extfile <(echo "subjectAltName=IP:127.0.0.1")')
+            server.proc.send_signal(signal.SIGHUP)
+
+            def new_serial() -> str:
+                raw2 = socket.create_connection(("127.0.0.1", server.config["port"]), timeout=10)
+                with client_tls(seed).wrap_socket(raw2, server_hostname="127.0.0.1") as fresh:
+                    return fresh.getpeercert()["serialNumber"]
+
+            wait_until(lambda: new_serial() != old_serial, what="the new server certificate")
+            assert b"200 OK" in get_health(open_conn)  # the old connection still serves
+
+
+# ---- start-up checks ---------------------------------------------------------------------------
+
+def start_fails(config: dict, tmp_path: Path) -> str:
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(config))
+    result = subprocess.run([sys.executable, "-m", "mgfast", "server", str(path)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    return result.stderr
+
+
+def test_empty_hash_directory_is_refused(seed, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    config = seed_server_config(seed, tmp_path)
+    config["tls"]["peers"]["lookup_hash_directory"] = str(empty)
+    assert "no CA certificate" in start_fails(config, tmp_path)
+
+
+def test_crl_enabled_with_a_ca_without_crl_is_refused(seed, tmp_path):
+    for crl in seed.hash_dir.glob("*.r*"):
+        crl.unlink()
+    message = start_fails(seed_server_config(seed, tmp_path), tmp_path)
+    assert "has no CRL" in message and str(seed.hash_dir) in message
