@@ -67,19 +67,10 @@ def pki(*args: str) -> str:
     return result.stdout
 
 
-@pytest.fixture(scope="module")
-def seed_dir(tmp_path_factory) -> Path:
-    """The seed's CA, made once; tests copy it so that revocations stay their own."""
-    return SeedCa.create(tmp_path_factory.mktemp("seed")).workdir
-
-
 @pytest.fixture
-def seed(seed_dir, tmp_path) -> SeedCa:
-    import shutil
-    shutil.copytree(seed_dir, tmp_path / "pki", symlinks=True)
-    copy = SeedCa(tmp_path / "pki")
-    copy._crl_published_at = time.time()  # the copy's CRL may be as young as now
-    return copy
+def seed(tmp_path) -> SeedCa:
+    """The seed's CA (its ca.conf holds absolute paths, so each test makes its own)."""
+    return SeedCa.create(tmp_path / "pki")
 
 
 # ---- the seed guide, step for step --------------------------------------------------------------
@@ -94,7 +85,7 @@ def test_seed_guide_server_section_revocation_without_restart(seed, tmp_path):
         assert server.proc.poll() is None  # the same process, no restart
         wait_until(lambda: "reason=revoked" in server.log(), what="the rejection to be logged")
         line = next(l for l in server.log().splitlines() if "reason=revoked" in l)
-        assert "CN=media-gateway-client" in line and "issuer=CN=media-gateway-ca" in line
+        assert 'subject="CN=media-gateway-client"' in line and 'issuer="CN=media-gateway-ca"' in line
 
 
 def test_crl_disabled_accepts_a_revoked_certificate(seed, tmp_path):
@@ -170,13 +161,17 @@ def test_pki_flow_with_a_second_ca_added_while_running_and_an_expired_crl(tmp_pa
         pki("gen-crl", str(ca), "--install", str(hash_dir))
         result = curl(server, ca / "ca.crt", tmp_path / "client-1.crt", tmp_path / "client-1.key")
         assert "alert certificate revoked" in result.stderr
-    # An expired CRL: a loud warning at start-up, and its clients are refused.
-    pki("gen-crl", str(second), "--last-update", "2020-01-01T00:00:00Z",
+    # A CA whose only CRL expired: a loud warning at start-up, and its clients are refused.
+    third = tmp_path / "third"
+    pki("init-ca", str(third), "--cn", "third-ca")
+    pki("issue-client", str(third), "--cn", "client-3", "--out", str(tmp_path / "client-3"))
+    pki("install", str(hash_dir), str(third / "ca.crt"))
+    pki("gen-crl", str(third), "--last-update", "2020-01-01T00:00:00Z",
         "--next-update", "2020-02-01T00:00:00Z", "--install", str(hash_dir))
     config["port"] = free_port()
     with GatewayProcess("server", config, tmp_path) as server:
         assert "CRL EXPIRED" in server.log()
-        result = curl(server, ca / "ca.crt", tmp_path / "client-2.crt", tmp_path / "client-2.key")
+        result = curl(server, ca / "ca.crt", tmp_path / "client-3.crt", tmp_path / "client-3.key")
         assert result.returncode != 0
         wait_until(lambda: "reason=crl_expired" in server.log(), what="crl_expired logged")
 
@@ -235,8 +230,10 @@ def test_sighup_rotates_the_server_certificate_and_keeps_open_connections(seed, 
             assert b"200 OK" in get_health(open_conn)
             old_serial = open_conn.getpeercert()["serialNumber"]
             # Issue a new server certificate with the seed's own openssl ca, in place.
-            seed.run('openssl ca -batch -config "${CA_DIR}/ca.conf" -in '
-                     '"${CA_DIR}/certs/server.csr" -out "${CA_DIR}/certs/server.crt" '
+            seed.run('openssl req -new -key "${CA_DIR}/certs/server.key" -out '
+                     '"${CA_DIR}/certs/server2.csr" -subj "/CN=media-gateway-server-2"\n'
+                     'openssl ca -batch -config "${CA_DIR}/ca.conf" -in '
+                     '"${CA_DIR}/certs/server2.csr" -out "${CA_DIR}/certs/server.crt" '
                      '-extfile <(echo "subjectAltName=IP:127.0.0.1")')
             server.proc.send_signal(signal.SIGHUP)
 
