@@ -9,7 +9,7 @@ import signal
 import uvloop
 
 from mgfast.config.model import ServerConfig
-from mgfast.server.worker import check_port_free, serve
+from mgfast.server.worker import StartupError, check_port_free, serve
 from mgfast.tls.context import server_context
 from mgfast.tls.startup_checks import check_peers
 
@@ -18,6 +18,13 @@ log = logging.getLogger("mgfast.server")
 
 def run(config: ServerConfig) -> int:
     """Serve until a signal asks to stop; return the process exit status."""
+    if config.auth is not None:
+        # Serving without the authentication the operator configured would be worse than not
+        # serving at all.
+        raise StartupError(
+            f"{config.source}: auth: etcd basic authentication is not implemented in mgfast "
+            f"yet. Fix: remove `auth` (and protect the server with client certificates, "
+            f"tls.peers) or run the upstream server for this deployment")
     if config.tls is not None:
         server_context(config.tls)  # fail now, naming the file, rather than in a worker
         if config.tls.peers is not None:

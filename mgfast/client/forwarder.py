@@ -1,0 +1,135 @@
+"""The client's data path: in_stream reader -> in-flight window -> lanes -> server.
+
+    forwarder = Forwarder(config, ssl_context, stats)
+    await forwarder.start()          # opens the in_stream (EndpointError names it)
+    ...
+    undelivered = await forwarder.stop(drain_timeout)
+
+Routing: a topic always goes to lane ``crc32(topic) % connections``, so the messages of one
+source share one connection and keep their order (see ``lane``).
+
+Back-pressure: a slot of the ``inflight_ops`` window is taken *before* a message is read from
+ZeroMQ and given back when the server accepted or rejected it. While the window is full the
+reader is not read at all, so messages wait in libzmq's queues and, once those reach the
+``receive_hwm`` / the producer's send high-water mark, the producer's sends block (DEALER,
+REQ: Savant's send timeout applies) or drop (PUB, as ZeroMQ PUB always does).
+
+Waiting: the reader is event-driven (it waits on the ZeroMQ socket's file descriptor through
+the event loop and drains what is queued without a round trip per message), so it never spins
+and never sleeps. Upstream's ``wait_strategy`` tunes the polling loop of its blocking reader
+(``"yield"``: yield the thread and poll again; ``{"sleep": D}``: sleep D between polls); mgfast
+accepts both forms for compatibility and neither changes its behaviour. ``receive_timeout`` is
+accepted for the same reason: it is the poll period of upstream's reader.
+
+Stop: ``stop`` stops reading and closes the in_stream (nothing more is taken from ZeroMQ), lets
+every lane deliver what it holds, and after ``drain_timeout`` seconds gives up on the rest,
+returning how many messages were read but neither delivered nor rejected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import zlib
+from collections.abc import Callable
+
+from mgfast.client.lane import Lane, Pending
+from mgfast.client.stats import ClientStats
+from mgfast.client.target import ServerTarget
+from mgfast.config.model import ClientConfig
+from mgfast.media import Kind, message_kind
+from mgfast.zmq.reader import InStreamReader
+from mgfast.zmq.sockets import StreamClosed
+
+log = logging.getLogger("mgfast.client")
+
+
+def is_eos(message: bytes | memoryview) -> bool:
+    """The reader's end-of-stream test; raises MediaError on a malformed Savant message."""
+    return message_kind(message) == Kind.END_OF_STREAM
+
+
+class Forwarder:
+    def __init__(self, config: ClientConfig, ssl_context: ssl.SSLContext | None,
+                 stats: ClientStats) -> None:
+        self.config = config
+        self.stats = stats
+        self.target = ServerTarget(config.url, ssl_context=ssl_context, auth=config.auth)
+        self.reader = InStreamReader(config.in_stream, is_eos)
+        self.window = asyncio.Semaphore(config.in_stream.inflight_ops)
+        self.lanes = [Lane(i, self.target, batch=config.batch, retry=config.retry_strategy,
+                           stats=stats, release=self._release)
+                      for i in range(config.connections)]
+        self._read_task: asyncio.Task | None = None
+        self._lane_tasks: list[asyncio.Task] = []
+        self._on_failure: Callable[[BaseException], None] | None = None
+        self.failure: BaseException | None = None  # what killed a task, if anything did
+
+    async def start(self, on_failure: Callable[[BaseException], None] | None = None) -> None:
+        """Open the in_stream and start the tasks; ``on_failure`` hears of a task that died
+        of an exception (a bug: the tasks handle every expected failure themselves)."""
+        await self.reader.start()
+        self._lane_tasks = [asyncio.create_task(lane.run(), name=f"lane {lane.index}")
+                            for lane in self.lanes]
+        self._read_task = asyncio.create_task(self._read(), name="in_stream")
+        for task in (self._read_task, *self._lane_tasks):
+            task.add_done_callback(self._on_done)
+        self._on_failure = on_failure
+
+    def _on_done(self, task: asyncio.Task) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and not isinstance(exc, StreamClosed):
+            self.failure = exc
+            if self._on_failure is not None:
+                self._on_failure(exc)
+
+    def _release(self, count: int) -> None:
+        window = self.window
+        for _ in range(count):
+            window.release()
+
+    async def _read(self) -> None:
+        window = self.window
+        recv = self.reader.recv
+        lanes = self.lanes
+        n = len(lanes)
+        stats = self.stats
+        while True:
+            await window.acquire()
+            try:
+                topic, frames = await recv()
+            except BaseException:
+                window.release()
+                raise
+            item = Pending(topic, frames)
+            stats.read += 1
+            stats.read_bytes += item.size
+            stats.in_flight += 1
+            lanes[zlib.crc32(topic) % n].submit(item)
+
+    async def stop(self, drain_timeout: float, force: asyncio.Event | None = None) -> int:
+        """Stop reading, deliver what was read (bounded), return the undelivered count."""
+        if self._read_task is not None:
+            self._read_task.cancel()
+            await asyncio.gather(self._read_task, return_exceptions=True)
+        await self.reader.close()
+        for lane in self.lanes:
+            lane.finish()
+        pending = [t for t in self._lane_tasks if not t.done()]
+        if pending:
+            waiters = [asyncio.ensure_future(asyncio.wait(pending))]
+            if force is not None:
+                waiters.append(asyncio.ensure_future(force.wait()))
+            await asyncio.wait(waiters, timeout=drain_timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waiters:
+                waiter.cancel()
+        for task in self._lane_tasks:
+            task.cancel()
+        await asyncio.gather(*self._lane_tasks, return_exceptions=True)
+        undelivered = sum(len(lane.queue) for lane in self.lanes)
+        self.stats.undelivered = undelivered
+        return undelivered
