@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from mgfast import __version__, logs
@@ -27,9 +28,12 @@ def main(argv: list[str] | None = None) -> int:
         sub = commands.add_parser(name, help=f"run the gateway {name}")
         sub.add_argument("config", nargs="?", help="upstream JSON config; embedded default if absent")
         if name == "server":
-            sub.add_argument("--workers", type=int, help="worker processes (default: CPU count)")
+            sub.add_argument("--workers", type=_positive, help="worker processes (default: the "
+                             "config's `workers`, else the CPU count)")
     commands.add_parser("pki", help="certificate authority and hash-directory tooling")
     args = parser.parse_args(argv)
+    if args.log_level:
+        os.environ["MGFAST_LOG_LEVEL"] = args.log_level  # child processes read it too
     logs.setup(args.log_level)
     try:
         if args.command == "server":
@@ -37,6 +41,13 @@ def main(argv: list[str] | None = None) -> int:
         return _client(args)
     except KeyboardInterrupt:
         return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
 
 
 def _server(args: argparse.Namespace) -> int:
@@ -51,7 +62,7 @@ def _server(args: argparse.Namespace) -> int:
         if args.config is None:
             log.info("no config file given: using the embedded default", extra={
                 "hint": "pass a JSON config path to change it"})
-        return run(config)
+        return run(config, args.workers)
     except (ConfigError, StartupError, TlsSetupError) as exc:
         print(f"mgfast server: {exc}", file=sys.stderr)
         return EXIT_STARTUP

@@ -20,6 +20,7 @@ from mgfast.http import responses
 from mgfast.http.responses import Response
 from mgfast.http.server_protocol import Request
 from mgfast.media import MediaError, decode_media, decode_media_batch
+from mgfast.zmq.sockets import StreamClosed
 from mgfast.zmq.writer import WriteResult
 
 log = logging.getLogger("mgfast.server")
@@ -76,6 +77,8 @@ class GatewayApp:
     async def _write(self, frames: list, eos: bool) -> Response:
         try:
             result = await self.writer.write(frames, eos=eos)
+        except StreamClosed as exc:
+            return responses.text(503, f"out_stream unavailable ({exc}); retry")
         except Exception:
             log.exception("out_stream write failed")
             return responses.text(500, "out_stream write failed")

@@ -1,22 +1,20 @@
-"""``mgfast server``: load the config, start serving, stop cleanly on SIGTERM / SIGINT."""
+"""``mgfast server``: check the config, then run the supervisor with its egress and workers."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
-
-import uvloop
+import os
 
 from mgfast.config.model import ServerConfig
-from mgfast.server.worker import StartupError, check_port_free, serve
+from mgfast.server.supervisor import ChildStartError, Supervisor
+from mgfast.server.worker import StartupError, check_port_free
 from mgfast.tls.context import server_context
 from mgfast.tls.startup_checks import check_peers
 
 log = logging.getLogger("mgfast.server")
 
 
-def run(config: ServerConfig) -> int:
+def run(config: ServerConfig, workers: int | None = None) -> int:
     """Serve until a signal asks to stop; return the process exit status."""
     if config.auth is not None:
         # Serving without the authentication the operator configured would be worse than not
@@ -26,28 +24,22 @@ def run(config: ServerConfig) -> int:
             f"yet. Fix: remove `auth` (and protect the server with client certificates, "
             f"tls.peers) or run the upstream server for this deployment")
     if config.tls is not None:
-        server_context(config.tls)  # fail now, naming the file, rather than in a worker
+        server_context(config.tls)  # fail now, naming the file, rather than in every worker
         if config.tls.peers is not None:
             check_peers(config.tls.peers)
     check_port_free(config.ip, config.port)
-    return uvloop.run(_main(config))
-
-
-async def _main(config: ServerConfig) -> int:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    reload = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reload.set)
+    count = workers or config.workers or os.cpu_count() or 1
     scheme = "https" if config.tls else "http"
 
     def ready() -> None:
         log.info("listening", extra={
-            "url": f"{scheme}://{config.ip}:{config.port}", "out_stream": str(config.out_stream.url),
-            "config": config.source,
+            "url": f"{scheme}://{config.ip}:{config.port}", "workers": count,
+            "out_stream": str(config.out_stream.url), "config": config.source,
             "client_certificates": "required" if config.tls and config.tls.peers else "no"})
 
-    await serve(config, stop, reload=reload, ready=ready)
+    try:
+        status = Supervisor(config, count).run(ready)
+    except ChildStartError as exc:
+        raise StartupError(str(exc)) from None
     log.info("stopped")
-    return 0
+    return status

@@ -1,7 +1,8 @@
-"""One server event loop: listener, connections, TLS and the out_stream writer.
+"""A worker process: one uvloop loop with its own SO_REUSEPORT listener, TLS and connections.
 
 ``serve`` runs until ``stop`` is set, then drains: close the listener, let each connection finish
-the request in flight (bounded by ``drain_timeout``), close the rest, close the writer.
+the request in flight (bounded by ``DRAIN_TIMEOUT``), then close the rest. Messages go to the
+egress process through an ``EgressClient``.
 """
 
 from __future__ import annotations
@@ -14,13 +15,12 @@ from typing import Callable
 
 from mgfast.config.model import ServerConfig
 from mgfast.http.server_protocol import HttpServerProtocol
-from mgfast.server.app import GatewayApp
+from mgfast.server.app import GatewayApp, Writer
 from mgfast.server.listen import listen_socket
 from mgfast.tls.outcome import HandshakeOutcome
 from mgfast.tls.rejection_log import RejectionLog
 from mgfast.tls.reloader import TlsReloader
 from mgfast.tls.server_protocol import TlsServerProtocol
-from mgfast.zmq.writer import OutStreamWriter
 
 log = logging.getLogger("mgfast.server")
 
@@ -46,14 +46,12 @@ def check_port_free(ip: str, port: int) -> None:
                                f"and `port` in the config") from None
 
 
-async def serve(config: ServerConfig, stop: asyncio.Event, *,
+async def serve(config: ServerConfig, stop: asyncio.Event, writer: Writer, *,
                 sock: socket.socket | None = None,
                 observe_handshake: Callable[[HandshakeOutcome], None] | None = None,
                 reload: asyncio.Event | None = None,
                 ready: Callable[[], None] | None = None) -> None:
     """Serve until ``stop`` is set; setting ``reload`` re-reads the TLS material at once."""
-    writer = OutStreamWriter(config.out_stream)
-    await writer.start()
     app = GatewayApp(writer)
     connections: set[HttpServerProtocol] = set()
     limits = config.http
@@ -112,4 +110,3 @@ async def serve(config: ServerConfig, stop: asyncio.Event, *,
             await asyncio.sleep(0.01)
         for connection in list(connections):
             connection.abort()
-        await writer.close()

@@ -159,6 +159,11 @@ class OutStreamWriter:
 
     async def write(self, frames: Sequence[bytes | memoryview], *, eos: bool) -> WriteResult:
         """Send ``[topic, message, *extra]``; ``eos`` says whether the message is an EOS."""
+        return await self.submit(frames, eos)
+
+    def submit(self, frames: Sequence[bytes | memoryview], eos: bool) -> asyncio.Future:
+        """Queue a message now and return the future of its WriteResult (no coroutine per
+        message: the egress process submits whole batches this way, in order)."""
         if self._task is None or self._closing:
             raise StreamClosed(f"writer for {self.config.url} is not running")
         if len(frames) < 2:
@@ -171,7 +176,7 @@ class OutStreamWriter:
             self._wake = None
             if not wake.done():
                 wake.set_result(None)
-        return await future
+        return future
 
     async def close(self, timeout: float | None = None) -> None:
         """Stop accepting writes, let queued ones finish (up to ``timeout`` seconds; default: one

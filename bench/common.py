@@ -1,0 +1,244 @@
+"""Shared pieces of the benchmarks: tools, certificates, gateway processes, process-tree CPU/RSS.
+
+Everything here targets 127.0.0.1 (TCP) or ipc sockets under the run's work directory, and
+every process started is stopped by the code that started it (``Proc.stop`` / context managers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+if str(REPO) not in sys.path:  # `python bench/run.py` puts bench/ first, not the repo root
+    sys.path.insert(0, str(REPO))
+
+
+# ---- tools ------------------------------------------------------------------------------------
+
+_apt_updated = False
+
+
+def ensure_tool(binary: str, package: str) -> str:
+    """The path of ``binary``; installs Debian ``package`` with apt-get first if it is missing."""
+    global _apt_updated
+    path = shutil.which(binary)
+    if path:
+        return path
+    if os.geteuid() != 0:
+        raise SystemExit(f"bench: `{binary}` is missing; install it: apt-get install {package}")
+    print(f"bench: installing {package} (apt-get) for `{binary}`", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    if not _apt_updated:
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, timeout=600)
+        _apt_updated = True
+    subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True, env=env,
+                   timeout=600, stdout=subprocess.DEVNULL)
+    path = shutil.which(binary)
+    if not path:
+        raise SystemExit(f"bench: apt-get installed {package} but `{binary}` is still missing")
+    return path
+
+
+def tool_version(args: list[str]) -> str:
+    try:
+        out = subprocess.run(args, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    text = (out.stdout + out.stderr).strip().splitlines()
+    return text[0].strip() if text else "?"
+
+
+def machine_info() -> dict[str, str]:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import ssl
+
+    return {
+        "nproc": str(os.cpu_count()),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "openssl": ssl.OPENSSL_VERSION,
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check, timeout: float, what: str, interval: float = 0.02):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+# ---- certificates -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Certs:
+    """The seed guide's CA (openssl CLI, tests.seed_ca): server cert for IP 127.0.0.1, a client
+    cert, and the lookup hash directory with the CA certificate and an empty CRL."""
+
+    ca: Path
+    server_crt: Path
+    server_key: Path
+    client_crt: Path
+    client_key: Path
+    hash_dir: Path
+
+    @classmethod
+    def create(cls, workdir: Path) -> "Certs":
+        from tests.seed_ca import SeedCa
+
+        seed = SeedCa.create(workdir)
+        return cls(seed.ca_crt, seed.server_crt, seed.server_key, seed.client_crt,
+                   seed.client_key, seed.hash_dir)
+
+
+# ---- processes ----------------------------------------------------------------------------------
+
+class Proc:
+    """A child process with its output in a log file; ``stop`` ends it (TERM, then KILL)."""
+
+    def __init__(self, name: str, args: list[str], workdir: Path, *, cwd: Path | None = None,
+                 env: dict | None = None) -> None:
+        self.name = name
+        self.log_path = workdir / f"{name}.log"
+        self._log = open(self.log_path, "wb")
+        self.popen = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, cwd=cwd,
+                                      env={**os.environ, **(env or {})})
+        self.pid = self.popen.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def check_alive(self) -> None:
+        if self.popen.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with {self.popen.returncode}:\n"
+                               f"{self.log()[-3000:]}")
+
+    def wait_log(self, needle: str, timeout: float = 30.0) -> None:
+        def seen() -> bool:
+            self.check_alive()
+            return needle in self.log()
+        wait_for(seen, timeout, f"{self.name} to log {needle!r}")
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        self._log.close()
+        return self.popen.returncode
+
+
+def gateway(kind: str, config: dict, workdir: Path, name: str | None = None) -> Proc:
+    """``python -m mgfast KIND CONFIG`` from this checkout, ready once it logs ``msg=listening``."""
+    name = name or kind
+    path = workdir / f"{name}.json"
+    path.write_text(json.dumps(config, indent=2))
+    env = {"PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = Proc(name, [sys.executable, "-m", "mgfast", kind, str(path)], workdir, cwd=REPO,
+                env=env)
+    try:
+        proc.wait_log("msg=listening")
+    except BaseException:
+        proc.stop()
+        raise
+    return proc
+
+
+# ---- process-tree accounting ----------------------------------------------------------------------
+
+def _children_map() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    return children
+
+
+def process_tree(roots: list[int]) -> list[int]:
+    """``roots`` and all their living descendants."""
+    children = _children_map()
+    seen: list[int] = []
+    stack = list(roots)
+    while stack:
+        pid = stack.pop()
+        if pid in seen or not Path(f"/proc/{pid}").exists():
+            continue
+        seen.append(pid)
+        stack.extend(children.get(pid, ()))
+    return seen
+
+
+def cpu_seconds(roots: list[int]) -> float:
+    """utime + stime of the tree's processes, plus cutime + cstime (children already reaped)."""
+    total = 0
+    for pid in process_tree(roots):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        total += sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime stime cutime cstime
+    return total / CLK_TCK
+
+
+def peak_rss_mib(roots: list[int]) -> float:
+    """Sum over the tree of each process's peak resident set (VmHWM), MiB: an upper bound of
+    the tree's peak, exact when the peaks coincide."""
+    total_kib = 0
+    for pid in process_tree(roots):
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total_kib += int(line.split()[1])
+                    break
+        except OSError:
+            continue
+    return total_kib / 1024
+
+
+def percentile(sorted_values, q: float) -> float:
+    """Nearest-rank percentile of an already sorted sequence (nan when empty)."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(1, min(len(sorted_values), int(-(-q * len(sorted_values) // 100))))
+    return sorted_values[rank - 1]

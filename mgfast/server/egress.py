@@ -1,0 +1,91 @@
+"""The egress process: the one owner of the configured out_stream socket.
+
+Only one process can bind the out_stream endpoint, so workers hand their messages here in
+batches (``egress_wire``) over a ROUTER socket on a private ipc path, and get one writer result
+per message back. Batches are submitted to the writer in arrival order, so the messages of one
+worker connection reach the out_stream in the order that connection sent them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import zmq
+import zmq.asyncio
+
+from mgfast.config.model import OutStreamConfig
+from mgfast.server import egress_wire
+from mgfast.zmq.writer import OutStreamWriter
+
+log = logging.getLogger("mgfast.egress")
+
+
+class Egress:
+    def __init__(self, out_stream: OutStreamConfig, endpoint: str) -> None:
+        self.writer = OutStreamWriter(out_stream)
+        self.endpoint = endpoint
+        self.context = zmq.asyncio.Context()
+        self.sock: zmq.asyncio.Socket | None = None
+        self.pending: set[asyncio.Future] = set()  # replies not yet sent
+        self.malformed = 0
+
+    async def start(self) -> None:
+        await self.writer.start()  # raises EndpointError naming the out_stream URL
+        sock = self.context.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.SNDHWM, 0)  # workers bound what they send; never drop a reply
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.LINGER, 1000)
+        sock.bind(self.endpoint)
+        self.sock = sock
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve batches until ``stop``; then answer what was received and close the writer."""
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            while True:
+                receiving = asyncio.ensure_future(self.sock.recv_multipart(copy=False))
+                await asyncio.wait({receiving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if not receiving.done():
+                    receiving.cancel()
+                    break
+                self._submit(receiving.result())
+        finally:
+            stopping.cancel()
+            if self.pending:
+                await asyncio.wait(set(self.pending))
+            await self.writer.close()
+            self.sock.close()
+            self.context.term()
+
+    def _submit(self, parts: list) -> None:
+        routing_id = parts[0].bytes
+        try:
+            batch_id, messages = egress_wire.decode_batch([p.buffer for p in parts[1:]])
+        except ValueError as exc:
+            self.malformed += 1
+            log.error("dropping a malformed batch from a worker", extra={"error": str(exc)})
+            return
+        futures = [self.writer.submit(frames, eos) for frames, eos in messages]
+        done = asyncio.ensure_future(asyncio.wait(futures)) if futures else None
+        if done is None:
+            self._reply(routing_id, batch_id, [])
+            return
+        self.pending.add(done)
+        done.add_done_callback(lambda _, r=routing_id, b=batch_id, f=futures: self._replied(
+            done, r, b, f))
+
+    def _replied(self, done: asyncio.Future, routing_id: bytes, batch_id: int,
+                 futures: list[asyncio.Future]) -> None:
+        self.pending.discard(done)
+        self._reply(routing_id, batch_id, futures)
+
+    def _reply(self, routing_id: bytes, batch_id: int, futures: list[asyncio.Future]) -> None:
+        codes = bytearray()
+        for future in futures:
+            if future.exception() is not None:
+                log.error("out_stream write failed", exc_info=future.exception())
+                codes.append(egress_wire.ERROR)
+            else:
+                codes.append(egress_wire.RESULT_CODES[future.result()])
+        self.sock.send_multipart([routing_id, *egress_wire.encode_results(batch_id, codes)])

@@ -1,0 +1,144 @@
+"""The worker's side of the egress hand-off: a writer that batches per event-loop iteration.
+
+Every ``write`` made during one loop iteration goes out as one ZeroMQ message at the end of it,
+so under load a batch carries as many messages as there are requests ready, and the cost of the
+hop is paid per batch. At most ``max_pending`` messages wait for their results: past that,
+``write`` waits, requests wait, and TCP pushes back on the clients (bounded memory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from array import array
+from typing import Sequence
+
+import zmq
+import zmq.asyncio
+
+from mgfast.server import egress_wire
+from mgfast.zmq.sockets import NOBLOCK, NOBLOCK_MORE, StreamClosed, backend_send
+from mgfast.zmq.writer import WriteResult
+
+log = logging.getLogger("mgfast.egress")
+
+ZERO_COPY_MIN = 65536  # below this pyzmq copies anyway, and copying is cheaper
+
+
+class EgressUnavailable(StreamClosed):
+    """The egress process did not take or answer a batch (it is restarting): retry later."""
+
+
+class EgressClient:
+    def __init__(self, endpoint: str, *, max_pending: int, reply_timeout: float) -> None:
+        self.endpoint = endpoint
+        self.max_pending = max_pending
+        self.reply_timeout = reply_timeout
+        self.loop = asyncio.get_running_loop()
+        self.context = zmq.asyncio.Context()
+        self.asock: zmq.asyncio.Socket | None = None
+        self.sock: zmq.Socket | None = None
+        self.ids = itertools.count(1)
+        # the batch being gathered in this loop iteration
+        self.frames: list = []
+        self.counts = array("I")
+        self.futures: list[asyncio.Future] = []
+        self.flush_scheduled = False
+        # batches sent, awaiting results: id -> (futures, timer)
+        self.inflight: dict[int, tuple[list[asyncio.Future], asyncio.TimerHandle]] = {}
+        self.pending = 0  # messages submitted and not yet resolved
+        self.space = asyncio.Event()
+        self.reader: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        asock = self.context.socket(zmq.DEALER)
+        asock.setsockopt(zmq.SNDHWM, 0)  # bounded by max_pending instead
+        asock.setsockopt(zmq.RCVHWM, 0)
+        asock.setsockopt(zmq.LINGER, 0)
+        asock.connect(self.endpoint)
+        self.asock = asock
+        self.sock = zmq.Socket.shadow(asock.underlying)
+        self.reader = self.loop.create_task(self._read_results())
+
+    async def write(self, frames: Sequence, *, eos: bool) -> WriteResult:
+        while self.pending >= self.max_pending:
+            self.space.clear()
+            await self.space.wait()
+        self.pending += 1
+        future = self.loop.create_future()
+        self.frames.extend(frames)
+        self.counts.append(len(frames) | (egress_wire.EOS_BIT if eos else 0))
+        self.futures.append(future)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self._flush)
+        try:
+            return await future
+        finally:
+            self.pending -= 1
+            self.space.set()
+
+    async def close(self) -> None:
+        if self.reader is not None:
+            self.reader.cancel()
+        for futures, timer in self.inflight.values():
+            timer.cancel()
+            _fail(futures, "the worker is stopping")
+        self.inflight.clear()
+        if self.asock is not None:
+            self.asock.close()
+        self.context.term()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        self.flush_scheduled = False
+        frames, counts, futures = self.frames, self.counts, self.futures
+        self.frames, self.counts, self.futures = [], array("I"), []
+        batch_id = next(self.ids)
+        sock = self.sock
+        try:
+            backend_send(sock, egress_wire.encode_header(batch_id, counts), NOBLOCK_MORE, True)
+        except zmq.Again:  # no egress connected right now
+            _fail(futures, "the egress process is not connected")
+            return
+        last = len(frames) - 1
+        for i, frame in enumerate(frames):
+            backend_send(sock, frame, NOBLOCK if i == last else NOBLOCK_MORE,
+                         len(frame) < ZERO_COPY_MIN)
+        timer = self.loop.call_later(self.reply_timeout, self._expire, batch_id)
+        self.inflight[batch_id] = (futures, timer)
+
+    def _expire(self, batch_id: int) -> None:
+        entry = self.inflight.pop(batch_id, None)
+        if entry is not None:
+            _fail(entry[0], "no answer from the egress process in time")
+
+    async def _read_results(self) -> None:
+        while True:
+            parts = await self.asock.recv_multipart()
+            try:
+                batch_id, codes = egress_wire.decode_results(parts)
+            except ValueError:
+                log.error("malformed reply from the egress process")
+                continue
+            entry = self.inflight.pop(batch_id, None)
+            if entry is None:
+                continue  # expired already
+            futures, timer = entry
+            timer.cancel()
+            for future, code in zip(futures, codes):
+                if future.done():
+                    continue
+                result = egress_wire.RESULTS_BY_CODE[code]
+                if result is None:
+                    future.set_exception(RuntimeError("the out_stream writer failed"))
+                else:
+                    future.set_result(result)
+
+
+def _fail(futures: list[asyncio.Future], why: str) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_exception(EgressUnavailable(why))

@@ -1,0 +1,63 @@
+"""The framing between worker processes and the egress process, over a ZeroMQ ipc socket.
+
+A batch is one ZeroMQ multipart message, so many HTTP requests cost one send::
+
+    worker -> egress   [header, frames of message 0..., frames of message 1..., ...]
+    egress -> worker   [batch id (u64), one result code per message (u8 each)]
+
+The header is the batch id (u64) followed by one u32 per message: its frame count, with the top
+bit set for an end-of-stream. The Savant frames themselves travel untouched.
+"""
+
+from __future__ import annotations
+
+import struct
+from array import array
+
+from mgfast.zmq.writer import WriteResult
+
+EOS_BIT = 0x8000_0000
+_ID = struct.Struct("<Q")
+
+# Result codes on the wire; ERROR = the writer raised (the worker answers 500).
+RESULT_CODES = {WriteResult.SUCCESS: 0, WriteResult.ACK: 1, WriteResult.SEND_TIMEOUT: 2,
+                WriteResult.ACK_TIMEOUT: 3}
+ERROR = 4
+RESULTS_BY_CODE: tuple = (WriteResult.SUCCESS, WriteResult.ACK, WriteResult.SEND_TIMEOUT,
+                          WriteResult.ACK_TIMEOUT, None)
+
+
+def encode_header(batch_id: int, counts: array) -> bytes:
+    """``counts``: array('I') of frame counts, EOS_BIT or-ed in for end-of-stream messages."""
+    return _ID.pack(batch_id) + counts.tobytes()
+
+
+def decode_batch(parts: list) -> tuple[int, list[tuple[list, bool]]]:
+    """Split a received batch into (batch id, [(frames, eos), ...]); ValueError if malformed."""
+    header = parts[0]
+    if len(header) < _ID.size or (len(header) - _ID.size) % 4:
+        raise ValueError("malformed egress batch header")
+    (batch_id,) = _ID.unpack_from(header)
+    counts = array("I")
+    counts.frombytes(bytes(header)[_ID.size:])
+    messages = []
+    pos = 1
+    for count in counts:
+        n = count & ~EOS_BIT
+        if n < 2 or pos + n > len(parts):
+            raise ValueError("egress batch frame counts do not match its frames")
+        messages.append((parts[pos:pos + n], bool(count & EOS_BIT)))
+        pos += n
+    if pos != len(parts):
+        raise ValueError("egress batch has frames beyond its header's counts")
+    return batch_id, messages
+
+
+def encode_results(batch_id: int, codes: bytes | bytearray) -> list[bytes]:
+    return [_ID.pack(batch_id), bytes(codes)]
+
+
+def decode_results(parts: list) -> tuple[int, bytes]:
+    if len(parts) != 2 or len(parts[0]) != _ID.size:
+        raise ValueError("malformed egress reply")
+    return _ID.unpack(bytes(parts[0]))[0], bytes(parts[1])

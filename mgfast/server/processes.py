@@ -1,0 +1,82 @@
+"""Entry points of the child processes the supervisor spawns: the egress and the workers.
+
+Each child reports on its pipe once: ``("ready", None)`` or ``("error", message)``, so a start-up
+failure (an out_stream that cannot bind, say) reaches the operator as one line and exit status 2.
+Children ignore SIGINT (a terminal sends it to the whole group; the supervisor decides), stop
+gracefully on SIGTERM, and workers reload TLS material on SIGHUP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from multiprocessing.connection import Connection
+
+import uvloop
+
+from mgfast import logs
+from mgfast.config.model import ServerConfig
+
+# How long a worker waits for the egress to answer a batch before answering 503: the writer's
+# own worst case (send and ack budgets) plus a margin for the hop.
+REPLY_MARGIN = 5.0
+
+
+def egress_main(config: ServerConfig, endpoint: str, conn: Connection) -> None:
+    logs.setup()
+    uvloop.run(_egress(config, endpoint, conn))
+
+
+async def _egress(config: ServerConfig, endpoint: str, conn: Connection) -> None:
+    from mgfast.server.egress import Egress
+
+    stop = _stop_event(reload=None)
+    egress = Egress(config.out_stream, endpoint)
+    try:
+        await egress.start()
+    except Exception as exc:  # reported to the supervisor, which exits with status 2
+        conn.send(("error", str(exc)))
+        return
+    conn.send(("ready", None))
+    await egress.run(stop)
+
+
+def worker_main(config: ServerConfig, index: int, endpoint: str, conn: Connection) -> None:
+    logs.setup()
+    uvloop.run(_worker(config, index, endpoint, conn))
+
+
+async def _worker(config: ServerConfig, index: int, endpoint: str, conn: Connection) -> None:
+    from mgfast.server.egress_client import EgressClient
+    from mgfast.server.listen import listen_socket
+    from mgfast.server.worker import serve
+
+    reload = asyncio.Event()
+    stop = _stop_event(reload=reload)
+    out = config.out_stream
+    budget = (out.send_timeout * (out.send_retries + 1)
+              + out.receive_timeout * (out.receive_retries + 1) + REPLY_MARGIN)
+    writer = EgressClient(endpoint, max_pending=out.inflight_ops, reply_timeout=budget)
+    try:
+        await writer.start()
+        sock = listen_socket(config.ip, config.port)
+    except Exception as exc:
+        conn.send(("error", f"worker {index}: {exc}"))
+        return
+    try:
+        await serve(config, stop, writer, sock=sock, reload=reload,
+                    ready=lambda: conn.send(("ready", None)))
+    finally:
+        await writer.close()
+
+
+def _stop_event(reload: asyncio.Event | None) -> asyncio.Event:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    if reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, reload.set)
+    else:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    return stop

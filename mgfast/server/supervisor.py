@@ -1,0 +1,202 @@
+"""The master process: start the egress and the workers, watch them, restart the dead, stop all.
+
+Signals only enqueue (through the wakeup fd); one loop dispatches them:
+
+- SIGTERM / SIGINT: drain. Workers get SIGTERM (close the listener, answer requests in flight,
+  at most ``worker DRAIN_TIMEOUT``), then the egress (flush the out_stream). A second signal
+  kills what is left.
+- SIGHUP: forwarded to every worker, which reloads its TLS material.
+
+A child that dies is restarted after a backoff that doubles per quick death (0.5 s up to 30 s)
+while the others keep serving; workers reconnect to a restarted egress by themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+
+from mgfast.config.model import ServerConfig
+from mgfast.server import processes
+from mgfast.server.worker import DRAIN_TIMEOUT
+
+log = logging.getLogger("mgfast.server")
+
+START_TIMEOUT = 30.0  # seconds a child may take to report ready
+EGRESS_STOP_TIMEOUT = 30.0  # after the workers: the writer's budgets to flush what is queued
+BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
+STABLE_AFTER = 30.0  # a child that lived this long restarts without backoff
+
+
+class ChildStartError(Exception):
+    """A child process could not start; the message is the child's own explanation."""
+
+
+@dataclass
+class Child:
+    name: str
+    target: object
+    args: tuple
+    process: multiprocessing.Process | None = None
+    started: float = 0.0
+    failures: int = 0
+    restart_at: float | None = None
+    restarts: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class Supervisor:
+    def __init__(self, config: ServerConfig, workers: int) -> None:
+        self.config = config
+        self.mp = multiprocessing.get_context("spawn")
+        self.tmpdir = tempfile.mkdtemp(prefix="mgfast-")
+        endpoint = f"ipc://{self.tmpdir}/egress"
+        self.egress = Child("egress", processes.egress_main, (config, endpoint))
+        self.workers = [Child(f"worker-{i}", processes.worker_main, (config, i, endpoint))
+                        for i in range(workers)]
+        self.stopping = False
+        self.wake_r, self.wake_w = socket.socketpair()
+
+    @property
+    def children(self) -> list[Child]:
+        return [self.egress, *self.workers]
+
+    def run(self, ready=None) -> int:
+        """Start everything, supervise until told to stop; return the exit status."""
+        self._install_signals()
+        try:
+            self._start(self.egress)
+            for worker in self.workers:
+                self._start(worker, wait_ready=False)
+            for worker in self.workers:
+                self._await_ready(worker)
+            if ready is not None:
+                ready()
+            self._supervise()
+            return 0
+        finally:
+            self._stop_all()
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def _start(self, child: Child, *, wait_ready: bool = True) -> None:
+        parent_end, child_end = self.mp.Pipe(duplex=False)
+        child.extra["conn"] = parent_end
+        child.process = self.mp.Process(target=child.target, args=(*child.args, child_end),
+                                        name=f"mgfast {child.name}", daemon=False)
+        child.process.start()
+        child_end.close()
+        child.started = time.monotonic()
+        if wait_ready:
+            self._await_ready(child)
+
+    def _await_ready(self, child: Child) -> None:
+        conn: Connection = child.extra["conn"]
+        if not conn.poll(START_TIMEOUT):
+            raise ChildStartError(f"{child.name} did not start within {START_TIMEOUT:.0f}s")
+        try:
+            status, message = conn.recv()
+        except EOFError:
+            child.process.join(5)
+            raise ChildStartError(f"{child.name} exited during start-up "
+                                  f"(status {child.process.exitcode})") from None
+        if status != "ready":
+            child.process.join(5)
+            raise ChildStartError(message)
+
+    def _supervise(self) -> None:
+        while not self.stopping:
+            now = time.monotonic()
+            due = [c.restart_at for c in self.children if c.restart_at is not None]
+            timeout = max(0.0, min(due) - now) if due else None
+            sentinels = {c.process.sentinel: c for c in self.children
+                         if c.process is not None and c.restart_at is None}
+            ready = wait([*sentinels, self.wake_r], timeout)
+            if self.wake_r in ready:
+                self._dispatch_signals()
+            for sentinel in ready:
+                child = sentinels.get(sentinel)
+                if child is not None and not self.stopping:
+                    self._schedule_restart(child)
+            now = time.monotonic()
+            for child in self.children:
+                if child.restart_at is not None and child.restart_at <= now and not self.stopping:
+                    child.restart_at = None
+                    child.restarts += 1
+                    try:
+                        self._start(child)
+                        log.info("restarted", extra={"child": child.name,
+                                                      "restarts": child.restarts})
+                    except ChildStartError as exc:
+                        log.error("restart failed", extra={"child": child.name, "error": str(exc)})
+                        self._schedule_restart(child)
+
+    def _schedule_restart(self, child: Child) -> None:
+        child.process.join(1)
+        lived = time.monotonic() - child.started
+        child.failures = 0 if lived > STABLE_AFTER else child.failures + 1
+        delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** max(0, child.failures - 1))
+        log.error("child process died; restarting", extra={
+            "child": child.name, "exitcode": child.process.exitcode, "after_seconds": delay})
+        child.restart_at = time.monotonic() + delay
+
+    def _stop_all(self) -> None:
+        self.stopping = True
+        workers = [w.process for w in self.workers if w.process is not None]
+        self._terminate(workers, DRAIN_TIMEOUT + 5)
+        if self.egress.process is not None:
+            self._terminate([self.egress.process], EGRESS_STOP_TIMEOUT)
+
+    def _terminate(self, procs: list, timeout: float) -> None:
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+        deadline = time.monotonic() + timeout
+        for proc in procs:
+            while proc.is_alive() and time.monotonic() < deadline:
+                if self._second_signal():
+                    break
+                proc.join(0.1)
+            if proc.is_alive():
+                log.warning("killing a child that did not stop in time", extra={
+                    "child": proc.name})
+                proc.kill()
+                proc.join(5)
+
+    # -- signals -------------------------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        self.wake_r.setblocking(False)
+        self.wake_w.setblocking(False)
+        signal.set_wakeup_fd(self.wake_w.fileno(), warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, lambda *_: None)  # the wakeup fd carries the number
+
+    def _read_signals(self) -> list[int]:
+        try:
+            return list(self.wake_r.recv(64))
+        except BlockingIOError:
+            return []
+
+    def _dispatch_signals(self) -> None:
+        for signum in self._read_signals():
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                log.info("stopping", extra={"signal": signal.Signals(signum).name})
+                self.stopping = True
+            elif signum == signal.SIGHUP:
+                log.info("reloading TLS material in every worker")
+                for worker in self.workers:
+                    if worker.process is not None and worker.process.is_alive():
+                        os.kill(worker.process.pid, signal.SIGHUP)
+
+    def _second_signal(self) -> bool:
+        return any(s in (signal.SIGTERM, signal.SIGINT) for s in self._read_signals())
