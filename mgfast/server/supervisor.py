@@ -96,6 +96,7 @@ class Supervisor:
         child.process.start()
         child_end.close()
         child.started = time.monotonic()
+        log.info("started", extra={"child": child.name, "pid": child.process.pid})
         if wait_ready:
             self._await_ready(child)
 
@@ -133,9 +134,9 @@ class Supervisor:
                     child.restart_at = None
                     child.restarts += 1
                     try:
+                        log.info("restarting", extra={"child": child.name,
+                                                       "restarts": child.restarts})
                         self._start(child)
-                        log.info("restarted", extra={"child": child.name,
-                                                      "restarts": child.restarts})
                     except ChildStartError as exc:
                         log.error("restart failed", extra={"child": child.name, "error": str(exc)})
                         self._schedule_restart(child)

@@ -1,0 +1,1 @@
+"""mgfast benchmarks: see bench/README.md. `python -m bench` runs them all."""

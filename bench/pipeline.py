@@ -1,0 +1,287 @@
+"""The end-to-end benchmark: one Savant stream over three paths, for small and large messages.
+
+    savant-rs writer --> [path] --> savant-rs reader
+
+    direct       writer (dealer+connect ipc) -> reader (router+bind ipc): the ceiling
+    stunnel      writer -> stunnel client (unix socket) ==mutual TLS over 127.0.0.1==>
+                 stunnel server -> reader: what an operator would otherwise deploy
+    mgfast b=1   writer -> mgfast client (router+bind ipc) ==HTTPS, mutual TLS==> mgfast server
+                 (out_stream dealer+connect ipc) -> reader; batch 1 = exactly the upstream API
+    mgfast b=64  the same with ``batch: 64`` (MediaBatch framing between mgfast peers)
+
+The writer and the reader are the same in every path (same sockets, same endpoints): DEALER to
+ROUTER gives back-pressure all the way, so nothing is dropped silently and "messages/s" is what
+the path sustains. Both TLS paths use the seed guide's certificates (tests.seed_ca) and verify
+the peer in both directions against the same CA, the server side with CRL checking on the hash
+directory.
+
+Per path and size, with fresh processes: a warm-up (connections and TLS sessions established),
+then a *load* phase (writer as fast as back-pressure lets it, bounded by count and time), then
+a *paced* phase at a fixed rate below every path's capacity, for latency without queueing.
+See bench/README.md for what each number means.
+
+    python -m bench.pipeline [--quick]      # this part alone; python -m bench runs everything
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.common import (Certs, Proc, cpu_seconds, ensure_tool, free_port, gateway,
+                          peak_rss_mib, process_tree)
+from bench.peers import PeerProcess, reader_main, writer_main
+
+
+@dataclass(frozen=True)
+class Size:
+    name: str
+    payload: int  # bytes of topic + Savant message + extra, per message
+    max_count: int  # load phase bound (the time bound applies too)
+    paced_rate: int  # messages/s of the paced phase
+
+
+SIZES = (
+    Size("small", 200, 400_000, 1000),
+    Size("large", 100 * 1024, 40_000, 200),
+)
+
+
+@dataclass(frozen=True)
+class Options:
+    load_seconds: float = 8.0
+    paced_seconds: float = 4.0
+    warmup: int = 500
+    sources: int = 4  # topics cam-0..cam-N-1, round-robin: Savant deployments carry many
+    connections: int = 4  # mgfast client keep-alive connections
+    inflight_ops: int = 1000  # mgfast client in-flight window (in_stream.inflight_ops)
+    batch: int = 64
+    drain_timeout: float = 30.0
+    server_workers: int | None = None  # None: the server's default
+
+
+QUICK = Options(load_seconds=2.0, paced_seconds=1.0, warmup=200)
+
+
+# ---- paths ---------------------------------------------------------------------------------------
+
+class Path_:
+    """What sits between writer and reader; ``start`` returns the writer's URL."""
+
+    key = ""
+    label = ""
+
+    def __init__(self) -> None:
+        self.procs: list[Proc] = []
+
+    def start(self, work: Path, certs: Certs, reader_ipc: Path, opts: Options) -> str:
+        raise NotImplementedError
+
+    @property
+    def roots(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name} ---\n{p.log()[-2000:]}" for p in self.procs)
+
+
+class Direct(Path_):
+    key, label = "direct", "direct (ceiling)"
+
+    def start(self, work, certs, reader_ipc, opts):
+        return f"dealer+connect:ipc://{reader_ipc}"
+
+
+class Stunnel(Path_):
+    key, label = "stunnel", "stunnel mTLS"
+
+    def start(self, work, certs, reader_ipc, opts):
+        binary = ensure_tool("stunnel4", "stunnel4")
+        port = free_port()
+        entry = work / "stunnel-in"
+        common = "foreground = yes\npid =\ndebug = 5\n"  # 5: logs "Configuration successful"
+        server_conf = work / "stunnel-server.conf"
+        server_conf.write_text(
+            common + "[gateway]\n"
+            f"accept = 127.0.0.1:{port}\n"
+            f"connect = {reader_ipc}\n"
+            f"cert = {certs.server_crt}\nkey = {certs.server_key}\n"
+            f"CApath = {certs.hash_dir}\nCRLpath = {certs.hash_dir}\n"
+            "verifyChain = yes\nrequireCert = yes\n")
+        client_conf = work / "stunnel-client.conf"
+        client_conf.write_text(
+            common + "[gateway]\nclient = yes\n"
+            f"accept = {entry}\n"
+            f"connect = 127.0.0.1:{port}\n"
+            f"cert = {certs.client_crt}\nkey = {certs.client_key}\n"
+            f"CAfile = {certs.ca}\nverifyChain = yes\ncheckIP = 127.0.0.1\n")
+        for name, conf in (("stunnel-server", server_conf), ("stunnel-client", client_conf)):
+            self.procs.append(Proc(name, [binary, str(conf)], work))
+        for proc in self.procs:
+            proc.wait_log("Configuration successful")
+        return f"dealer+connect:ipc://{entry}"
+
+
+class Mgfast(Path_):
+    def __init__(self, batch: int) -> None:
+        super().__init__()
+        self.batch = batch
+        self.key = f"mgfast-b{batch}"
+        self.label = f"mgfast batch={batch}"
+
+    def start(self, work, certs, reader_ipc, opts):
+        entry = work / "client-in"
+        duration = {"secs": 1, "nanos": 0}
+        server = {
+            "ip": "127.0.0.1",
+            "port": free_port(),
+            "tls": {
+                "identity": {"certificate": str(certs.server_crt), "key": str(certs.server_key)},
+                "peers": {"lookup_hash_directory": str(certs.hash_dir), "crl_enabled": True},
+            },
+            "out_stream": {
+                "url": f"dealer+connect:ipc://{reader_ipc}",
+                "send_timeout": duration, "send_retries": 3,
+                "receive_timeout": duration, "receive_retries": 3,
+                "send_hwm": 1000, "receive_hwm": 1000, "inflight_ops": 100,
+            },
+        }
+        if opts.server_workers is not None:
+            server["workers"] = opts.server_workers
+        self.procs.append(gateway("server", server, work))
+        client = {
+            "ip": "127.0.0.1",
+            "port": free_port(),
+            "url": f"https://127.0.0.1:{server['port']}",
+            "in_stream": {
+                "url": f"router+bind:ipc://{entry}",
+                "receive_timeout": duration, "receive_hwm": 1000,
+                "topic_prefix_spec": {"none": None}, "source_cache_size": 1000,
+                "inflight_ops": opts.inflight_ops,
+            },
+            "tls": {
+                "root_certificate": str(certs.ca),
+                "identity": {"certificate": str(certs.client_crt), "key": str(certs.client_key)},
+            },
+            "batch": self.batch,
+            "connections": opts.connections,
+        }
+        self.procs.append(gateway("client", client, work))
+        return f"dealer+connect:ipc://{entry}"
+
+
+def paths(opts: Options) -> list[Path_]:
+    return [Direct(), Stunnel(), Mgfast(1), Mgfast(opts.batch)]
+
+
+# ---- one scenario --------------------------------------------------------------------------------
+
+def run_scenario(path: Path_, size: Size, certs: Certs, work: Path, opts: Options) -> dict:
+    work.mkdir(parents=True, exist_ok=True)
+    reader_ipc = work / "reader"
+    reader = PeerProcess(reader_main, f"router+bind:ipc://{reader_ipc}", opts.sources)
+    writer = None
+    try:
+        writer_url = path.start(work, certs, reader_ipc, opts)
+        writer = PeerProcess(writer_main, writer_url, opts.sources, size.payload)
+        roots = path.roots
+
+        def phase(number: int, count: int, seconds: float, rate: int) -> tuple[tuple, dict]:
+            sent = writer.call(("run", number, count, seconds, rate), seconds + 120)
+            got = reader.call(("wait", number, sent[0], opts.drain_timeout),
+                              opts.drain_timeout + 30)
+            return sent, got
+
+        sent, got = phase(1, opts.warmup, 60, 0)
+        if got["unique"] < sent[0]:
+            raise RuntimeError(f"{path.label}: warm-up delivered {got['unique']} of {sent[0]}\n"
+                               f"{path.logs()}")
+
+        cpu0 = cpu_seconds(roots)
+        sent, got = phase(2, size.max_count, opts.load_seconds, 0)
+        cpu1 = cpu_seconds(roots)
+        n_sent, failed, first_ns, _ = sent
+        unique = got["unique"]
+        elapsed = max(1e-9, (got["last_ns"] - first_ns) / 1e9)
+        rate = unique / elapsed
+        result = {
+            "path": path.key, "label": path.label, "size": size.name, "payload": size.payload,
+            "sent": n_sent, "send_failed": failed, "received": unique,
+            "lost": n_sent - failed - unique, "duplicates": got["duplicates"],
+            "gaps": got["gaps"], "seconds": elapsed, "msgs_per_s": rate,
+            "mb_per_s": rate * size.payload / 1e6,
+            "load_p50_ms": got["p50_ms"], "load_p99_ms": got["p99_ms"],
+            "cpu_us_per_msg": (cpu1 - cpu0) / unique * 1e6 if roots and unique else None,
+            "processes": len(process_tree(roots)),
+        }
+
+        cpu2 = cpu_seconds(roots)
+        count = int(size.paced_rate * opts.paced_seconds)
+        sent, got = phase(3, count, opts.paced_seconds + 5, size.paced_rate)
+        cpu3 = cpu_seconds(roots)
+        result.update({
+            "paced_rate": size.paced_rate, "paced_sent": sent[0], "paced_received": got["unique"],
+            "paced_lost": sent[0] - sent[1] - got["unique"],
+            "paced_p50_ms": got["p50_ms"], "paced_p99_ms": got["p99_ms"],
+            "paced_max_ms": got["max_ms"],
+            "paced_cpu_us_per_msg": ((cpu3 - cpu2) / got["unique"] * 1e6
+                                     if roots and got["unique"] else None),
+            "peak_rss_mib": peak_rss_mib(roots) if roots else None,
+        })
+        return result
+    finally:
+        if writer is not None:
+            writer.stop()
+        path.stop()
+        reader.stop()
+
+
+def run(opts: Options, work: Path, certs: Certs | None = None, *, sizes=SIZES,
+        only: set[str] | None = None, progress=print) -> list[dict]:
+    """Every path for every size; returns one result dict per scenario."""
+    certs = certs or Certs.create(work / "pki")
+    results = []
+    for size in sizes:
+        for path in paths(opts):
+            if only and path.key not in only:
+                continue
+            progress(f"pipeline: {path.label}, {size.name} ({size.payload} B) ...")
+            started = time.monotonic()
+            result = run_scenario(path, size, certs, work / f"{path.key}-{size.name}", opts)
+            result["wall_s"] = time.monotonic() - started
+            progress(f"  {result['msgs_per_s']:,.0f} msg/s, {result['mb_per_s']:,.1f} MB/s, "
+                     f"paced p50/p99 {result['paced_p50_ms']:.2f}/{result['paced_p99_ms']:.2f} ms"
+                     + (f", {result['cpu_us_per_msg']:.1f} us CPU/msg"
+                        if result["cpu_us_per_msg"] is not None else "")
+                     + f", lost {result['lost']}, {result['wall_s']:.0f}s")
+            results.append(result)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="short phases (smoke run)")
+    parser.add_argument("--only", help="comma-separated path keys: direct,stunnel,mgfast-b1,...")
+    parser.add_argument("--size", choices=[s.name for s in SIZES], help="one size only")
+    args = parser.parse_args(argv)
+    opts = QUICK if args.quick else Options()
+    sizes = [s for s in SIZES if args.size in (None, s.name)]
+    with tempfile.TemporaryDirectory(prefix="mgfast-bench-") as tmp:
+        results = run(opts, Path(tmp), sizes=sizes,
+                      only=set(args.only.split(",")) if args.only else None)
+    print(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

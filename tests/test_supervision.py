@@ -1,0 +1,137 @@
+"""The server's process model: workers on one port, the egress, restarts, draining, order."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import threading
+
+import pytest
+
+from mgfast.media import encode_media
+from tests import savant_peers as sp
+from tests.gateway_process import GatewayProcess, server_config
+from tests.util import free_port, wait_until
+
+
+def live_children(server: GatewayProcess) -> dict[str, int]:
+    """{child name: pid} of the server's children that are alive, from its start-up log."""
+    found: dict[str, int] = {}
+    for line in server.log().splitlines():
+        if "msg=started" in line:
+            fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+            found[fields["child"]] = int(fields["pid"])
+    return {name: pid for name, pid in found.items() if os.path.exists(f"/proc/{pid}")
+            and "Z" not in open(f"/proc/{pid}/stat").read().split(")")[1].split()[0]}
+
+
+def post(port: int, topic: str, message, *extra: bytes) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    conn.request("POST", "/", body=encode_media(topic.encode(), sp.to_bytes(message), list(extra)),
+                 headers={"Content-Type": "application/protobuf"})
+    status = conn.getresponse().status
+    conn.close()
+    return status
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A 2-worker server on tcp, and a savant-rs sub reader connected to it."""
+    where = f"tcp://127.0.0.1:{free_port()}"
+    config = server_config(f"pub+bind:{where}", workers=2)
+    with GatewayProcess("server", config, tmp_path) as server:
+        with sp.SavantReader(f"sub+connect:{where}") as reader:
+            wait_until(lambda: post(config["port"], "warm-up", sp.user_data("warm-up")) == 200
+                       and reader.messages, what="the subscription")
+            yield server, reader
+
+
+def test_two_workers_and_an_egress_run_and_a_dead_worker_is_replaced(served):
+    server, reader = served
+    assert "workers=2" in server.log()
+    kids = live_children(server)
+    assert sorted(kids) == ["egress", "worker-0", "worker-1"]
+    victim = kids["worker-1"]
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: "worker-1" not in live_children(server), what="the worker to die")
+    # the other worker keeps serving while the dead one is restarted (connections queued on
+    # the dead worker's socket at the moment it died are reset: clients retry those)
+    port = server.config["port"]
+    for _ in range(20):
+        assert post(port, "cam-1", sp.user_data("cam-1")) == 200
+    wait_until(lambda: live_children(server).get("worker-1") not in (None, victim),
+               timeout=20, what="the worker to be restarted")
+
+
+def test_a_dead_egress_is_restarted_and_the_stream_goes_on(served):
+    server, reader = served
+    port = server.config["port"]
+    egress = live_children(server)["egress"]
+    os.kill(egress, signal.SIGKILL)
+    wait_until(lambda: live_children(server).get("egress") not in (None, egress),
+               timeout=20, what="the egress to be restarted")
+    # The restarted egress binds the out_stream again; the reader reconnects by itself.
+    wait_until(lambda: post(port, "after", sp.user_data("after")) == 200
+               and any(m.topic == b"after" for m in reader.messages),
+               timeout=20, what="messages to flow again")
+
+
+def test_order_per_connection_holds_across_workers_and_the_egress(served):
+    server, reader = served
+    port = server.config["port"]
+    per_source = 200
+    sources = [f"cam-{i}" for i in range(4)]
+    errors: list[str] = []
+
+    def stream(source: str) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+        for seq in range(per_source):
+            body = encode_media(source.encode(), sp.to_bytes(sp.user_data(source)),
+                                [seq.to_bytes(4, "big")])
+            conn.request("POST", "/", body=body, headers={"Content-Type": "application/protobuf"})
+            response = conn.getresponse()
+            response.read()
+            if response.status != 200:
+                errors.append(f"{source}#{seq}: {response.status}")
+
+    threads = [threading.Thread(target=stream, args=(s,)) for s in sources]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    got = reader.wait_for(per_source * len(sources), where=lambda m: m.topic.startswith(b"cam-"),
+                          timeout=30)
+    for source in sources:
+        seqs = [int.from_bytes(m.extra[0], "big") for m in got if m.topic == source.encode()]
+        assert seqs == list(range(per_source))
+
+
+def test_sigterm_answers_requests_in_flight_and_exits_0(tmp_path):
+    where = f"tcp://127.0.0.1:{free_port()}"
+    # A req out_stream whose reader answers slowly keeps a request in flight during SIGTERM.
+    config = server_config(f"req+bind:{where}", workers=1)
+    with GatewayProcess("server", config, tmp_path) as server:
+        import zmq
+        ctx = zmq.Context()
+        rep = ctx.socket(zmq.REP)
+        rep.connect(where)
+        result: dict = {}
+
+        def request() -> None:
+            result["status"] = post(config["port"], "cam-1", sp.user_data("cam-1"))
+
+        t = threading.Thread(target=request)
+        t.start()
+        assert rep.poll(10_000), "the message did not reach the out_stream"
+        parts = rep.recv_multipart()
+        server.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: "msg=stopping" in server.log(), what="the drain to begin")
+        rep.send(b"OK")
+        t.join(20)
+        assert result["status"] == 200 and parts[0] == b"cam-1"
+        assert server.proc.wait(30) == 0
+        rep.close(0)
+        ctx.term()
+    assert "stopped" in server.log()
