@@ -273,12 +273,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="short phases (smoke run)")
     parser.add_argument("--only", help="comma-separated path keys: direct,stunnel,mgfast-b1,...")
     parser.add_argument("--size", choices=[s.name for s in SIZES], help="one size only")
+    parser.add_argument("--workdir", help="keep configs, logs and sockets here (default: a "
+                        "temporary directory, removed afterwards)")
     args = parser.parse_args(argv)
     opts = QUICK if args.quick else Options()
     sizes = [s for s in SIZES if args.size in (None, s.name)]
-    with tempfile.TemporaryDirectory(prefix="mgfast-bench-") as tmp:
-        results = run(opts, Path(tmp), sizes=sizes,
-                      only=set(args.only.split(",")) if args.only else None)
+    only = set(args.only.split(",")) if args.only else None
+    if args.workdir:
+        results = run(opts, Path(args.workdir).resolve(), sizes=sizes, only=only)
+    else:
+        with tempfile.TemporaryDirectory(prefix="mgfast-bench-") as tmp:
+            results = run(opts, Path(tmp), sizes=sizes, only=only)
     print(json.dumps(results, indent=1))
     return 0
 

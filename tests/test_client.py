@@ -381,7 +381,7 @@ def test_https_with_root_certificate_and_client_identity(tmp_path):
 
 
 @pytest.mark.timeout(60)
-def test_tls_rejection_is_retried_until_the_server_accepts(tmp_path):
+def test_tls_rejection_is_retried_and_nothing_is_dropped(tmp_path):
     """Without a client certificate the mutual-TLS server refuses the handshake: the client
     keeps the message and retries, logging why; it is not delivered, not dropped."""
     seed = SeedCa.create(tmp_path / "pki")
@@ -533,3 +533,157 @@ def test_without_config_runs_on_the_embedded_default(tmp_path):
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(20) == 0
+
+
+# ---- back-pressure -----------------------------------------------------------------------------
+
+@pytest.mark.timeout(60)
+def test_inflight_ops_bounds_what_is_read_and_the_producer_feels_it(tmp_path):
+    """With the server failing, the client reads inflight_ops messages and no more, so the
+    DEALER producer reaches its high-water mark: its sends start to wait out send_timeout.
+    (savant-rs 0.3.0 then reports ``success`` although it gave up on the message: that loss is
+    the producer's, as with any Savant reader that stops reading.) Once the server recovers,
+    what the client read arrives, in order."""
+    release = threading.Event()
+    into = endpoint("ipc", tmp_path, "in")
+    with UpstreamStub(lambda media, attempt: 200 if release.is_set() else 503) as stub:
+        config = client_config(f"router+bind:{into}", stub.url)
+        config["in_stream"].update(inflight_ops=5, receive_hwm=1)
+        with GatewayProcess("client", config, tmp_path) as client, \
+                sp.SavantWriter(f"dealer+connect:{into}", send_hwm=1, send_timeout=0.1,
+                                send_retries=1) as writer:
+            extra = os.urandom(256 * 1024)  # large enough that socket buffers hold only a few
+            durations = []
+            for i in range(12):
+                started = time.monotonic()
+                writer.send("cam-1", sp.user_data("cam-1"), b"%02d:" % i + extra)
+                durations.append(time.monotonic() - started)
+            wait_until(lambda: len(stub.attempts) >= 5, what="five messages at the server")
+            attempted = {m.data[0][:2] for m in list(stub.attempts)}
+            release.set()
+            stub.wait_accepted(5)
+            stats = stop_client(client)
+    assert attempted == {b"00", b"01", b"02", b"03", b"04"}  # the window, and only it
+    assert max(durations[-4:]) >= 0.09, durations  # the producer was held at its HWM
+    numbers = [int(m.data[0][:2]) for m in stub.accepted]
+    assert numbers[:5] == [0, 1, 2, 3, 4] and numbers == sorted(set(numbers))
+    assert stats["read"] == stats["forwarded"] == len(numbers) < 12
+
+
+# ---- the HTTP client connection, against scripted raw servers ----------------------------------
+
+def arun(coro, timeout: float = 20.0):
+    import asyncio
+    import uvloop
+    return uvloop.run(asyncio.wait_for(coro, timeout))
+
+
+async def scripted_server(answers: list):
+    """A raw TCP server: for each request it reads, it writes the next answer (bytes), or
+    closes the connection (None), or stays silent ("silent"). Returns (server, port, requests)."""
+    import asyncio
+    requests: list[bytes] = []
+    script = list(answers)
+
+    async def handle(reader, writer):
+        try:
+            while script:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                body = await reader.readexactly(length)
+                requests.append(head + body)
+                answer = script.pop(0)
+                if answer is None:
+                    break
+                if answer == "silent":
+                    await asyncio.sleep(5)
+                    break
+                writer.write(answer)
+                await writer.drain()
+                if b"connection: close" in answer.lower() or b"content-length" not in \
+                        answer.lower() and b"chunked" not in answer.lower():
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1], requests
+
+
+def test_http_client_keep_alive_chunked_interim_and_connection_close():
+    from mgfast.http.client_connection import HttpClientConnection
+
+    async def body():
+        server, port, requests = await scripted_server([
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
+            b"X-Mgfast-Batch: 1\r\n\r\nok",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbusy",
+            b"HTTP/1.0 200 OK\r\n\r\nuntil eof",
+        ])
+        connection = HttpClientConnection("127.0.0.1", port)
+        first = await connection.request(b"POST", b"/", b"host: x\r\n", b"12345")
+        assert (first.status, first.body, first.headers[b"x-mgfast-batch"]) == (200, b"ok", b"1")
+        second = await connection.request(b"GET", b"/health", b"host: x\r\n")
+        assert (second.status, second.body) == (200, b"abcde")
+        third = await connection.request(b"POST", b"/", b"", b"x" * 100_000)
+        assert (third.status, third.body, third.keep_alive) == (503, b"busy", False)
+        assert connection.connects == 1 and not connection.connected
+        fourth = await connection.request(b"GET", b"/", b"")
+        assert (fourth.status, fourth.body) == (200, b"until eof")
+        assert connection.connects == 2
+        assert requests[0] == b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\n12345"
+        assert requests[2].endswith(b"x" * 100_000)
+        connection.close()
+        server.close()
+
+    arun(body())
+
+
+def test_http_client_failures_say_whether_the_request_may_have_been_processed():
+    import asyncio
+    from mgfast.http import client_connection as cc
+
+    async def body():
+        server, port, _ = await scripted_server([None, "silent", b"HTTP/1.1 20x\r\n\r\n"])
+        connection = cc.HttpClientConnection("127.0.0.1", port, response_timeout=0.3)
+        with pytest.raises(cc.ConnectionLost) as lost:
+            await connection.request(b"POST", b"/", b"", b"a")
+        assert lost.value.sent
+        with pytest.raises(cc.ResponseTimeout) as timeout:
+            await connection.request(b"POST", b"/", b"", b"b")
+        assert timeout.value.sent and not connection.connected
+        with pytest.raises(cc.BadResponse):
+            await connection.request(b"POST", b"/", b"", b"c")
+        server.close()
+        await server.wait_closed()
+        refused = cc.HttpClientConnection("127.0.0.1", free_port())
+        with pytest.raises(cc.ConnectFailed) as failed:
+            await refused.request(b"POST", b"/", b"", b"d")
+        assert not failed.value.sent and refused.connect_failures == 1
+
+    arun(body())
+
+
+def test_http_client_replaces_a_connection_idle_past_idle_reuse():
+    import asyncio
+    from mgfast.http.client_connection import HttpClientConnection
+
+    async def body():
+        ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+        server, port, requests = await scripted_server([ok, ok, ok])
+        connection = HttpClientConnection("127.0.0.1", port, idle_reuse=0.1)
+        await connection.request(b"GET", b"/", b"")
+        await connection.request(b"GET", b"/", b"")
+        assert connection.connects == 1
+        await asyncio.sleep(0.2)
+        await connection.request(b"GET", b"/", b"")
+        assert connection.connects == 2 and len(requests) == 3
+        connection.close()
+        server.close()
+
+    arun(body())

@@ -107,6 +107,9 @@ class EgressClient:
         for i, frame in enumerate(frames):
             backend_send(sock, frame, NOBLOCK if i == last else NOBLOCK_MORE,
                          len(frame) < ZERO_COPY_MIN)
+        # ZeroMQ's fd is edge-triggered: a send through the shadow socket can consume the
+        # readiness the asyncio wrapper waits on for replies, so make it look again.
+        self.asock._schedule_remaining_events()
         timer = self.loop.call_later(self.reply_timeout, self._expire, batch_id)
         self.inflight[batch_id] = (futures, timer)
 

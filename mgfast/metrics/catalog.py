@@ -1,0 +1,69 @@
+"""Every Prometheus metric mgfast exports, defined in one place.
+
+Import this module only after ``mgfast.metrics.multiprocess.prepare`` has run in the process
+(it decides where the values live). Label values are bounded: reasons and results are closed
+sets, statuses are HTTP codes, issuers and subjects come from the operator's own hash directory.
+The hot paths count in plain attributes; ``mgfast.metrics.export`` moves them here once a second.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# -- server: TLS ---------------------------------------------------------------------------------
+TLS_HANDSHAKES = Counter(
+    "mgfast_tls_handshakes_total", "TLS handshakes by outcome (ok or rejected) and reason.",
+    ["outcome", "reason"])
+TLS_REVOKED = Counter(
+    "mgfast_tls_revoked_rejections_total",
+    "Handshakes rejected because the client certificate is revoked, by issuer.", ["issuer"])
+TLS_HANDSHAKE_SECONDS = Histogram(
+    "mgfast_tls_handshake_duration_seconds", "Time from the first TLS byte to the verdict.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
+TLS_LIVE_CLOSED = Counter(
+    "mgfast_tls_live_connections_closed_total",
+    "Open connections closed because their client certificate no longer verifies.", ["reason"])
+
+# -- server: HTTP and messages ------------------------------------------------------------------
+HTTP_REQUESTS = Counter(
+    "mgfast_http_requests_total", "HTTP requests answered, by status code.", ["status"])
+REQUEST_SECONDS = Histogram(
+    "mgfast_request_duration_seconds",
+    "POST / latency, from the complete request to the response, writer result included.",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+             1, 2.5, 5))
+MESSAGES_FORWARDED = Counter(
+    "mgfast_messages_forwarded_total", "Savant messages written to the out_stream (200).")
+BYTES_FORWARDED = Counter(
+    "mgfast_forwarded_bytes_total", "Bytes of those messages (topic, message and extra parts).")
+
+# -- server: egress ------------------------------------------------------------------------------
+EGRESS_RESULTS = Counter(
+    "mgfast_egress_results_total",
+    "out_stream writer results: success, ack, send_timeout, ack_timeout.", ["result"])
+EGRESS_QUEUE = Gauge(
+    "mgfast_egress_queue_depth", "Messages queued in the egress writer, not yet written.",
+    multiprocess_mode="livesum")
+
+# -- server: processes ---------------------------------------------------------------------------
+RESTARTS = Counter(
+    "mgfast_worker_restarts_total", "Child processes restarted by the supervisor.", ["child"])
+
+# -- server: the hash directory (collected at scrape time by mgfast.metrics.store) ------------
+CRL_NEXT_UPDATE = "mgfast_crl_next_update_timestamp_seconds"
+CRL_REVOKED = "mgfast_crl_revoked_certificates"
+CA_EXPIRY = "mgfast_ca_expiry_timestamp_seconds"
+
+# -- client --------------------------------------------------------------------------------------
+CLIENT_READ = Counter("mgfast_client_messages_read_total", "Messages read from the in_stream.")
+CLIENT_FORWARDED = Counter(
+    "mgfast_client_messages_forwarded_total", "Messages the server accepted.")
+CLIENT_FORWARDED_BYTES = Counter(
+    "mgfast_client_forwarded_bytes_total", "Bytes of the messages the server accepted.")
+CLIENT_RETRIED = Counter(
+    "mgfast_client_retries_total", "Message sends repeated after a transient failure.")
+CLIENT_REJECTED = Counter(
+    "mgfast_client_messages_rejected_total",
+    "Messages skipped as permanently invalid (400, 413).")
+CLIENT_IN_FLIGHT = Gauge(
+    "mgfast_client_in_flight_messages", "Messages read and not yet accepted or rejected.")
