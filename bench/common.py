@@ -221,6 +221,13 @@ def cpu_seconds(roots: list[int]) -> float:
     return total / CLK_TCK
 
 
+def busy_cpu_seconds() -> float:
+    """CPU seconds the whole machine spent not idle (all CPUs, from /proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / CLK_TCK
+
+
 def peak_rss_mib(roots: list[int]) -> float:
     """Sum over the tree of each process's peak resident set (VmHWM), MiB: an upper bound of
     the tree's peak, exact when the peaks coincide."""

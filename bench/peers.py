@@ -56,7 +56,6 @@ def writer_main(conn, url: str, sources: int, size: int) -> None:
     builder.with_send_retries(3)
     writer = BlockingWriter(builder.build())
     writer.start()
-    seqs = [0] * sources
     pack = HEADER.pack
     now = time.monotonic_ns
     send = writer.send_message
@@ -66,6 +65,7 @@ def writer_main(conn, url: str, sources: int, size: int) -> None:
         if command[0] == "stop":
             break
         _, phase, max_count, max_seconds, rate = command
+        seqs = [0] * sources  # per phase: the reader keeps its order checks per phase
         sent = failed = 0
         start = now()
         end = start + int(max_seconds * 1e9)

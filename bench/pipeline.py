@@ -26,6 +26,7 @@ See bench/README.md for what each number means.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import tempfile
@@ -33,7 +34,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import (Certs, Proc, cpu_seconds, ensure_tool, free_port, gateway,
+from bench.common import (Certs, Proc, busy_cpu_seconds, cpu_seconds, ensure_tool, free_port, gateway,
                           peak_rss_mib, process_tree)
 from bench.peers import PeerProcess, reader_main, writer_main
 
@@ -52,6 +53,9 @@ SIZES = (
 )
 
 
+PACED_MAX_LOAD = 0.5  # the paced phase runs at no more than this fraction of the load rate
+
+
 @dataclass(frozen=True)
 class Options:
     load_seconds: float = 8.0
@@ -63,6 +67,7 @@ class Options:
     batch: int = 64
     drain_timeout: float = 30.0
     server_workers: int | None = None  # None: the server's default
+    profile: bool = False  # py-spy every gateway Python process during the load phase
 
 
 QUICK = Options(load_seconds=2.0, paced_seconds=1.0, warmup=200)
@@ -183,6 +188,77 @@ def paths(opts: Options) -> list[Path_]:
     return [Direct(), Stunnel(), Mgfast(1), Mgfast(opts.batch)]
 
 
+# ---- profiling (optional) ------------------------------------------------------------------------
+
+PROFILE_TOP = 12  # frames per process in the summary
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return ""
+
+
+def start_profiles(roots: list[int], opts: Options, work: Path, path: Path_) -> list:
+    """py-spy ``record`` (raw collapsed stacks) on every Python process of the path's trees for
+    the load phase."""
+    import shutil
+    import subprocess
+    import sys
+
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        raise SystemExit("bench: --profile needs py-spy: "
+                         f"{sys.executable} -m pip install py-spy")
+    names = {p.pid: p.name for p in path.procs}
+    spies = []
+    for pid in process_tree(roots):
+        if "python" not in _cmdline(pid):
+            continue
+        name = names.get(pid, f"{_parent_name(pid, names)}-child")
+        out = work / f"py-spy-{name}-{pid}.txt"
+        proc = subprocess.Popen(
+            [spy, "record", "--pid", str(pid), "--duration", str(int(opts.load_seconds) + 1),
+             "--rate", "250", "--format", "raw", "--nolineno", "--nonblocking", "--output",
+             str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        spies.append((f"{name} (pid {pid})", proc, out))
+    return spies
+
+
+def _parent_name(pid: int, names: dict[int, str]) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+    except (OSError, ValueError):
+        return "?"
+    return names.get(ppid) or _parent_name(ppid, names) if ppid > 1 else "?"
+
+
+def finish_profiles(spies: list) -> dict[str, list[tuple[str, float]]]:
+    """Per process: the top frames by own samples, as (frame, percent of its samples)."""
+    summary = {}
+    for name, proc, out in spies:
+        try:
+            proc.wait(60)
+        except Exception:
+            proc.kill()
+            proc.wait(5)
+        own: dict[str, int] = {}
+        total = 0
+        if out.exists():
+            for line in out.read_text(errors="replace").splitlines():
+                stack, _, count = line.rpartition(" ")
+                if not stack or not count.isdigit():
+                    continue
+                frame = stack.rsplit(";", 1)[-1]
+                own[frame] = own.get(frame, 0) + int(count)
+                total += int(count)
+        top = sorted(own.items(), key=lambda kv: -kv[1])[:PROFILE_TOP]
+        summary[name] = [(frame, 100.0 * n / total) for frame, n in top] if total else []
+    return summary
+
+
 # ---- one scenario --------------------------------------------------------------------------------
 
 def run_scenario(path: Path_, size: Size, certs: Certs, work: Path, opts: Options) -> dict:
@@ -206,9 +282,15 @@ def run_scenario(path: Path_, size: Size, certs: Certs, work: Path, opts: Option
             raise RuntimeError(f"{path.label}: warm-up delivered {got['unique']} of {sent[0]}\n"
                                f"{path.logs()}")
 
-        cpu0 = cpu_seconds(roots)
+        peers = [writer.pid, reader.pid]
+        cpu0, peers0, busy0 = cpu_seconds(roots), cpu_seconds(peers), busy_cpu_seconds()
+        split0 = {p.name: cpu_seconds([p.pid]) for p in path.procs}
+        load_started = time.monotonic()
+        spies = start_profiles(roots, opts, work, path) if opts.profile else []
         sent, got = phase(2, size.max_count, opts.load_seconds, 0)
-        cpu1 = cpu_seconds(roots)
+        cpu1, peers1, busy1 = cpu_seconds(roots), cpu_seconds(peers), busy_cpu_seconds()
+        split1 = {p.name: cpu_seconds([p.pid]) for p in path.procs}
+        profile = finish_profiles(spies)
         n_sent, failed, first_ns, _ = sent
         unique = got["unique"]
         elapsed = max(1e-9, (got["last_ns"] - first_ns) / 1e9)
@@ -222,14 +304,25 @@ def run_scenario(path: Path_, size: Size, certs: Certs, work: Path, opts: Option
             "load_p50_ms": got["p50_ms"], "load_p99_ms": got["p99_ms"],
             "cpu_us_per_msg": (cpu1 - cpu0) / unique * 1e6 if roots and unique else None,
             "processes": len(process_tree(roots)),
+            # what the writer and reader cost, and how busy the machine was (1.0 = every CPU)
+            "peers_cpu_us_per_msg": (peers1 - peers0) / unique * 1e6 if unique else None,
+            "machine_busy": (busy1 - busy0) / (time.monotonic() - load_started)
+                            / (os.cpu_count() or 1),
+            "cpu_split_us_per_msg": {name: (split1[name] - split0[name]) / unique * 1e6
+                                     for name in split0} if unique else {},
         }
+        if profile:
+            result["profile"] = profile
 
         cpu2 = cpu_seconds(roots)
-        count = int(size.paced_rate * opts.paced_seconds)
-        sent, got = phase(3, count, opts.paced_seconds + 5, size.paced_rate)
+        # The fixed rate, or half of what this path just sustained if that is lower: latency
+        # without a standing queue, so it shows the path's own cost and not its buffer sizes.
+        paced_rate = max(1, min(size.paced_rate, int(rate * PACED_MAX_LOAD)))
+        count = int(paced_rate * opts.paced_seconds)
+        sent, got = phase(3, count, opts.paced_seconds + 5, paced_rate)
         cpu3 = cpu_seconds(roots)
         result.update({
-            "paced_rate": size.paced_rate, "paced_sent": sent[0], "paced_received": got["unique"],
+            "paced_rate": paced_rate, "paced_sent": sent[0], "paced_received": got["unique"],
             "paced_lost": sent[0] - sent[1] - got["unique"],
             "paced_p50_ms": got["p50_ms"], "paced_p99_ms": got["p99_ms"],
             "paced_max_ms": got["max_ms"],
@@ -256,7 +349,13 @@ def run(opts: Options, work: Path, certs: Certs | None = None, *, sizes=SIZES,
                 continue
             progress(f"pipeline: {path.label}, {size.name} ({size.payload} B) ...")
             started = time.monotonic()
-            result = run_scenario(path, size, certs, work / f"{path.key}-{size.name}", opts)
+            try:
+                result = run_scenario(path, size, certs, work / f"{path.key}-{size.name}", opts)
+            except Exception as exc:  # one broken path must not hide the others' numbers
+                progress(f"  FAILED: {exc}")
+                results.append({"path": path.key, "label": path.label, "size": size.name,
+                                "payload": size.payload, "error": str(exc)})
+                continue
             result["wall_s"] = time.monotonic() - started
             progress(f"  {result['msgs_per_s']:,.0f} msg/s, {result['mb_per_s']:,.1f} MB/s, "
                      f"paced p50/p99 {result['paced_p50_ms']:.2f}/{result['paced_p99_ms']:.2f} ms"
@@ -273,10 +372,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="short phases (smoke run)")
     parser.add_argument("--only", help="comma-separated path keys: direct,stunnel,mgfast-b1,...")
     parser.add_argument("--size", choices=[s.name for s in SIZES], help="one size only")
+    parser.add_argument("--profile", action="store_true",
+                        help="py-spy the gateway processes during each load phase")
     parser.add_argument("--workdir", help="keep configs, logs and sockets here (default: a "
                         "temporary directory, removed afterwards)")
     args = parser.parse_args(argv)
     opts = QUICK if args.quick else Options()
+    if args.profile:
+        opts = dataclasses.replace(opts, profile=True)
     sizes = [s for s in SIZES if args.size in (None, s.name)]
     only = set(args.only.split(",")) if args.only else None
     if args.workdir:
@@ -285,7 +388,16 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="mgfast-bench-") as tmp:
             results = run(opts, Path(tmp), sizes=sizes, only=only)
     print(json.dumps(results, indent=1))
+    for r in results:
+        print_profile(r)
     return 0
+
+
+def print_profile(result: dict, out=print) -> None:
+    for process, frames in (result.get("profile") or {}).items():
+        out(f"py-spy, {result['label']}, {result['size']}: {process}, top frames by own time")
+        for frame, percent in frames:
+            out(f"  {percent:5.1f}%  {frame}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
+from collections import Counter, deque
 from typing import Awaitable, Protocol as TypingProtocol
 
 import httptools
@@ -44,11 +44,13 @@ class App(TypingProtocol):
 
 class HttpServerProtocol(asyncio.Protocol):
     def __init__(self, app: App, limits: HttpLimits,
-                 connections: set[HttpServerProtocol] | None = None) -> None:
+                 connections: set[HttpServerProtocol] | None = None,
+                 statuses: Counter[int] | None = None) -> None:
         # global
         self.app = app
         self.limits = limits
         self.connections = connections if connections is not None else set()
+        self.statuses = statuses  # responses by status, when metrics are on
         self.loop = asyncio.get_running_loop()
         # per connection
         self.transport: asyncio.Transport | None = None
@@ -201,6 +203,8 @@ class HttpServerProtocol(asyncio.Protocol):
             return
         keep_alive = request.keep_alive and not response.close and not self.stopping
         self.transport.write(response.encode(keep_alive))
+        if self.statuses is not None:
+            self.statuses[response.status] += 1
         if not keep_alive:
             self._close()
 
@@ -208,6 +212,8 @@ class HttpServerProtocol(asyncio.Protocol):
         """Answer a request that cannot be parsed or accepted, then close."""
         if self.transport is not None and not self.closing:
             self.transport.write(response.encode(keep_alive=False))
+            if self.statuses is not None:
+                self.statuses[response.status] += 1
         self._close()
 
     def _reject_body(self, size: int) -> None:

@@ -1,4 +1,5 @@
-"""Every Prometheus metric mgfast exports, defined in one place.
+"""Every Prometheus metric the server exports, defined in one place (the client's are in
+``client_catalog``, so that neither exports the other's zeros).
 
 Import this module only after ``mgfast.metrics.multiprocess.prepare`` has run in the process
 (it decides where the values live). Label values are bounded: reasons and results are closed
@@ -53,17 +54,3 @@ RESTARTS = Counter(
 CRL_NEXT_UPDATE = "mgfast_crl_next_update_timestamp_seconds"
 CRL_REVOKED = "mgfast_crl_revoked_certificates"
 CA_EXPIRY = "mgfast_ca_expiry_timestamp_seconds"
-
-# -- client --------------------------------------------------------------------------------------
-CLIENT_READ = Counter("mgfast_client_messages_read_total", "Messages read from the in_stream.")
-CLIENT_FORWARDED = Counter(
-    "mgfast_client_messages_forwarded_total", "Messages the server accepted.")
-CLIENT_FORWARDED_BYTES = Counter(
-    "mgfast_client_forwarded_bytes_total", "Bytes of the messages the server accepted.")
-CLIENT_RETRIED = Counter(
-    "mgfast_client_retries_total", "Message sends repeated after a transient failure.")
-CLIENT_REJECTED = Counter(
-    "mgfast_client_messages_rejected_total",
-    "Messages skipped as permanently invalid (400, 413).")
-CLIENT_IN_FLIGHT = Gauge(
-    "mgfast_client_in_flight_messages", "Messages read and not yet accepted or rejected.")

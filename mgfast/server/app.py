@@ -12,6 +12,7 @@ advertises the framing with the ``x-mgfast-batch: 1`` header on ``GET /health``.
 from __future__ import annotations
 
 import logging
+import time
 
 import orjson
 from typing import Awaitable, Protocol as TypingProtocol, Sequence
@@ -45,8 +46,9 @@ class Writer(TypingProtocol):
 
 
 class GatewayApp:
-    def __init__(self, writer: Writer) -> None:
+    def __init__(self, writer: Writer, stats=None) -> None:
         self.writer = writer
+        self.stats = stats  # a WorkerStats when metrics are on
 
     def handle(self, request: Request) -> Response | Awaitable[Response]:
         path = request.path.partition(b"?")[0]
@@ -75,6 +77,7 @@ class GatewayApp:
         return self._write([topic, message, *data], kind == END_OF_STREAM)
 
     async def _write(self, frames: list, eos: bool) -> Response:
+        started = time.perf_counter()
         try:
             result = await self.writer.write(frames, eos=eos)
         except StreamClosed as exc:
@@ -82,7 +85,14 @@ class GatewayApp:
         except Exception:
             log.exception("out_stream write failed")
             return responses.text(500, "out_stream write failed")
-        return _RESULT_RESPONSES[result]
+        response = _RESULT_RESPONSES[result]
+        stats = self.stats
+        if stats is not None:
+            stats.latencies.append(time.perf_counter() - started)
+            if response.status == 200:
+                stats.forwarded += 1
+                stats.forwarded_bytes += sum(map(len, frames))
+        return response
 
     def _batch(self, request: Request) -> Response | Awaitable[Response]:
         try:

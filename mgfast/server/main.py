@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 
 from mgfast.config.model import ServerConfig
+from mgfast.metrics import multiprocess as metrics
 from mgfast.server.supervisor import ChildStartError, Supervisor
 from mgfast.server.worker import StartupError, check_port_free
 from mgfast.tls.context import server_context
@@ -28,6 +30,9 @@ def run(config: ServerConfig, workers: int | None = None) -> int:
         if config.tls.peers is not None:
             check_peers(config.tls.peers)
     check_port_free(config.ip, config.port)
+    if config.metrics is not None:
+        check_port_free(config.metrics.ip, config.metrics.port, "metrics.port")
+        values_dir = metrics.prepare()  # before any process imports the metric catalog
     count = workers or config.workers or os.cpu_count() or 1
     scheme = "https" if config.tls else "http"
 
@@ -41,5 +46,8 @@ def run(config: ServerConfig, workers: int | None = None) -> int:
         status = Supervisor(config, count).run(ready)
     except ChildStartError as exc:
         raise StartupError(str(exc)) from None
+    finally:
+        if config.metrics is not None:
+            shutil.rmtree(values_dir, ignore_errors=True)
     log.info("stopped")
     return status

@@ -16,6 +16,7 @@ import uvloop
 
 from mgfast import logs
 from mgfast.config.model import ServerConfig
+from mgfast.metrics.multiprocess import enabled as metrics_enabled
 
 # How long a worker waits for the egress to answer a batch before answering 503: the writer's
 # own worst case (send and ack budgets) plus a margin for the hop.
@@ -38,7 +39,13 @@ async def _egress(config: ServerConfig, endpoint: str, conn: Connection) -> None
         conn.send(("error", str(exc)))
         return
     conn.send(("ready", None))
+    exporter = None
+    if metrics_enabled():
+        from mgfast.metrics import export
+        exporter = asyncio.ensure_future(export.run(export.egress_tick(egress.writer), stop))
     await egress.run(stop)
+    if exporter is not None:
+        await exporter
 
 
 def worker_main(config: ServerConfig, index: int, endpoint: str, conn: Connection) -> None:
@@ -49,6 +56,7 @@ def worker_main(config: ServerConfig, index: int, endpoint: str, conn: Connectio
 async def _worker(config: ServerConfig, index: int, endpoint: str, conn: Connection) -> None:
     from mgfast.server.egress_client import EgressClient
     from mgfast.server.listen import listen_socket
+    from mgfast.server.stats import WorkerStats
     from mgfast.server.worker import serve
 
     reload = asyncio.Event()
@@ -63,8 +71,9 @@ async def _worker(config: ServerConfig, index: int, endpoint: str, conn: Connect
     except Exception as exc:
         conn.send(("error", f"worker {index}: {exc}"))
         return
+    stats = WorkerStats() if metrics_enabled() else None
     try:
-        await serve(config, stop, writer, sock=sock, reload=reload,
+        await serve(config, stop, writer, sock=sock, reload=reload, stats=stats,
                     ready=lambda: conn.send(("ready", None)))
     finally:
         await writer.close()

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 
 from mgfast.config.model import ServerConfig
+from mgfast.metrics import multiprocess as metrics
 from mgfast.server import processes
 from mgfast.server.worker import DRAIN_TIMEOUT
 
@@ -78,6 +79,8 @@ class Supervisor:
                 self._start(worker, wait_ready=False)
             for worker in self.workers:
                 self._await_ready(worker)
+            if self.config.metrics is not None:
+                self._serve_metrics()
             if ready is not None:
                 ready()
             self._supervise()
@@ -141,8 +144,21 @@ class Supervisor:
                         log.error("restart failed", extra={"child": child.name, "error": str(exc)})
                         self._schedule_restart(child)
 
+    def _serve_metrics(self) -> None:
+        collectors = []
+        if self.config.tls is not None and self.config.tls.peers is not None:
+            from mgfast.metrics.store import StoreCollector
+            collectors.append(StoreCollector(self.config.tls.peers.lookup_hash_directory))
+        listen = self.config.metrics
+        metrics.serve(listen.ip, listen.port, *collectors)
+        log.info("metrics", extra={"url": f"http://{listen.ip}:{listen.port}/metrics"})
+
     def _schedule_restart(self, child: Child) -> None:
         child.process.join(1)
+        if metrics.enabled():
+            from mgfast.metrics import catalog
+            metrics.mark_dead(child.process.pid)
+            catalog.RESTARTS.labels(child.name.partition("-")[0]).inc()
         lived = time.monotonic() - child.started
         child.failures = 0 if lived > STABLE_AFTER else child.failures + 1
         delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** max(0, child.failures - 1))

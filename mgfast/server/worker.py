@@ -16,7 +16,9 @@ from typing import Callable
 from mgfast.config.model import ServerConfig
 from mgfast.http.server_protocol import HttpServerProtocol
 from mgfast.server.app import GatewayApp, Writer
+from mgfast.metrics import export
 from mgfast.server.listen import listen_socket
+from mgfast.server.stats import WorkerStats
 from mgfast.tls.outcome import HandshakeOutcome
 from mgfast.tls.rejection_log import RejectionLog
 from mgfast.tls.reloader import TlsReloader
@@ -31,7 +33,7 @@ class StartupError(Exception):
     """The server cannot start; the message says which setting to fix."""
 
 
-def check_port_free(ip: str, port: int) -> None:
+def check_port_free(ip: str, port: int, field: str = "port") -> None:
     """Fail early if anything listens on ip:port: SO_REUSEPORT would otherwise share it silently."""
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
@@ -41,23 +43,24 @@ def check_port_free(ip: str, port: int) -> None:
             if exc.errno == errno.EADDRINUSE:
                 raise StartupError(
                     f"{ip}:{port} is already in use; stop the other process or change "
-                    f"`port` in the config") from None
-            raise StartupError(f"cannot listen on {ip}:{port}: {exc.strerror}; check `ip` "
-                               f"and `port` in the config") from None
+                    f"`{field}` in the config") from None
+            raise StartupError(f"cannot listen on {ip}:{port}: {exc.strerror}; check "
+                               f"`{field}` in the config") from None
 
 
 async def serve(config: ServerConfig, stop: asyncio.Event, writer: Writer, *,
-                sock: socket.socket | None = None,
-                observe_handshake: Callable[[HandshakeOutcome], None] | None = None,
+                sock: socket.socket | None = None, stats: WorkerStats | None = None,
                 reload: asyncio.Event | None = None,
                 ready: Callable[[], None] | None = None) -> None:
-    """Serve until ``stop`` is set; setting ``reload`` re-reads the TLS material at once."""
-    app = GatewayApp(writer)
+    """Serve until ``stop`` is set; setting ``reload`` re-reads the TLS material at once.
+    With ``stats`` (metrics on), counts go there and are exported once a second."""
+    app = GatewayApp(writer, stats)
     connections: set[HttpServerProtocol] = set()
     limits = config.http
+    statuses = stats.statuses if stats is not None else None
 
     def http_protocol() -> HttpServerProtocol:
-        return HttpServerProtocol(app, limits, connections)
+        return HttpServerProtocol(app, limits, connections, statuses)
 
     reloader: TlsReloader | None = None
     if config.tls is None:
@@ -73,8 +76,11 @@ async def serve(config: ServerConfig, stop: asyncio.Event, writer: Writer, *,
                 reloader.track(protocol)
             else:
                 rejections(outcome)
-            if observe_handshake is not None:
-                observe_handshake(outcome)
+            if stats is not None:
+                stats.handshakes[outcome.reason] += 1
+                stats.handshake_seconds.append(outcome.duration)
+                if outcome.reason == "revoked":
+                    stats.revoked_by_issuer[outcome.issuer] += 1
 
         def factory() -> asyncio.Protocol:
             return TlsServerProtocol(reloader.context, http_protocol(),
@@ -93,6 +99,9 @@ async def serve(config: ServerConfig, stop: asyncio.Event, writer: Writer, *,
     if sock is None:
         sock = listen_socket(config.ip, config.port)
     server = await loop.create_server(factory, sock=sock)
+    exporter = None
+    if stats is not None:
+        exporter = loop.create_task(export.run(export.worker_tick(stats, reloader), stop))
     if ready is not None:
         ready()
     try:
@@ -110,3 +119,5 @@ async def serve(config: ServerConfig, stop: asyncio.Event, writer: Writer, *,
             await asyncio.sleep(0.01)
         for connection in list(connections):
             connection.abort()
+        if exporter is not None:
+            await exporter

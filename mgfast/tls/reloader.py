@@ -15,6 +15,7 @@ import logging
 import os
 import ssl
 import weakref
+from collections import Counter
 from pathlib import Path
 
 from mgfast.config.model import ServerTls
@@ -40,7 +41,7 @@ class TlsReloader:
         self.live: weakref.WeakSet[TlsServerProtocol] = weakref.WeakSet()
         self.signature = self._signature()
         self.reloads = 0
-        self.revoked_closed = 0
+        self.closed_by_reason: Counter[str] = Counter()  # live connections cut, for metrics
         self._task: asyncio.Task | None = None
 
     def track(self, protocol: TlsServerProtocol) -> None:
@@ -105,7 +106,7 @@ class TlsReloader:
             reason = verifier.verdict(protocol.peer_leaf_der)
             if reason is None:
                 continue
-            self.revoked_closed += 1
+            self.closed_by_reason[reason] += 1
             self.live.discard(protocol)
             log.warning("closing a live connection: its client certificate no longer verifies",
                         extra={"reason": reason, "peer": protocol.peer})

@@ -1,0 +1,1 @@
+"""Prometheus metrics: the catalog, the once-a-second export, the listener, store health."""

@@ -1,0 +1,98 @@
+"""Once a second, move each process's plain counts into its Prometheus metrics.
+
+The hot paths only bump integers and append floats; this is where they become increments and
+observations, so a request pays no metric-library call. A last export runs at shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Callable, Hashable
+
+INTERVAL = 1.0  # seconds: the staleness a scrape may see
+
+
+class Deltas:
+    """Turns ever-growing counts into increments since the last export."""
+
+    def __init__(self) -> None:
+        self.last: dict[Hashable, float] = {}
+
+    def __call__(self, key: Hashable, value: float) -> float:
+        delta = value - self.last.get(key, 0)
+        self.last[key] = value
+        return delta
+
+
+async def run(tick: Callable[[], None], stop: asyncio.Event) -> None:
+    """Call ``tick`` every INTERVAL until ``stop``, then once more."""
+    try:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), INTERVAL)
+            except asyncio.TimeoutError:
+                pass
+            tick()
+    finally:
+        tick()
+
+
+def worker_tick(stats, reloader=None) -> Callable[[], None]:
+    from mgfast.metrics import catalog as m
+    delta = Deltas()
+
+    def tick() -> None:
+        for status, count in list(stats.statuses.items()):
+            if d := delta(("status", status), count):
+                m.HTTP_REQUESTS.labels(str(status)).inc(d)
+        if d := delta("forwarded", stats.forwarded):
+            m.MESSAGES_FORWARDED.inc(d)
+        if d := delta("bytes", stats.forwarded_bytes):
+            m.BYTES_FORWARDED.inc(d)
+        latencies, stats.latencies = stats.latencies, []
+        for seconds in latencies:
+            m.REQUEST_SECONDS.observe(seconds)
+        for reason, count in list(stats.handshakes.items()):
+            if d := delta(("handshake", reason), count):
+                m.TLS_HANDSHAKES.labels("ok" if reason == "ok" else "rejected", reason).inc(d)
+        durations, stats.handshake_seconds = stats.handshake_seconds, []
+        for seconds in durations:
+            m.TLS_HANDSHAKE_SECONDS.observe(seconds)
+        for issuer, count in list(stats.revoked_by_issuer.items()):
+            if d := delta(("revoked", issuer), count):
+                m.TLS_REVOKED.labels(issuer).inc(d)
+        if reloader is not None:
+            for reason, count in list(reloader.closed_by_reason.items()):
+                if d := delta(("live", reason), count):
+                    m.TLS_LIVE_CLOSED.labels(reason).inc(d)
+
+    return tick
+
+
+def egress_tick(writer) -> Callable[[], None]:
+    from mgfast.metrics import catalog as m
+    delta = Deltas()
+
+    def tick() -> None:
+        for result, count in writer.results.items():
+            if d := delta(result, count):
+                m.EGRESS_RESULTS.labels(result.value).inc(d)
+        m.EGRESS_QUEUE.set(writer.queue_depth)
+
+    return tick
+
+
+def client_tick(stats) -> Callable[[], None]:
+    from mgfast.metrics import client_catalog as m
+    delta = Deltas()
+    counters = ((m.CLIENT_READ, "read"), (m.CLIENT_FORWARDED, "forwarded"),
+                (m.CLIENT_FORWARDED_BYTES, "forwarded_bytes"), (m.CLIENT_RETRIED, "retried"),
+                (m.CLIENT_REJECTED, "rejected"))
+
+    def tick() -> None:
+        for metric, name in counters:
+            if d := delta(name, getattr(stats, name)):
+                metric.inc(d)
+        m.CLIENT_IN_FLIGHT.set(stats.in_flight)
+
+    return tick
