@@ -34,8 +34,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import (Certs, Proc, busy_cpu_seconds, cpu_seconds, ensure_tool, free_port, gateway,
-                          peak_rss_mib, process_tree)
+from bench.common import (Certs, Proc, busy_cpu_seconds, cpu_seconds, ensure_tool, free_port,
+                          gateway, peak_rss_mib, process_tree)
 from bench.peers import PeerProcess, reader_main, writer_main
 
 
@@ -284,11 +284,12 @@ def run_scenario(path: Path_, size: Size, certs: Certs, work: Path, opts: Option
 
         peers = [writer.pid, reader.pid]
         cpu0, peers0, busy0 = cpu_seconds(roots), cpu_seconds(peers), busy_cpu_seconds()
-        split0 = {p.name: cpu_seconds([p.pid]) for p in path.procs}
         load_started = time.monotonic()
+        split0 = {p.name: cpu_seconds([p.pid]) for p in path.procs}
         spies = start_profiles(roots, opts, work, path) if opts.profile else []
         sent, got = phase(2, size.max_count, opts.load_seconds, 0)
         cpu1, peers1, busy1 = cpu_seconds(roots), cpu_seconds(peers), busy_cpu_seconds()
+        load_wall = time.monotonic() - load_started
         split1 = {p.name: cpu_seconds([p.pid]) for p in path.procs}
         profile = finish_profiles(spies)
         n_sent, failed, first_ns, _ = sent
@@ -306,8 +307,7 @@ def run_scenario(path: Path_, size: Size, certs: Certs, work: Path, opts: Option
             "processes": len(process_tree(roots)),
             # what the writer and reader cost, and how busy the machine was (1.0 = every CPU)
             "peers_cpu_us_per_msg": (peers1 - peers0) / unique * 1e6 if unique else None,
-            "machine_busy": (busy1 - busy0) / (time.monotonic() - load_started)
-                            / (os.cpu_count() or 1),
+            "machine_busy": (busy1 - busy0) / load_wall / (os.cpu_count() or 1),
             "cpu_split_us_per_msg": {name: (split1[name] - split0[name]) / unique * 1e6
                                      for name in split0} if unique else {},
         }

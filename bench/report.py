@@ -25,12 +25,22 @@ def _by(results: list[dict], size: str, path: str) -> dict | None:
                  and "error" not in r), None)
 
 
+def _cpu(r: dict) -> str:
+    """Gateway CPU per message, with the share of each top-level process (tree) when several."""
+    total = _f(r["cpu_us_per_msg"], 1)
+    split = r.get("cpu_split_us_per_msg") or {}
+    if len(split) < 2:
+        return total
+    return total + " (" + " + ".join(f"{name.replace('stunnel-', 'st-')} {_f(v, 0)}"
+                                     for name, v in split.items()) + ")"
+
+
 # ---- tables ----------------------------------------------------------------------------------------
 
 def pipeline_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
     header = ["size", "path", "msg/s", "MB/s", "vs direct", "load p50 / p99 ms",
               "paced p50 / p99 ms", "gateway CPU us/msg", "peak RSS MiB", "procs",
-              "lost / dup"]
+              "machine busy", "lost / dup"]
     rows = []
     for r in results:
         size = f"{r['size']} ({r['payload']:,} B)"
@@ -45,8 +55,9 @@ def pipeline_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
                                                      direct and direct["msgs_per_s"]),
             f"{_f(r['load_p50_ms'], 1)} / {_f(r['load_p99_ms'], 1)}",
             f"{_f(r['paced_p50_ms'], 2)} / {_f(r['paced_p99_ms'], 2)} @{r['paced_rate']}/s",
-            _f(r["cpu_us_per_msg"], 1), _f(r["peak_rss_mib"], 0),
+            _cpu(r), _f(r["peak_rss_mib"], 0),
             str(r["processes"]) if r["processes"] else "-",
+            _f(100 * r["machine_busy"], 0, "%"),
             f"{r['lost'] + r['paced_lost']} / {r['duplicates']}",
         ])
     return header, rows

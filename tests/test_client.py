@@ -7,6 +7,7 @@ Media per POST and scripts its answers). Every wait is bounded.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import http.client
@@ -21,8 +22,10 @@ import time
 import zlib
 
 import pytest
+import uvloop
 import zmq
 
+from mgfast.http import client_connection as cc
 from tests import savant_peers as sp
 from tests.gateway_process import GatewayProcess, http_get, server_config
 from tests.seed_ca import SeedCa
@@ -73,7 +76,11 @@ def counters(client: GatewayProcess) -> dict[str, int]:
 
 
 def stop_client(client: GatewayProcess) -> dict[str, int]:
+    """SIGTERM the client; it must exit 0 without having logged an error or a traceback (an
+    exception that reached the event loop's handler is logged at level=error)."""
     assert client.stop() == 0, client.log()
+    log = client.log()
+    assert "level=error" not in log and "Traceback" not in log, log
     return counters(client)
 
 
@@ -581,15 +588,12 @@ def test_inflight_ops_bounds_what_is_read_and_the_producer_feels_it(tmp_path):
 # ---- the HTTP client connection, against scripted raw servers ----------------------------------
 
 def arun(coro, timeout: float = 20.0):
-    import asyncio
-    import uvloop
     return uvloop.run(asyncio.wait_for(coro, timeout))
 
 
 async def scripted_server(answers: list):
     """A raw TCP server: for each request it reads, it writes the next answer (bytes), or
     closes the connection (None), or stays silent ("silent"). Returns (server, port, requests)."""
-    import asyncio
     requests: list[bytes] = []
     script = list(answers)
 
@@ -623,7 +627,6 @@ async def scripted_server(answers: list):
 
 
 def test_http_client_keep_alive_chunked_interim_and_connection_close():
-    from mgfast.http.client_connection import HttpClientConnection
 
     async def body():
         server, port, requests = await scripted_server([
@@ -633,7 +636,7 @@ def test_http_client_keep_alive_chunked_interim_and_connection_close():
             b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbusy",
             b"HTTP/1.0 200 OK\r\n\r\nuntil eof",
         ])
-        connection = HttpClientConnection("127.0.0.1", port)
+        connection = cc.HttpClientConnection("127.0.0.1", port)
         first = await connection.request(b"POST", b"/", b"host: x\r\n", b"12345")
         assert (first.status, first.body, first.headers[b"x-mgfast-batch"]) == (200, b"ok", b"1")
         second = await connection.request(b"GET", b"/health", b"host: x\r\n")
@@ -653,8 +656,6 @@ def test_http_client_keep_alive_chunked_interim_and_connection_close():
 
 
 def test_http_client_failures_say_whether_the_request_may_have_been_processed():
-    import asyncio
-    from mgfast.http import client_connection as cc
 
     async def body():
         server, port, _ = await scripted_server([None, "silent", b"HTTP/1.1 20x\r\n\r\n"])
@@ -678,13 +679,11 @@ def test_http_client_failures_say_whether_the_request_may_have_been_processed():
 
 
 def test_http_client_replaces_a_connection_idle_past_idle_reuse():
-    import asyncio
-    from mgfast.http.client_connection import HttpClientConnection
 
     async def body():
         ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
         server, port, requests = await scripted_server([ok, ok, ok])
-        connection = HttpClientConnection("127.0.0.1", port, idle_reuse=0.1)
+        connection = cc.HttpClientConnection("127.0.0.1", port, idle_reuse=0.1)
         await connection.request(b"GET", b"/", b"")
         await connection.request(b"GET", b"/", b"")
         assert connection.connects == 1

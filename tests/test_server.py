@@ -260,3 +260,24 @@ def test_etcd_basic_auth_is_refused_rather_than_silently_ignored(tmp_path):
     result = run_cli("server", str(path))
     assert result.returncode == 2, result.stderr
     assert "auth" in result.stderr and "not implemented" in result.stderr
+
+
+def test_upstream_statistics_log_fps_lines(tmp_path):
+    config = server_config(f"pub+bind:{endpoint('tcp', tmp_path)}",
+                           statistics={"frame_period": 3})
+    with GatewayProcess("server", config, tmp_path) as server:
+        conn = http.client.HTTPConnection("127.0.0.1", config["port"], timeout=10)
+        for _ in range(2):
+            assert post(conn, media("cam-1", sp.video_frame("cam-1")))[0] == 200
+        assert post(conn, media("cam-1", sp.user_data("cam-1")))[0] == 200
+        assert "FPS counter" not in server.log()  # 2 frames of 3
+        assert post(conn, media("cam-1", sp.video_frame("cam-1")))[0] == 200
+        wait_until(lambda: "Frame-based FPS counter triggered" in server.log(),
+                   what="the FPS line")
+        line = next(l for l in server.log().splitlines() if "Frame-based" in l)
+        assert "frame_delta=3" in line and "message_delta=4" in line
+    config = server_config(f"pub+bind:{endpoint('tcp', tmp_path)}",
+                           statistics={"timestamp_period": {"secs": 0, "nanos": 200_000_000}})
+    with GatewayProcess("server", config, tmp_path) as server:
+        wait_until(lambda: "Time-based FPS counter triggered" in server.log(),
+                   what="a periodic FPS line")

@@ -20,13 +20,12 @@ from typing import Awaitable, Protocol as TypingProtocol, Sequence
 from mgfast.http import responses
 from mgfast.http.responses import Response
 from mgfast.http.server_protocol import Request
-from mgfast.media import MediaError, decode_media, decode_media_batch
+from mgfast.media import Kind, MediaError, decode_media, decode_media_batch
 from mgfast.zmq.sockets import StreamClosed
 from mgfast.zmq.writer import WriteResult
 
 log = logging.getLogger("mgfast.server")
 
-END_OF_STREAM = 9  # Savant Message content field number
 MEDIA_TYPE = b"application/protobuf"
 BATCH_TYPE = b"application/x-mgfast-batch"
 BATCH_HEADER = (b"x-mgfast-batch", b"1")
@@ -42,7 +41,7 @@ _RESULT_RESPONSES = {
 
 
 class Writer(TypingProtocol):
-    async def write(self, frames: Sequence, *, eos: bool) -> WriteResult: ...
+    async def write(self, frames: Sequence, *, eos: bool, frame: bool) -> WriteResult: ...
 
 
 class GatewayApp:
@@ -74,12 +73,13 @@ class GatewayApp:
             topic, message, data, kind = decode_media(request.body)
         except MediaError as exc:
             return responses.text(400, str(exc))
-        return self._write([topic, message, *data], kind == END_OF_STREAM)
+        return self._write([topic, message, *data], kind)
 
-    async def _write(self, frames: list, eos: bool) -> Response:
+    async def _write(self, frames: list, kind: int) -> Response:
         started = time.perf_counter()
         try:
-            result = await self.writer.write(frames, eos=eos)
+            result = await self.writer.write(frames, eos=kind == Kind.END_OF_STREAM,
+                                             frame=kind == Kind.VIDEO_FRAME)
         except StreamClosed as exc:
             return responses.text(503, f"out_stream unavailable ({exc}); retry")
         except Exception:
@@ -108,7 +108,7 @@ class GatewayApp:
                 statuses.append(400)
                 continue
             topic, message, data, kind = item
-            response = await self._write([topic, message, *data], kind == END_OF_STREAM)
+            response = await self._write([topic, message, *data], kind)
             statuses.append(response.status)
             if response.status != 200:
                 break

@@ -15,6 +15,7 @@ import zmq
 import zmq.asyncio
 
 from mgfast.config.model import OutStreamConfig
+from mgfast.fps_log import FpsLog
 from mgfast.server import egress_wire
 from mgfast.zmq.writer import OutStreamWriter
 
@@ -22,8 +23,10 @@ log = logging.getLogger("mgfast.egress")
 
 
 class Egress:
-    def __init__(self, out_stream: OutStreamConfig, endpoint: str) -> None:
+    def __init__(self, out_stream: OutStreamConfig, endpoint: str,
+                 fps: FpsLog | None = None) -> None:
         self.writer = OutStreamWriter(out_stream)
+        self.fps = fps  # upstream ``statistics``, when configured
         self.endpoint = endpoint
         self.context = zmq.asyncio.Context()
         self.sock: zmq.asyncio.Socket | None = None
@@ -66,7 +69,11 @@ class Egress:
             self.malformed += 1
             log.error("dropping a malformed batch from a worker", extra={"error": str(exc)})
             return
-        futures = [self.writer.submit(frames, eos) for frames, eos in messages]
+        submit = self.writer.submit
+        futures = [submit(frames, bool(flags & egress_wire.EOS_BIT)) for frames, flags in messages]
+        if self.fps is not None:
+            self.fps.add(sum(1 for _, flags in messages if flags & egress_wire.FRAME_BIT),
+                         len(messages))
         done = asyncio.ensure_future(asyncio.wait(futures)) if futures else None
         if done is None:
             self._reply(routing_id, batch_id, [])

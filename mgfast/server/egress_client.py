@@ -61,14 +61,16 @@ class EgressClient:
         self.sock = zmq.Socket.shadow(asock.underlying)
         self.reader = self.loop.create_task(self._read_results())
 
-    async def write(self, frames: Sequence, *, eos: bool) -> WriteResult:
+    async def write(self, frames: Sequence, *, eos: bool, frame: bool = False) -> WriteResult:
+        """``frame`` marks a video frame, for the egress's FPS statistics."""
         while self.pending >= self.max_pending:
             self.space.clear()
             await self.space.wait()
         self.pending += 1
         future = self.loop.create_future()
         self.frames.extend(frames)
-        self.counts.append(len(frames) | (egress_wire.EOS_BIT if eos else 0))
+        self.counts.append(len(frames) | (egress_wire.EOS_BIT if eos else 0)
+                           | (egress_wire.FRAME_BIT if frame else 0))
         self.futures.append(future)
         if not self.flush_scheduled:
             self.flush_scheduled = True

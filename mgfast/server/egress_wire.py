@@ -6,7 +6,8 @@ A batch is one ZeroMQ multipart message, so many HTTP requests cost one send::
     egress -> worker   [batch id (u64), one result code per message (u8 each)]
 
 The header is the batch id (u64) followed by one u32 per message: its frame count, with the top
-bit set for an end-of-stream. The Savant frames themselves travel untouched.
+bit set for an end-of-stream and the next for a video frame (for the FPS statistics). The Savant
+frames themselves travel untouched.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from array import array
 from mgfast.zmq.writer import WriteResult
 
 EOS_BIT = 0x8000_0000
+FRAME_BIT = 0x4000_0000
+COUNT_MASK = 0x3FFF_FFFF
 _ID = struct.Struct("<Q")
 
 # Result codes on the wire; ERROR = the writer raised (the worker answers 500).
@@ -32,8 +35,9 @@ def encode_header(batch_id: int, counts: array) -> bytes:
     return _ID.pack(batch_id) + counts.tobytes()
 
 
-def decode_batch(parts: list) -> tuple[int, list[tuple[list, bool]]]:
-    """Split a received batch into (batch id, [(frames, eos), ...]); ValueError if malformed."""
+def decode_batch(parts: list) -> tuple[int, list[tuple[list, int]]]:
+    """Split a received batch into (batch id, [(frames, flags), ...]) where flags holds EOS_BIT
+    and FRAME_BIT; ValueError if malformed."""
     header = parts[0]
     if len(header) < _ID.size or (len(header) - _ID.size) % 4:
         raise ValueError("malformed egress batch header")
@@ -43,10 +47,10 @@ def decode_batch(parts: list) -> tuple[int, list[tuple[list, bool]]]:
     messages = []
     pos = 1
     for count in counts:
-        n = count & ~EOS_BIT
+        n = count & COUNT_MASK
         if n < 2 or pos + n > len(parts):
             raise ValueError("egress batch frame counts do not match its frames")
-        messages.append((parts[pos:pos + n], bool(count & EOS_BIT)))
+        messages.append((parts[pos:pos + n], count & ~COUNT_MASK))
         pos += n
     if pos != len(parts):
         raise ValueError("egress batch has frames beyond its header's counts")

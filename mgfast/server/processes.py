@@ -29,10 +29,12 @@ def egress_main(config: ServerConfig, endpoint: str, conn: Connection) -> None:
 
 
 async def _egress(config: ServerConfig, endpoint: str, conn: Connection) -> None:
+    from mgfast.fps_log import FpsLog
     from mgfast.server.egress import Egress
 
     stop = _stop_event(reload=None)
-    egress = Egress(config.out_stream, endpoint)
+    fps = FpsLog(config.statistics) if config.statistics is not None else None
+    egress = Egress(config.out_stream, endpoint, fps)
     try:
         await egress.start()
     except Exception as exc:  # reported to the supervisor, which exits with status 2
@@ -43,7 +45,10 @@ async def _egress(config: ServerConfig, endpoint: str, conn: Connection) -> None
     if metrics_enabled():
         from mgfast.metrics import export
         exporter = asyncio.ensure_future(export.run(export.egress_tick(egress.writer), stop))
+    fps_task = asyncio.ensure_future(fps.run(stop)) if fps is not None else None
     await egress.run(stop)
+    if fps_task is not None:
+        await fps_task
     if exporter is not None:
         await exporter
 
