@@ -40,7 +40,7 @@ def _cpu(r: dict) -> str:
 def pipeline_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
     header = ["size", "path", "msg/s", "MB/s", "vs direct", "load p50 / p99 ms",
               "paced p50 / p99 ms", "gateway CPU us/msg", "peak RSS MiB", "procs",
-              "machine busy", "lost / dup"]
+              "machine busy (others)", "lost / dup"]
     rows = []
     for r in results:
         size = f"{r['size']} ({r['payload']:,} B)"
@@ -57,7 +57,7 @@ def pipeline_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
             f"{_f(r['paced_p50_ms'], 2)} / {_f(r['paced_p99_ms'], 2)} @{r['paced_rate']}/s",
             _cpu(r), _f(r["peak_rss_mib"], 0),
             str(r["processes"]) if r["processes"] else "-",
-            _f(100 * r["machine_busy"], 0, "%"),
+            f"{_f(100 * r['machine_busy'], 0, '%')} ({_f(r.get('other_cores'), 2)})",
             f"{r['lost'] + r['paced_lost']} / {r['duplicates']}",
         ])
     return header, rows
@@ -127,7 +127,7 @@ def chart(pipeline: list[dict], server: list[dict], path: Path, title: str) -> N
 
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     panels = [
-        (axes[0][0], "small", "msgs_per_s", "messages/s, small (200 B)", False),
+        (axes[0][0], "small", "msgs_per_s", "messages/s, small (200 B) (log)", False),
         (axes[0][1], "large", "mb_per_s", "MB/s, large (100 KiB)", False),
         (axes[1][0], None, "cpu_us_per_msg", "gateway CPU us per message (log)", True),
         (axes[1][1], None, "paced_p99_ms", "p99 latency at a fixed rate, ms (log)", True),
@@ -152,8 +152,9 @@ def chart(pipeline: list[dict], server: list[dict], path: Path, title: str) -> N
                 ax.annotate(f"{y:,.0f}" if y >= 10 else f"{y:.2f}",
                             (bar.get_x() + bar.get_width() / 2, y), ha="center", va="bottom",
                             fontsize=7)
-        if both:
+        if both or key == "msgs_per_s":
             ax.set_yscale("log")
+        if both:
             ax.bar([0], [0], color="#bbbbbb", label="small")
             ax.bar([0], [0], color="#bbbbbb", hatch="//", edgecolor="white", label="large")
             ax.legend(fontsize=8)

@@ -26,7 +26,8 @@ if __package__ in (None, ""):  # `python bench/run.py`
     __package__ = "bench"
 
 from bench import pipeline, report, server_http  # noqa: E402
-from bench.common import REPO, Certs, ensure_tool, machine_info, tool_version  # noqa: E402
+from bench.common import (REPO, Certs, busy_cpu_seconds, ensure_tool, machine_info,  # noqa: E402
+                          tool_version)
 
 BENCH = Path(__file__).resolve().parent
 
@@ -51,6 +52,13 @@ def ensure_matplotlib() -> bool:
     return True
 
 
+def background_load(seconds: float = 2.0) -> float:
+    """CPUs' worth of work the machine does while the benchmark is not running yet."""
+    busy0, t0 = busy_cpu_seconds(), time.monotonic()
+    time.sleep(seconds)
+    return (busy_cpu_seconds() - busy0) / (time.monotonic() - t0)
+
+
 def command_line(argv: list[str]) -> str:
     python = Path(sys.executable)
     try:
@@ -73,6 +81,7 @@ def results_markdown(meta: dict, server: list[dict], pipe: list[dict]) -> str:
         f"- machine: {meta['machine']['nproc']} CPUs ({meta['machine']['cpu']}), Linux "
         f"{meta['machine']['kernel']}, Python {meta['machine']['python']}, "
         f"{meta['machine']['openssl']}",
+        f"- background load just before the run: {meta['background_cpus']:.2f} CPUs busy",
         f"- tools: {meta['tools']}",
         f"- pipeline: {meta['options']}",
         "",
@@ -139,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="where RESULTS.md, results.json and results.png go (default: bench/)")
     parser.add_argument("--workdir", help="keep configs, logs and sockets here (default: a "
                         "temporary directory, removed afterwards)")
+    parser.add_argument("--profile", action="store_true",
+                        help="py-spy the gateway processes in each pipeline load phase and print "
+                        "their top frames (slows them a little: not for the committed table)")
     parser.add_argument("--no-chart", action="store_true", help="no PNG (and no matplotlib)")
     args = parser.parse_args(argv)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
@@ -149,7 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     stunnel = ensure_tool("stunnel4", "stunnel4") if "pipeline" not in skip else None
     chart = not args.no_chart and ensure_matplotlib()
 
+    background = background_load()
+    print(f"bench: background load before the run: {background:.2f} CPUs busy "
+          f"of {os.cpu_count()}", flush=True)
     opts = pipeline.QUICK if args.quick else pipeline.Options()
+    if args.profile:
+        opts = dataclasses.replace(opts, profile=True)
     if args.server_workers is not None:
         opts = dataclasses.replace(opts, server_workers=args.server_workers)
     started = time.monotonic()
@@ -190,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                     + (f", server workers={opts.server_workers}"
                        if opts.server_workers else ", server workers=default")),
         "chart": chart,
+        "background_cpus": background,
     }
 
     print()
@@ -201,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     if server:
         print(report.text(*report.server_rows(server)))
         print()
+    for result in pipe:
+        pipeline.print_profile(result)
     (out / "RESULTS.md").write_text(results_markdown(meta, server, pipe))
     (out / "results.json").write_text(json.dumps(
         {"meta": meta, "server_http": server, "pipeline": pipe}, indent=1) + "\n")

@@ -36,8 +36,8 @@ class HttpSize:
 
 
 HTTP_SIZES = (
-    HttpSize("small", 200, 40_000, 8_000),
-    HttpSize("large", 100 * 1024, 4_000, 1_000),
+    HttpSize("small", 200, 40_000, 4_000),
+    HttpSize("large", 100 * 1024, 4_000, 500),
 )
 CONNECTIONS = 16  # h2load clients, one request in flight each
 H2LOAD_TIMEOUT = 300  # seconds: the subprocess bound on top of the request count

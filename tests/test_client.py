@@ -66,6 +66,12 @@ def client_config(in_url: str, server_url: str, **overrides) -> dict:
     return config
 
 
+def one_worker_server(out_url: str, **overrides) -> dict:
+    """A server config with one worker process: starts faster; the client opens several
+    connections, which one worker serves as well as many."""
+    return server_config(out_url, workers=1, **overrides)
+
+
 def counters(client: GatewayProcess) -> dict[str, int]:
     """The counters of the client's final ``msg=stopped`` log line."""
     for line in client.log().splitlines():
@@ -140,7 +146,7 @@ def test_savant_writer_to_client_to_server_to_savant_reader(tmp_path, reader_typ
     writer = sp.SavantWriter(f"{writer_type}+{'connect' if mode == 'bind' else 'bind'}:{into}",
                              receive_timeout=5.0, receive_retries=1, send_hwm=1000)
     with sp.SavantReader(f"router+bind:{out}") as final, \
-            GatewayProcess("server", server_config(f"dealer+connect:{out}"), tmp_path) as server:
+            GatewayProcess("server", one_worker_server(f"dealer+connect:{out}"), tmp_path) as server:
         if mode == "connect":
             writer.start()
         with GatewayProcess("client", client_config(f"{reader_type}+{mode}:{into}",
@@ -281,7 +287,7 @@ def test_server_killed_and_restarted_mid_stream_loses_nothing(tmp_path, batch):
     into = endpoint("tcp", tmp_path, "in")
     # REQ out_stream: the server answers 200 only once the reader confirmed, so a SIGKILL cannot
     # lose a message inside the server either
-    config = server_config(f"req+connect:{out}")
+    config = server_config(f"req+connect:{out}", workers=2)
     sent = plan(sources=3, per_source=150)
     with sp.SavantReader(f"rep+bind:{out}") as final:
         server = GatewayProcess("server", config, tmp_path)
@@ -293,7 +299,7 @@ def test_server_killed_and_restarted_mid_stream_loses_nothing(tmp_path, batch):
                     writer.send(t, sp.user_data(t), e) for t, e in sent], daemon=True)
                 feeder.start()
                 final.wait_for(60, timeout=30)
-                server.proc.kill()
+                kill_tree(server.proc.pid)
                 server.stop()
                 wait_until(lambda: "delivery failed; retrying" in client.log(), timeout=10,
                            what="the client to notice")
@@ -318,6 +324,29 @@ def test_server_killed_and_restarted_mid_stream_loses_nothing(tmp_path, batch):
     assert stats["retried"] > 0 and stats["undelivered"] == 0
 
 
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants (the server's supervisor, workers, egress)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    for member in tree:
+        try:
+            os.kill(member, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def _all_arrived(final: sp.SavantReader, sent) -> list[tuple[bytes, bytes]] | None:
     received = [(m.topic, m.extra[0]) for m in list(final.messages)]
     return received if {e for _, e in sent} <= {e for _, e in received} else None
@@ -329,7 +358,7 @@ def _all_arrived(final: sp.SavantReader, sent) -> list[tuple[bytes, bytes]] | No
 def test_server_answering_400_and_413_does_not_block_the_stream(tmp_path):
     out = endpoint("ipc", tmp_path, "out")
     into = endpoint("ipc", tmp_path, "in")
-    config = server_config(f"dealer+connect:{out}", http={"max_body_size": 1024 * 1024})
+    config = one_worker_server(f"dealer+connect:{out}", http={"max_body_size": 1024 * 1024})
     message = sp.to_bytes(sp.user_data("cam-1"))
     good = [[b"cam-1", message, b"%d" % i] for i in range(20)]
     poison = [b"\xff\xfe", message, b"bad topic"]  # the server answers 400: topic not UTF-8
@@ -366,7 +395,7 @@ def test_https_with_root_certificate_and_client_identity(tmp_path):
     seed = SeedCa.create(tmp_path / "pki")
     out = endpoint("ipc", tmp_path, "out")
     into = endpoint("tcp", tmp_path, "in")
-    sconfig = server_config(f"dealer+connect:{out}", tls={
+    sconfig = one_worker_server(f"dealer+connect:{out}", tls={
         "identity": {"certificate": str(seed.server_crt), "key": str(seed.server_key)},
         "peers": {"lookup_hash_directory": str(seed.hash_dir), "crl_enabled": True}})
     sent = plan(sources=2, per_source=10, big_every=5)
@@ -395,7 +424,7 @@ def test_tls_rejection_is_retried_and_nothing_is_dropped(tmp_path):
     seed = SeedCa.create(tmp_path / "pki")
     out = endpoint("ipc", tmp_path, "out")
     into = endpoint("tcp", tmp_path, "in")
-    sconfig = server_config(f"dealer+connect:{out}", tls={
+    sconfig = one_worker_server(f"dealer+connect:{out}", tls={
         "identity": {"certificate": str(seed.server_crt), "key": str(seed.server_key)},
         "peers": {"lookup_hash_directory": str(seed.hash_dir)}})
     with GatewayProcess("server", sconfig, tmp_path) as server:

@@ -15,7 +15,6 @@ from array import array
 from typing import Sequence
 
 import zmq
-import zmq.asyncio
 
 from mgfast.server import egress_wire
 from mgfast.zmq.sockets import NOBLOCK, NOBLOCK_MORE, StreamClosed, backend_send
@@ -36,8 +35,7 @@ class EgressClient:
         self.max_pending = max_pending
         self.reply_timeout = reply_timeout
         self.loop = asyncio.get_running_loop()
-        self.context = zmq.asyncio.Context()
-        self.asock: zmq.asyncio.Socket | None = None
+        self.context = zmq.Context()
         self.sock: zmq.Socket | None = None
         self.ids = itertools.count(1)
         # the batch being gathered in this loop iteration
@@ -49,17 +47,17 @@ class EgressClient:
         self.inflight: dict[int, tuple[list[asyncio.Future], asyncio.TimerHandle]] = {}
         self.pending = 0  # messages submitted and not yet resolved
         self.space = asyncio.Event()
-        self.reader: asyncio.Task | None = None
 
     async def start(self) -> None:
-        asock = self.context.socket(zmq.DEALER)
-        asock.setsockopt(zmq.SNDHWM, 0)  # bounded by max_pending instead
-        asock.setsockopt(zmq.RCVHWM, 0)
-        asock.setsockopt(zmq.LINGER, 0)
-        asock.connect(self.endpoint)
-        self.asock = asock
-        self.sock = zmq.Socket.shadow(asock.underlying)
-        self.reader = self.loop.create_task(self._read_results())
+        sock = self.context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.SNDHWM, 0)  # bounded by max_pending instead
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.endpoint)
+        self.sock = sock
+        # ZeroMQ's fd is edge-triggered and any operation on the socket may consume the edge:
+        # drain replies until EAGAIN on every wake-up and after every send.
+        self.loop.add_reader(sock.getsockopt(zmq.FD), self._read_results)
 
     async def write(self, frames: Sequence, *, eos: bool, frame: bool = False) -> WriteResult:
         """``frame`` marks a video frame, for the egress's FPS statistics."""
@@ -82,14 +80,14 @@ class EgressClient:
             self.space.set()
 
     async def close(self) -> None:
-        if self.reader is not None:
-            self.reader.cancel()
+        if self.sock is not None:
+            self.loop.remove_reader(self.sock.getsockopt(zmq.FD))
         for futures, timer in self.inflight.values():
             timer.cancel()
             _fail(futures, "the worker is stopping")
         self.inflight.clear()
-        if self.asock is not None:
-            self.asock.close()
+        if self.sock is not None:
+            self.sock.close()
         self.context.term()
 
     # -- internals ---------------------------------------------------------------------------
@@ -109,20 +107,22 @@ class EgressClient:
         for i, frame in enumerate(frames):
             backend_send(sock, frame, NOBLOCK if i == last else NOBLOCK_MORE,
                          len(frame) < ZERO_COPY_MIN)
-        # ZeroMQ's fd is edge-triggered: a send through the shadow socket can consume the
-        # readiness the asyncio wrapper waits on for replies, so make it look again.
-        self.asock._schedule_remaining_events()
         timer = self.loop.call_later(self.reply_timeout, self._expire, batch_id)
         self.inflight[batch_id] = (futures, timer)
+        self._read_results()
 
     def _expire(self, batch_id: int) -> None:
         entry = self.inflight.pop(batch_id, None)
         if entry is not None:
             _fail(entry[0], "no answer from the egress process in time")
 
-    async def _read_results(self) -> None:
+    def _read_results(self) -> None:
+        recv = self.sock.recv_multipart
         while True:
-            parts = await self.asock.recv_multipart()
+            try:
+                parts = recv(NOBLOCK)
+            except zmq.Again:
+                return
             try:
                 batch_id, codes = egress_wire.decode_results(parts)
             except ValueError:

@@ -53,13 +53,18 @@ async def _egress(config: ServerConfig, endpoint: str, conn: Connection) -> None
         await exporter
 
 
-def worker_main(config: ServerConfig, index: int, endpoint: str, conn: Connection) -> None:
+def worker_main(config: ServerConfig, index: int, endpoint: str | None,
+                conn: Connection) -> None:
+    """A worker; with ``endpoint`` None it is the only one and owns the out_stream itself."""
     logs.setup()
     uvloop.run(_worker(config, index, endpoint, conn))
 
 
-async def _worker(config: ServerConfig, index: int, endpoint: str, conn: Connection) -> None:
+async def _worker(config: ServerConfig, index: int, endpoint: str | None,
+                  conn: Connection) -> None:
+    from mgfast.fps_log import FpsLog
     from mgfast.server.egress_client import EgressClient
+    from mgfast.server.inline_writer import InlineWriter
     from mgfast.server.listen import listen_socket
     from mgfast.server.stats import WorkerStats
     from mgfast.server.worker import serve
@@ -69,7 +74,11 @@ async def _worker(config: ServerConfig, index: int, endpoint: str, conn: Connect
     out = config.out_stream
     budget = (out.send_timeout * (out.send_retries + 1)
               + out.receive_timeout * (out.receive_retries + 1) + REPLY_MARGIN)
-    writer = EgressClient(endpoint, max_pending=out.inflight_ops, reply_timeout=budget)
+    if endpoint is None:
+        fps = FpsLog(config.statistics) if config.statistics is not None else None
+        writer = InlineWriter(out, fps)
+    else:
+        writer = EgressClient(endpoint, max_pending=out.inflight_ops, reply_timeout=budget)
     try:
         await writer.start()
         sock = listen_socket(config.ip, config.port)
@@ -77,11 +86,20 @@ async def _worker(config: ServerConfig, index: int, endpoint: str, conn: Connect
         conn.send(("error", f"worker {index}: {exc}"))
         return
     stats = WorkerStats() if metrics_enabled() else None
+    side_tasks = []
+    if endpoint is None:  # this worker is also the egress: its statistics and metrics
+        if fps is not None:
+            side_tasks.append(asyncio.ensure_future(fps.run(stop)))
+        if stats is not None:
+            from mgfast.metrics import export
+            side_tasks.append(asyncio.ensure_future(
+                export.run(export.egress_tick(writer.writer), stop)))
     try:
         await serve(config, stop, writer, sock=sock, reload=reload, stats=stats,
                     ready=lambda: conn.send(("ready", None)))
     finally:
         await writer.close()
+        await asyncio.gather(*side_tasks)
 
 
 def _stop_event(reload: asyncio.Event | None) -> asyncio.Event:

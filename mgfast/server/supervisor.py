@@ -59,8 +59,11 @@ class Supervisor:
         self.config = config
         self.mp = multiprocessing.get_context("spawn")
         self.tmpdir = tempfile.mkdtemp(prefix="mgfast-")
-        endpoint = f"ipc://{self.tmpdir}/egress"
-        self.egress = Child("egress", processes.egress_main, (config, endpoint))
+        # One worker owns the out_stream itself: no hop, lowest latency. Several hand their
+        # messages to one egress process, the only one that can bind the out_stream.
+        endpoint = f"ipc://{self.tmpdir}/egress" if workers > 1 else None
+        self.egress = (Child("egress", processes.egress_main, (config, endpoint))
+                       if endpoint else None)
         self.workers = [Child(f"worker-{i}", processes.worker_main, (config, i, endpoint))
                         for i in range(workers)]
         self.stopping = False
@@ -68,17 +71,16 @@ class Supervisor:
 
     @property
     def children(self) -> list[Child]:
-        return [self.egress, *self.workers]
+        return [self.egress, *self.workers] if self.egress else list(self.workers)
 
     def run(self, ready=None) -> int:
         """Start everything, supervise until told to stop; return the exit status."""
         self._install_signals()
         try:
-            self._start(self.egress)
-            for worker in self.workers:
-                self._start(worker, wait_ready=False)
-            for worker in self.workers:
-                self._await_ready(worker)
+            for child in self.children:  # in parallel: workers need no ready egress to start
+                self._start(child, wait_ready=False)
+            for child in self.children:
+                self._await_ready(child)
             if self.config.metrics is not None:
                 self._serve_metrics()
             if ready is not None:
@@ -170,7 +172,7 @@ class Supervisor:
         self.stopping = True
         workers = [w.process for w in self.workers if w.process is not None]
         self._terminate(workers, DRAIN_TIMEOUT + 5)
-        if self.egress.process is not None:
+        if self.egress is not None and self.egress.process is not None:
             self._terminate([self.egress.process], EGRESS_STOP_TIMEOUT)
 
     def _terminate(self, procs: list, timeout: float) -> None:
