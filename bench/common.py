@@ -52,13 +52,14 @@ def ensure_tool(binary: str, package: str) -> str:
     return path
 
 
-def tool_version(args: list[str]) -> str:
+def tool_version(args: list[str], prefix: str = "") -> str:
+    """The first line of a tool's version output (that starts with ``prefix``)."""
     try:
         out = subprocess.run(args, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return "?"
-    text = (out.stdout + out.stderr).strip().splitlines()
-    return text[0].strip() if text else "?"
+    lines = [l.strip() for l in (out.stdout + out.stderr).splitlines() if l.startswith(prefix)]
+    return lines[0] if lines else "?"
 
 
 def machine_info() -> dict[str, str]:

@@ -191,9 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     if h2load:
         tools.append(tool_version([h2load, "--version"]))
     if stunnel:
-        tools.append(tool_version([stunnel, "-version"]).replace("Initializing inetd mode "
-                                                                 "configuration", "").strip()
-                     or "stunnel")
+        tools.append(tool_version([stunnel, "-version"], prefix="stunnel "))
     import savant_rs
 
     tools.append(f"savant-rs {savant_rs.version()}")

@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian tools the tests drive as real peers.
-declare -A tool_package=([openssl]=openssl [curl]=curl)
+declare -A tool_package=([openssl]=openssl [curl]=curl [prometheus]=prometheus
+                           [promtool]=prometheus)
 missing=()
 for tool in "${!tool_package[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("${tool_package[$tool]}")

@@ -260,12 +260,20 @@ def test_batch_partial_failure_resends_only_the_rest_in_order(tmp_path):
 
     into = endpoint("ipc", tmp_path, "in")
     with UpstreamStub(respond, batch=True, delay=0.01) as stub:
-        config = client_config(f"router+bind:{into}", stub.url, batch=64, connections=1)
+        metrics = {"ip": "127.0.0.1", "port": free_port()}
+        config = client_config(f"router+bind:{into}", stub.url, batch=64, connections=1,
+                               metrics=metrics)
         with GatewayProcess("client", config, tmp_path) as client, \
                 sp.SavantWriter(f"dealer+connect:{into}") as writer:
             for topic, extra in sent:
                 writer.send(topic, sp.user_data(topic), extra)
             accepted = stub.wait_accepted(len(sent) - 1)
+
+            def scraped() -> bool:  # the counters reach /metrics within the export interval
+                _, text = http_get(f"http://127.0.0.1:{metrics['port']}/metrics")
+                return (f"mgfast_client_messages_forwarded_total {len(sent) - 1}.0".encode()
+                        in text and b"mgfast_client_messages_rejected_total 1.0" in text)
+            wait_until(scraped, timeout=10, what="the counters on /metrics")
             stats = stop_client(client)
     assert len(accepted) == len(sent) - 1 == len(set(accepted))
     for topic, items in by_topic([(t, e) for t, e in sent if e != poison]).items():
@@ -322,6 +330,7 @@ def test_server_killed_and_restarted_mid_stream_loses_nothing(tmp_path, batch):
             newest = max(newest, order[e])
         assert newest == len(items) - 1
     assert stats["retried"] > 0 and stats["undelivered"] == 0
+    assert (stats["batch_requests"] > 0) == (batch > 1)  # negotiated with the mgfast server
 
 
 def kill_tree(pid: int) -> None:

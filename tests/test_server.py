@@ -281,3 +281,45 @@ def test_upstream_statistics_log_fps_lines(tmp_path):
     with GatewayProcess("server", config, tmp_path) as server:
         wait_until(lambda: "Time-based FPS counter triggered" in server.log(),
                    what="a periodic FPS line")
+
+
+# ---- batch framing between mgfast peers -----------------------------------------------------
+
+def post_batch(conn, items) -> tuple[int, dict]:
+    import orjson
+    from mgfast.media import encode_media_batch
+    conn.request("POST", "/", body=encode_media_batch(items),
+                 headers={"Content-Type": "application/x-mgfast-batch"})
+    response = conn.getresponse()
+    return response.status, orjson.loads(response.read())
+
+
+def test_batch_writes_in_order_and_reports_each_item(tmp_path):
+    where = endpoint("tcp", tmp_path)
+    with sp.SavantReader(f"router+bind:{where}") as reader:
+        config = server_config(f"dealer+connect:{where}")
+        with GatewayProcess("server", config, tmp_path) as server:
+            conn = http.client.HTTPConnection("127.0.0.1", config["port"], timeout=10)
+            conn.request("GET", "/health")
+            response = conn.getresponse()
+            assert response.getheader("x-mgfast-batch") == "1"  # advertises the framing
+            response.read()
+            good = [(b"cam-1", sp.to_bytes(sp.user_data("cam-1")), [bytes([i])]) for i in range(3)]
+            bad = (b"cam-1", b"\x0a\x05broken", [])
+            status, body = post_batch(conn, [good[0], bad, good[1], good[2]])
+            assert status == 200 and body == {"results": [200, 400, 200, 200]}
+            got = reader.wait_for(3)
+            assert [m.extra for m in got] == [(b"\x00",), (b"\x01",), (b"\x02",)]
+
+
+def test_batch_stops_at_the_first_failed_write(tmp_path):
+    config = server_config(f"dealer+connect:{endpoint('tcp', tmp_path)}", workers=1)
+    config["out_stream"].update(send_hwm=1, send_timeout={"secs": 0, "nanos": 100_000_000},
+                                send_retries=1)
+    with GatewayProcess("server", config, tmp_path):
+        conn = http.client.HTTPConnection("127.0.0.1", config["port"], timeout=10)
+        items = [(b"cam-1", sp.to_bytes(sp.user_data("cam-1")), [bytes([i])]) for i in range(5)]
+        status, body = post_batch(conn, items)
+        # nobody is connected: the first message fills the queue (send_hwm 1), the second
+        # times out, and the other three are not attempted
+        assert status == 200 and body == {"results": [200, 504]}

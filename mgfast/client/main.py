@@ -4,12 +4,15 @@ One uvloop process (see ``forwarder`` for the data path and ``lane`` for order, 
 duplicates and batching). Start-up: the TLS context (``TlsSetupError`` goes to the CLI), the
 ``GET /health`` listener on ``ip:port``, the in_stream; then one ``msg=listening`` line.
 
+With ``metrics`` set, a plain-HTTP ``/metrics`` listener serves the counters of
+``ClientStats`` (``mgfast.metrics.client_catalog``), exported once a second.
+
 SIGTERM / SIGINT: stop reading from ZeroMQ (the in_stream is closed), deliver everything
 already read for at most ``drain_timeout`` (mgfast key, default 10 s; retries of transient
 failures go on during the drain), close, log the counters, exit 0. If messages could not be
 delivered in time, a warning says how many (``undelivered``). A second signal ends the drain
-at once. Start-up failures (the health port in use, the in_stream endpoint not bindable or
-connectable) print one line naming the setting and exit with status 2.
+at once. Start-up failures (the health or metrics port in use, the in_stream endpoint not
+bindable or connectable) print one line naming the setting and exit with status 2.
 """
 
 from __future__ import annotations
@@ -76,6 +79,19 @@ async def _main(config: ClientConfig, context: ssl.SSLContext | None) -> int:
         raise StartupError(f"cannot listen on {config.ip}:{config.port}: "
                            f"{exc.strerror or exc}; check `ip` and `port` in {config.source}"
                            ) from None
+    exporter = metrics_server = None
+    exporter_stop = asyncio.Event()
+    if config.metrics is not None:
+        from mgfast.metrics import export, multiprocess as metrics
+        try:
+            metrics_server = metrics.serve(config.metrics.ip, config.metrics.port)
+        except OSError as exc:
+            health.close()
+            raise StartupError(f"cannot listen on {config.metrics.ip}:{config.metrics.port}: "
+                               f"{exc.strerror or exc}; check `metrics` in {config.source}"
+                               ) from None
+        exporter = asyncio.create_task(export.run(export.client_tick(stats), exporter_stop))
+
     forwarder = Forwarder(config, context, stats)
 
     def on_failure(exc: BaseException) -> None:
@@ -86,18 +102,27 @@ async def _main(config: ClientConfig, context: ssl.SSLContext | None) -> int:
         await forwarder.start(on_failure)
     except EndpointError as exc:
         health.close()
+        if exporter is not None:
+            exporter.cancel()
+            metrics_server.shutdown()  # type: ignore[union-attr]
         raise StartupError(f"{exc}; check `in_stream.url` in {config.source}") from None
 
     log.info("listening", extra={
         "health": f"http://{config.ip}:{config.port}/health", "in_stream": str(config.in_stream.url),
         "server": config.url, "connections": config.connections, "batch": config.batch,
-        "inflight_ops": config.in_stream.inflight_ops, "config": config.source})
+        "inflight_ops": config.in_stream.inflight_ops, "config": config.source,
+        "metrics": (f"http://{config.metrics.ip}:{config.metrics.port}/metrics"
+                    if config.metrics else "off")})
     await stop.wait()
 
     undelivered = await forwarder.stop(config.drain_timeout, force)
     health.close()
     for connection in list(connections):
         connection.shutdown()
+    if exporter is not None:
+        exporter_stop.set()
+        await exporter  # a last export, so the final counts are scraped too
+        metrics_server.shutdown()  # type: ignore[union-attr]
     counters = {**stats.as_dict(), "dropped": forwarder.reader.dropped,
                 "filtered": forwarder.reader.filtered, "stale": forwarder.reader.stale}
     if undelivered:

@@ -43,6 +43,9 @@ _RESULT_RESPONSES = {
 class Writer(TypingProtocol):
     async def write(self, frames: Sequence, *, eos: bool, frame: bool) -> WriteResult: ...
 
+    async def write_group(self, items: Sequence[tuple[Sequence, bool, bool]]
+                          ) -> list[WriteResult]: ...
+
 
 class GatewayApp:
     def __init__(self, writer: Writer, stats=None) -> None:
@@ -86,13 +89,16 @@ class GatewayApp:
             log.exception("out_stream write failed")
             return responses.text(500, "out_stream write failed")
         response = _RESULT_RESPONSES[result]
+        self._count(started, response.status, frames)
+        return response
+
+    def _count(self, started: float, status: int, frames: list) -> None:
         stats = self.stats
         if stats is not None:
             stats.latencies.append(time.perf_counter() - started)
-            if response.status == 200:
+            if status == 200:
                 stats.forwarded += 1
                 stats.forwarded_bytes += sum(map(len, frames))
-        return response
 
     def _batch(self, request: Request) -> Response | Awaitable[Response]:
         try:
@@ -102,14 +108,29 @@ class GatewayApp:
         return self._write_batch(items)
 
     async def _write_batch(self, items: list) -> Response:
+        """All valid items go to the writer at once as one group; the answer lists a status per
+        item up to and including the first failed write (later ones were not sent)."""
+        started = time.perf_counter()
+        writes = []
+        for item in items:
+            if not isinstance(item, MediaError):
+                topic, message, data, kind = item
+                writes.append(([topic, message, *data], kind == Kind.END_OF_STREAM,
+                               kind == Kind.VIDEO_FRAME))
+        try:
+            results = iter(await self.writer.write_group(writes) if writes else ())
+        except StreamClosed as exc:
+            return responses.text(503, f"out_stream unavailable ({exc}); retry")
         statuses: list[int] = []
+        written = iter(writes)
         for item in items:
             if isinstance(item, MediaError):
                 statuses.append(400)
                 continue
-            topic, message, data, kind = item
-            response = await self._write([topic, message, *data], kind)
-            statuses.append(response.status)
-            if response.status != 200:
+            result = next(results)
+            if result is WriteResult.NOT_ATTEMPTED:
                 break
+            status = _RESULT_RESPONSES[result].status
+            self._count(started, status, next(written)[0])
+            statuses.append(status)
         return Response(200, orjson.dumps({"results": statuses}), b"application/json")

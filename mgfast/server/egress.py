@@ -17,7 +17,7 @@ import zmq.asyncio
 from mgfast.config.model import OutStreamConfig
 from mgfast.fps_log import FpsLog
 from mgfast.server import egress_wire
-from mgfast.zmq.writer import OutStreamWriter
+from mgfast.zmq.writer import Group, OutStreamWriter
 
 log = logging.getLogger("mgfast.egress")
 
@@ -70,7 +70,13 @@ class Egress:
             log.error("dropping a malformed batch from a worker", extra={"error": str(exc)})
             return
         submit = self.writer.submit
-        futures = [submit(frames, bool(flags & egress_wire.EOS_BIT)) for frames, flags in messages]
+        futures = []
+        group = None
+        for frames, flags in messages:
+            if flags & egress_wire.GROUP_START_BIT:
+                group = Group()
+            futures.append(submit(frames, bool(flags & egress_wire.EOS_BIT),
+                                  group if flags & egress_wire.GROUP_BIT else None))
         if self.fps is not None:
             self.fps.add(sum(1 for _, flags in messages if flags & egress_wire.FRAME_BIT),
                          len(messages))

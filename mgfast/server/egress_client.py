@@ -61,22 +61,35 @@ class EgressClient:
 
     async def write(self, frames: Sequence, *, eos: bool, frame: bool = False) -> WriteResult:
         """``frame`` marks a video frame, for the egress's FPS statistics."""
+        return (await self.write_group([(frames, eos, frame)], grouped=False))[0]
+
+    async def write_group(self, items: Sequence[tuple[Sequence, bool, bool]], *,
+                          grouped: bool = True) -> list[WriteResult]:
+        """Write (frames, eos, frame) items in order; grouped, the first failure stops the rest
+        (WriteResult.NOT_ATTEMPTED), so what was written is a prefix."""
         while self.pending >= self.max_pending:
             self.space.clear()
             await self.space.wait()
-        self.pending += 1
-        future = self.loop.create_future()
-        self.frames.extend(frames)
-        self.counts.append(len(frames) | (egress_wire.EOS_BIT if eos else 0)
-                           | (egress_wire.FRAME_BIT if frame else 0))
-        self.futures.append(future)
+        self.pending += len(items)
+        futures = []
+        for i, (frames, eos, frame) in enumerate(items):
+            flags = len(frames) | (egress_wire.EOS_BIT if eos else 0)
+            if frame:
+                flags |= egress_wire.FRAME_BIT
+            if grouped:
+                flags |= egress_wire.GROUP_BIT | (egress_wire.GROUP_START_BIT if i == 0 else 0)
+            future = self.loop.create_future()
+            self.frames.extend(frames)
+            self.counts.append(flags)
+            self.futures.append(future)
+            futures.append(future)
         if not self.flush_scheduled:
             self.flush_scheduled = True
             self.loop.call_soon(self._flush)
         try:
-            return await future
+            return list(await asyncio.gather(*futures))
         finally:
-            self.pending -= 1
+            self.pending -= len(items)
             self.space.set()
 
     async def close(self) -> None:

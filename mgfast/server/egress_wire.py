@@ -5,9 +5,11 @@ A batch is one ZeroMQ multipart message, so many HTTP requests cost one send::
     worker -> egress   [header, frames of message 0..., frames of message 1..., ...]
     egress -> worker   [batch id (u64), one result code per message (u8 each)]
 
-The header is the batch id (u64) followed by one u32 per message: its frame count, with the top
-bit set for an end-of-stream and the next for a video frame (for the FPS statistics). The Savant
-frames themselves travel untouched.
+The header is the batch id (u64) followed by one u32 per message: its frame count and flags:
+end-of-stream, video frame (for the FPS statistics), and group membership: a group is a run of
+messages, the first marked GROUP_START, of which only a prefix may be written (the egress stops
+the group at its first failure; see ``mgfast.zmq.writer.Group``). The Savant frames themselves
+travel untouched.
 """
 
 from __future__ import annotations
@@ -19,15 +21,17 @@ from mgfast.zmq.writer import WriteResult
 
 EOS_BIT = 0x8000_0000
 FRAME_BIT = 0x4000_0000
-COUNT_MASK = 0x3FFF_FFFF
+GROUP_BIT = 0x2000_0000
+GROUP_START_BIT = 0x1000_0000
+COUNT_MASK = 0x0FFF_FFFF
 _ID = struct.Struct("<Q")
 
 # Result codes on the wire; ERROR = the writer raised (the worker answers 500).
 RESULT_CODES = {WriteResult.SUCCESS: 0, WriteResult.ACK: 1, WriteResult.SEND_TIMEOUT: 2,
-                WriteResult.ACK_TIMEOUT: 3}
+                WriteResult.ACK_TIMEOUT: 3, WriteResult.NOT_ATTEMPTED: 5}
 ERROR = 4
 RESULTS_BY_CODE: tuple = (WriteResult.SUCCESS, WriteResult.ACK, WriteResult.SEND_TIMEOUT,
-                          WriteResult.ACK_TIMEOUT, None)
+                          WriteResult.ACK_TIMEOUT, None, WriteResult.NOT_ATTEMPTED)
 
 
 def encode_header(batch_id: int, counts: array) -> bytes:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Sequence
 
 from mgfast.config.model import OutStreamConfig
 from mgfast.fps_log import FpsLog
-from mgfast.zmq.writer import OutStreamWriter, WriteResult
+from mgfast.zmq.writer import Group, OutStreamWriter, WriteResult
 
 
 class InlineWriter:
@@ -24,6 +25,16 @@ class InlineWriter:
         if self.fps is not None:
             self.fps.add(1 if frame else 0, 1)
         return await self.writer.submit(frames, eos)
+
+    async def write_group(self, items: Sequence[tuple[Sequence, bool, bool]]
+                          ) -> list[WriteResult]:
+        """As EgressClient.write_group: in order, stopping at the first failure."""
+        if self.fps is not None:
+            self.fps.add(sum(1 for _, _, frame in items if frame), len(items))
+        group = Group()
+        submit = self.writer.submit
+        return list(await asyncio.gather(*[submit(frames, eos, group)
+                                           for frames, eos, _ in items]))
 
     async def close(self) -> None:
         await self.writer.close()

@@ -82,16 +82,32 @@ class WriteResult(enum.Enum):
     ACK = "ack"
     SEND_TIMEOUT = "send_timeout"
     ACK_TIMEOUT = "ack_timeout"
+    NOT_ATTEMPTED = "not_attempted"  # an earlier message of its group failed: never sent
+
+
+class Group:
+    """Messages that must reach the wire as a prefix: after the first failure, the rest of the
+    group is not sent, so a sender can resend from there without reordering."""
+
+    __slots__ = ("failed",)
+
+    def __init__(self) -> None:
+        self.failed = False
+
+
+_WRITTEN = (WriteResult.SUCCESS, WriteResult.ACK)
 
 
 class _Write:
     """One queued message and the future of its caller."""
 
-    __slots__ = ("frames", "eos", "deadline", "future")
+    __slots__ = ("frames", "eos", "deadline", "future", "group")
 
-    def __init__(self, frames, eos: bool, deadline: float, future: asyncio.Future):
+    def __init__(self, frames, eos: bool, deadline: float, future: asyncio.Future,
+                 group: Group | None = None):
         self.frames = frames
         self.eos = eos
+        self.group = group
         self.deadline = deadline  # loop time after which a blocked send gives SEND_TIMEOUT
         self.future = future
 
@@ -161,7 +177,8 @@ class OutStreamWriter:
         """Send ``[topic, message, *extra]``; ``eos`` says whether the message is an EOS."""
         return await self.submit(frames, eos)
 
-    def submit(self, frames: Sequence[bytes | memoryview], eos: bool) -> asyncio.Future:
+    def submit(self, frames: Sequence[bytes | memoryview], eos: bool,
+               group: Group | None = None) -> asyncio.Future:
         """Queue a message now and return the future of its WriteResult (no coroutine per
         message: the egress process submits whole batches this way, in order)."""
         if self._task is None or self._closing:
@@ -170,7 +187,7 @@ class OutStreamWriter:
             raise ValueError("a Savant message needs at least the frames [topic, message]")
         loop = self._loop
         future = loop.create_future()
-        self._queue.append(_Write(frames, eos, loop.time() + self._send_budget, future))
+        self._queue.append(_Write(frames, eos, loop.time() + self._send_budget, future, group))
         wake = self._wake
         if wake is not None:
             self._wake = None
@@ -237,10 +254,16 @@ class OutStreamWriter:
                     future = item.future
                     if future.done():  # the caller gave up before it was sent
                         continue
+                    group = item.group
+                    if group is not None and group.failed:
+                        future.set_result(WriteResult.NOT_ATTEMPTED)
+                        continue
                     self._busy = True
                     try:
                         result = await self._write_one(item)
                     except Exception as exc:
+                        if group is not None:
+                            group.failed = True
                         if not future.done():
                             future.set_exception(exc)
                         continue
@@ -248,6 +271,8 @@ class OutStreamWriter:
                         self._busy = False
                     if result is not None:
                         self.results[result] += 1
+                        if group is not None and result not in _WRITTEN:
+                            group.failed = True
                         if not future.done():
                             future.set_result(result)
                 else:
