@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         opts = dataclasses.replace(opts, profile=True)
     if args.server_workers is not None:
         opts = dataclasses.replace(opts, server_workers=args.server_workers)
+    git = git_describe()  # before the run: other work may land while it runs
     started = time.monotonic()
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     tools.append(f"savant-rs {savant_rs.version()}")
     meta = {
         "command": command_line(argv), "date": date, "wall_s": time.monotonic() - started,
-        "git": git_describe(), "machine": machine_info(), "tools": ", ".join(tools),
+        "git": git, "machine": machine_info(), "tools": ", ".join(tools),
         "options": (f"{opts.sources} sources round-robin, load phase <= {opts.load_seconds:g} s, "
                     f"paced phase {opts.paced_seconds:g} s, warm-up {opts.warmup} messages; "
                     f"mgfast client connections={opts.connections}, "

@@ -18,7 +18,6 @@ import math
 import shutil
 import signal
 import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -81,8 +80,7 @@ class PrometheusPeer:
              f"--config.file={self.config_path}",
              f"--storage.tsdb.path={self.workdir / 'data'}",
              f"--web.listen-address=127.0.0.1:{self.port}",
-             "--storage.tsdb.retention.time=1d",
-             "--query.lookback-delta=30s"],
+             "--storage.tsdb.retention.time=1d"],
             stdout=self._log, stderr=subprocess.STDOUT, cwd=self.workdir)
 
         def ready() -> bool:

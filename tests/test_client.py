@@ -442,10 +442,12 @@ def test_tls_rejection_is_retried_and_nothing_is_dropped(tmp_path):
         with GatewayProcess("client", cconfig, tmp_path) as client, \
                 sp.SavantWriter(f"dealer+connect:{into}") as writer:
             writer.send("cam-1", sp.user_data("cam-1"), b"x")
-            wait_until(lambda: "delivery failed; retrying" in client.log(), timeout=10,
+            wait_until(lambda: "delivery failed; retrying" in client.log()
+                       and "TLS handshake rejected" in server.log(), timeout=20,
                        what="a TLS failure")
             stats = stop_client(client)
-    assert "TLS" in client.log()
+    # the client usually reads the server's alert ("TLS rejected by the server: ... alert
+    # certificate required"); when the server's close overtakes it, a connection reset
     assert stats["read"] == 1 and stats["undelivered"] == 1 and stats["forwarded"] == 0
 
 
@@ -458,7 +460,7 @@ def test_tls_rejection_is_retried_and_nothing_is_dropped(tmp_path):
 ])
 def test_topic_prefix_spec_filters(tmp_path, reader_type, spec):
     into = endpoint("tcp", tmp_path, "in")
-    config = client_config(f"{reader_type}+bind:{into}", "")
+    config = client_config(f"{reader_type}+bind:{into}", "", wait_strategy="yield")
     config["in_stream"]["topic_prefix_spec"] = spec
     topics = ["cam-1", "other-1", "cam-2", "cam-1", "other-2", "cam-2"] * 3
     with UpstreamStub() as stub:
@@ -486,7 +488,7 @@ def test_topic_prefix_spec_filters(tmp_path, reader_type, spec):
 @pytest.mark.timeout(60)
 def test_sigterm_delivers_everything_already_read_then_exits_0(tmp_path):
     into = endpoint("ipc", tmp_path, "in")
-    with UpstreamStub(delay=0.05) as stub:  # slow server: messages pile up in the client
+    with UpstreamStub(delay=0.1) as stub:  # slow server: messages pile up in the client
         config = client_config(f"rep+bind:{into}", stub.url, connections=1)
         with GatewayProcess("client", config, tmp_path) as client, \
                 sp.SavantWriter(f"req+connect:{into}") as writer:

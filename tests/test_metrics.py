@@ -219,12 +219,23 @@ def the_stack(workdir: Path, phases: list[tuple[str, float]]):
                     topic = f"cam-{i % 3}"
                     assert writer.send(topic, sp.user_data(topic), b"%d" % i) == "success"
 
+            def seen(*wanted: tuple[str, float], timeout: float = 20.0) -> None:
+                for expr, minimum in wanted:
+                    try:
+                        wait_until(lambda: prom.value_at_least(expr, minimum), timeout=timeout,
+                                   interval=0.2, what=f"Prometheus to see {expr} >= {minimum}")
+                    except AssertionError as exc:
+                        raise AssertionError(f"{exc}; it has {prom.query(expr)}") from None
+
             feed(0, MESSAGES // 2)
             # over the server's max_body_size: 413, the client skips it as rejected
             writer.send("cam-0", sp.user_data("cam-0"), os.urandom(MAX_BODY + 1024))
-            wait_until(lambda: prom.value_at_least(
-                "mgfast_client_messages_forwarded_total", MESSAGES // 2), timeout=20,
-                interval=0.2, what="the first half forwarded, as Prometheus sees it")
+            # A worker's counts not yet exported (at most a second's) die with it: kill it only
+            # once the server has exported everything the client sent so far.
+            seen(("mgfast_client_messages_forwarded_total", MESSAGES // 2),
+                 ("mgfast_client_messages_rejected_total", 1),
+                 ("mgfast_messages_forwarded_total", MESSAGES // 2),
+                 ('mgfast_http_requests_total{status="413"}', 1))
             mark("first half forwarded")
             victim = worker_pids(server)["worker-1"]
             os.kill(victim, signal.SIGKILL)
@@ -232,16 +243,11 @@ def the_stack(workdir: Path, phases: list[tuple[str, float]]):
                        interval=0.1, what="the killed worker to be restarted")
             mark("worker restarted")
             feed(MESSAGES // 2, MESSAGES - MESSAGES // 2)
-
-            for expr, minimum in (("mgfast_client_messages_forwarded_total", MESSAGES),
-                                  ("mgfast_messages_forwarded_total", MESSAGES),
-                                  ("mgfast_client_messages_rejected_total", 1),
-                                  ("mgfast_worker_restarts_total", 1),
-                                  ("mgfast_tls_revoked_rejections_total", 1),
-                                  ("mgfast_tls_live_connections_closed_total", 1),
-                                  ('mgfast_http_requests_total{status="413"}', 1)):
-                wait_until(lambda: prom.value_at_least(expr, minimum), timeout=20,
-                           interval=0.2, what=f"Prometheus to see {expr} >= {minimum}")
+            seen(("mgfast_client_messages_forwarded_total", MESSAGES),
+                 ("mgfast_messages_forwarded_total", MESSAGES),
+                 ("mgfast_worker_restarts_total", 1),
+                 ("mgfast_tls_revoked_rejections_total", 1),
+                 ("mgfast_tls_live_connections_closed_total", 1))
         mark("everything seen by prometheus")
         prom.wait_scraped_after(time.time())  # one more scrape, so rates have two points
         mark("one more scrape")
