@@ -50,6 +50,22 @@ EGRESS_QUEUE = Gauge(
 RESTARTS = Counter(
     "mgfast_worker_restarts_total", "Child processes restarted by the supervisor.", ["child"])
 
+
+
+def create_known_series() -> None:
+    """Create every series whose labels are known in advance at 0, so that rate() and
+    increase() see the first event (a series born with its first event looks like no change)."""
+    from mgfast.tls.outcome import REASONS
+    for reason in REASONS:
+        TLS_HANDSHAKES.labels("ok" if reason == "ok" else "rejected", reason)
+        if reason != "ok":
+            TLS_LIVE_CLOSED.labels(reason)
+    for result in ("success", "ack", "send_timeout", "ack_timeout"):
+        EGRESS_RESULTS.labels(result)
+    for child in ("worker", "egress"):
+        RESTARTS.labels(child)
+
+
 # -- server: the hash directory (collected at scrape time by mgfast.metrics.store) ------------
 CRL_NEXT_UPDATE = "mgfast_crl_next_update_timestamp_seconds"
 CRL_REVOKED = "mgfast_crl_revoked_certificates"

@@ -75,7 +75,7 @@ def egress_tick(writer) -> Callable[[], None]:
 
     def tick() -> None:
         for result, count in writer.results.items():
-            if d := delta(result, count):
+            if d := delta(result, count):  # NOT_ATTEMPTED is never counted: nothing was sent
                 m.EGRESS_RESULTS.labels(result.value).inc(d)
         m.EGRESS_QUEUE.set(writer.queue_depth)
 

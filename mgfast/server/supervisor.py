@@ -147,6 +147,8 @@ class Supervisor:
                         self._schedule_restart(child)
 
     def _serve_metrics(self) -> None:
+        from mgfast.metrics import catalog
+        catalog.create_known_series()
         collectors = []
         if self.config.tls is not None and self.config.tls.peers is not None:
             from mgfast.metrics.store import StoreCollector

@@ -23,8 +23,12 @@ from mgfast.tls.peer_certificate import describe
 
 log = logging.getLogger("mgfast.tls")
 
-# Plaintext read per SSLObject.read call: one TLS record's worth keeps copies small.
+# Plaintext read per SSLObject.read call, into one buffer per process: the application
+# consumes it synchronously, and a fresh bytes object per call would cost an allocation of
+# this size for every record.
 READ_CHUNK = 256 * 1024
+_read_buffer = bytearray(READ_CHUNK)
+_read_view = memoryview(_read_buffer)
 
 HANDSHAKE, OPEN, CLOSED = "handshake", "open", "closed"
 
@@ -182,7 +186,7 @@ class TlsServerProtocol(asyncio.Protocol):
         read = self.sslobj.read  # type: ignore[union-attr]
         while self.state == OPEN:
             try:
-                chunk = read(READ_CHUNK)
+                count = read(READ_CHUNK, _read_buffer)
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:
@@ -195,9 +199,9 @@ class TlsServerProtocol(asyncio.Protocol):
                 self._flush()
                 self.abort()
                 return
-            if not chunk:
+            if not count:
                 break
-            self.app.data_received(chunk)
+            self.app.data_received(_read_view[:count])
         self._flush()  # key updates, session tickets
 
     # -- flow control ----------------------------------------------------------------------
