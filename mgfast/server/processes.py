@@ -9,6 +9,8 @@ gracefully on SIGTERM, and workers reload TLS material on SIGHUP.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import os
 import signal
 from multiprocessing.connection import Connection
 
@@ -18,12 +20,28 @@ from mgfast import logs
 from mgfast.config.model import ServerConfig
 from mgfast.metrics.multiprocess import enabled as metrics_enabled
 
+PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
+
 # How long a worker waits for the egress to answer a batch before answering 503: the writer's
 # own worst case (send and ack budgets) plus a margin for the hop.
 REPLY_MARGIN = 5.0
 
 
+def _die_with_parent() -> None:
+    """Linux: get SIGTERM when the supervisor dies, even by SIGKILL, so no child outlives it
+    holding the port or the out_stream."""
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the supervisor died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def egress_main(config: ServerConfig, endpoint: str, conn: Connection) -> None:
+    _die_with_parent()
     logs.setup()
     uvloop.run(_egress(config, endpoint, conn))
 
@@ -56,6 +74,7 @@ async def _egress(config: ServerConfig, endpoint: str, conn: Connection) -> None
 def worker_main(config: ServerConfig, index: int, endpoint: str | None,
                 conn: Connection) -> None:
     """A worker; with ``endpoint`` None it is the only one and owns the out_stream itself."""
+    _die_with_parent()
     logs.setup()
     uvloop.run(_worker(config, index, endpoint, conn))
 

@@ -37,6 +37,8 @@ def check_port_free(ip: str, port: int, field: str = "port") -> None:
     """Fail early if anything listens on ip:port: SO_REUSEPORT would otherwise share it silently."""
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # SO_REUSEADDR: connections of a previous run in TIME_WAIT are no reason to refuse
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((ip, port))
         except OSError as exc:
