@@ -29,6 +29,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -214,6 +215,9 @@ def start_profiles(roots: list[int], opts: Options, work: Path, path: Path_) -> 
         raise SystemExit("bench: --profile needs py-spy: "
                          f"{sys.executable} -m pip install py-spy")
     names = {p.pid: p.name for p in path.procs}
+    for proc in path.procs:  # mgfast's supervisor logs "started child=worker-0 pid=123"
+        for match in re.finditer(r"child=(\S+) pid=(\d+)", proc.log()):
+            names[int(match.group(2))] = f"{proc.name}:{match.group(1)}"
     spies = []
     for pid in process_tree(roots):
         if "python" not in _cmdline(pid):
@@ -400,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_profile(result: dict, out=print) -> None:
     for process, frames in (result.get("profile") or {}).items():
+        if not frames:  # idle the whole time (py-spy leaves idle samples out)
+            continue
         out(f"py-spy, {result['label']}, {result['size']}: {process}, top frames by own time")
         for frame, percent in frames:
             out(f"  {percent:5.1f}%  {frame}")

@@ -80,12 +80,16 @@ def results_markdown(meta: dict, server: list[dict], pipe: list[dict]) -> str:
         f"- date: {meta['date']}, wall time {meta['wall_s']:.0f} s, git {meta['git']}",
         f"- machine: {meta['machine']['nproc']} CPUs ({meta['machine']['cpu']}), Linux "
         f"{meta['machine']['kernel']}, Python {meta['machine']['python']}, "
-        f"{meta['machine']['openssl']}",
+        f"{meta['machine']['openssl']}; one system call (os.getpid) "
+        f"{meta['machine']['syscall_us']} us",
         f"- background load just before the run: {meta['background_cpus']:.2f} CPUs busy",
         f"- tools: {meta['tools']}",
         f"- pipeline: {meta['options']}",
         "",
     ]
+    if meta.get("profiled"):
+        out += ["**Profiled run (py-spy attached during the load phases): not for comparison.**",
+                ""]
     if pipe:
         out += [
             "## Pipeline: savant-rs writer -> path -> savant-rs reader",
@@ -170,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.server_workers is not None:
         opts = dataclasses.replace(opts, server_workers=args.server_workers)
     git = git_describe()  # before the run: other work may land while it runs
+    machine = machine_info()
     started = time.monotonic()
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
@@ -198,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     tools.append(f"savant-rs {savant_rs.version()}")
     meta = {
         "command": command_line(argv), "date": date, "wall_s": time.monotonic() - started,
-        "git": git, "machine": machine_info(), "tools": ", ".join(tools),
+        "git": git, "machine": machine, "tools": ", ".join(tools),
         "options": (f"{opts.sources} sources round-robin, load phase <= {opts.load_seconds:g} s, "
                     f"paced phase {opts.paced_seconds:g} s, warm-up {opts.warmup} messages; "
                     f"mgfast client connections={opts.connections}, "
@@ -207,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                        if opts.server_workers else ", server workers=default")),
         "chart": chart,
         "background_cpus": background,
+        "profiled": args.profile,
     }
 
     print()

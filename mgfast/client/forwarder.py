@@ -55,7 +55,8 @@ class Forwarder:
                  stats: ClientStats) -> None:
         self.config = config
         self.stats = stats
-        self.target = ServerTarget(config.url, ssl_context=ssl_context, auth=config.auth)
+        self.target = ServerTarget(config.url, ssl_context=ssl_context, auth=config.auth,
+                                   tls=config.tls)
         self.reader = InStreamReader(config.in_stream, is_eos)
         self.window = asyncio.Semaphore(config.in_stream.inflight_ops)
         self.lanes = [Lane(i, self.target, batch=config.batch, retry=config.retry_strategy,

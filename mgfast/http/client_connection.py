@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+from collections.abc import Callable
 
 import httptools
 
@@ -201,6 +202,7 @@ class HttpClientConnection:
     """A keep-alive connection to ``host:port``; see the module docs."""
 
     def __init__(self, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None,
+                 refresh_tls: Callable[[], ssl.SSLContext | None] | None = None,
                  server_hostname: str | None = None, connect_timeout: float = CONNECT_TIMEOUT,
                  response_timeout: float = RESPONSE_TIMEOUT,
                  idle_reuse: float = IDLE_REUSE) -> None:
@@ -208,6 +210,7 @@ class HttpClientConnection:
         self.host = host
         self.port = port
         self.ssl_context = ssl_context
+        self.refresh_tls = refresh_tls  # called before each connect: the current context
         self.server_hostname = server_hostname or host
         self.connect_timeout = connect_timeout
         self.response_timeout = response_timeout
@@ -230,6 +233,8 @@ class HttpClientConnection:
         if self.connected and loop.time() - self._idle_since <= self.idle_reuse:
             return
         self.close()
+        if self.refresh_tls is not None:
+            self.ssl_context = self.refresh_tls()
         kwargs: dict = {}
         if self.ssl_context is not None:
             kwargs = {"ssl": self.ssl_context, "server_hostname": self.server_hostname,
