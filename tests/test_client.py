@@ -734,3 +734,27 @@ def test_http_client_replaces_a_connection_idle_past_idle_reuse():
         server.close()
 
     arun(body())
+
+
+# ---- upstream statistics --------------------------------------------------------------------
+
+@pytest.mark.timeout(60)
+def test_statistics_frame_period_logs_fps_lines(tmp_path):
+    out = endpoint("ipc", tmp_path, "out")
+    into = endpoint("ipc", tmp_path, "in")
+    with sp.SavantReader(f"router+bind:{out}") as final, \
+            GatewayProcess("server", one_worker_server(f"dealer+connect:{out}"), tmp_path) as server:
+        config = client_config(f"router+bind:{into}", server.url,
+                               statistics={"frame_period": 2})
+        with GatewayProcess("client", config, tmp_path) as client, \
+                sp.SavantWriter(f"dealer+connect:{into}") as writer:
+            writer.send("cam-1", sp.video_frame("cam-1"), b"a")
+            writer.send("cam-1", sp.user_data("cam-1"), b"b")
+            final.wait_for(2)
+            assert "FPS counter" not in client.log()  # 1 frame of 2
+            writer.send("cam-1", sp.video_frame("cam-1"), b"c")
+            wait_until(lambda: "Frame-based FPS counter triggered" in client.log(),
+                       what="the FPS line")
+            line = next(l for l in client.log().splitlines() if "Frame-based" in l)
+            assert "frame_delta=2" in line and "message_delta=3" in line
+            stop_client(client)

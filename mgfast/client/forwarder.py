@@ -38,6 +38,7 @@ from mgfast.client.lane import Lane, Pending
 from mgfast.client.stats import ClientStats
 from mgfast.client.target import ServerTarget
 from mgfast.config.model import ClientConfig
+from mgfast.fps_log import FpsLog
 from mgfast.media import Kind, message_kind
 from mgfast.zmq.reader import InStreamReader
 from mgfast.zmq.sockets import StreamClosed
@@ -59,8 +60,9 @@ class Forwarder:
                                    tls=config.tls)
         self.reader = InStreamReader(config.in_stream, is_eos)
         self.window = asyncio.Semaphore(config.in_stream.inflight_ops)
+        self.fps = FpsLog(config.statistics) if config.statistics is not None else None
         self.lanes = [Lane(i, self.target, batch=config.batch, retry=config.retry_strategy,
-                           stats=stats, release=self._release)
+                           stats=stats, release=self._release, fps=self.fps)
                       for i in range(config.connections)]
         self._read_task: asyncio.Task | None = None
         self._lane_tasks: list[asyncio.Task] = []

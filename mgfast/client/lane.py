@@ -50,8 +50,9 @@ from mgfast.client.stats import ClientStats
 from mgfast.client.target import BATCH_HEADER, ServerTarget
 from mgfast.config.model import RetryStrategy
 from mgfast.http.client_connection import HttpClientError
-from mgfast.media import (MAX_BATCH_DATA_PARTS, MAX_BATCH_ITEMS, MAX_DATA_PARTS, MediaError,
-                          encode_media, encode_media_batch)
+from mgfast.fps_log import FpsLog
+from mgfast.media import (MAX_BATCH_DATA_PARTS, MAX_BATCH_ITEMS, MAX_DATA_PARTS, Kind,
+                          MediaError, encode_media, encode_media_batch, message_kind)
 
 log = logging.getLogger("mgfast.client")
 
@@ -62,6 +63,13 @@ NOT_BATCH_CAPABLE = (400, 404, 405, 415)  # whole-batch answers of a server with
 # Transient statuses after which the message may have reached the consumer anyway: 502 is
 # upstream's AckTimeout (sent, unconfirmed), 500 an unknown failure.
 MAYBE_DELIVERED = (500, 502)
+
+
+def _is_video_frame(message) -> bool:
+    try:
+        return message_kind(message) == Kind.VIDEO_FRAME
+    except MediaError:
+        return False
 
 
 class Pending:
@@ -80,13 +88,15 @@ class Lane:
     """Delivers its queue in order over one connection; see the module docs."""
 
     def __init__(self, index: int, target: ServerTarget, *, batch: int, retry: RetryStrategy,
-                 stats: ClientStats, release: Callable[[int], None]) -> None:
+                 stats: ClientStats, release: Callable[[int], None],
+                 fps: FpsLog | None = None) -> None:
         # configuration
         self.index = index
         self.target = target
         self.batch = min(batch, MAX_BATCH_ITEMS)
         self.retry = retry
         self.stats = stats
+        self.fps = fps  # upstream ``statistics``, when configured
         self._release = release  # frees in-flight slots of messages that left the lane
         # state
         self.queue: deque[Pending] = deque()
@@ -273,9 +283,14 @@ class Lane:
     def _delivered(self, count: int) -> None:
         stats = self.stats
         popleft = self.queue.popleft
+        frames = 0
         for _ in range(count):
             item = popleft()
             stats.forwarded_bytes += item.size
+            if self.fps is not None:
+                frames += _is_video_frame(item.message)
+        if self.fps is not None:
+            self.fps.add(frames, count)
         stats.forwarded += count
         stats.in_flight -= count
         self._release(count)

@@ -93,6 +93,8 @@ async def _main(config: ClientConfig, context: ssl.SSLContext | None) -> int:
         exporter = asyncio.create_task(export.run(export.client_tick(stats), exporter_stop))
 
     forwarder = Forwarder(config, context, stats)
+    fps_task = (asyncio.create_task(forwarder.fps.run(exporter_stop))
+                if forwarder.fps is not None else None)
 
     def on_failure(exc: BaseException) -> None:
         log.error("forwarding failed; stopping", exc_info=exc)
@@ -119,8 +121,10 @@ async def _main(config: ClientConfig, context: ssl.SSLContext | None) -> int:
     health.close()
     for connection in list(connections):
         connection.shutdown()
+    exporter_stop.set()
+    if fps_task is not None:
+        await fps_task
     if exporter is not None:
-        exporter_stop.set()
         await exporter  # a last export, so the final counts are scraped too
         metrics_server.shutdown()  # type: ignore[union-attr]
     counters = {**stats.as_dict(), "dropped": forwarder.reader.dropped,
