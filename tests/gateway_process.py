@@ -43,6 +43,15 @@ class GatewayProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def children(self) -> dict[str, int]:
+        """{child name: pid} of the latest start of each server child, from the log."""
+        pids: dict[str, int] = {}
+        for line in self.log().splitlines():
+            if "msg=started" in line:
+                fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+                pids[fields["child"]] = int(fields["pid"])
+        return pids
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)

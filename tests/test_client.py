@@ -22,7 +22,6 @@ import time
 import zlib
 
 import pytest
-import uvloop
 import zmq
 
 from mgfast.http import client_connection as cc
@@ -30,16 +29,12 @@ from tests import savant_peers as sp
 from tests.gateway_process import GatewayProcess, http_get, server_config
 from tests.seed_ca import SeedCa
 from tests.upstream_stub import DROP, UpstreamStub
-from tests.util import free_port, wait_until
+from tests.util import arun, endpoint, free_port, wait_until
 
 WRITER_FOR = {"sub": "pub", "router": "dealer", "rep": "req"}
 BIG = os.urandom(3 * 1024 * 1024)  # a multi-megabyte extra part
 
 
-def endpoint(transport: str, tmp_path, name: str) -> str:
-    if transport == "ipc":
-        return f"ipc://{tmp_path}/socks/{name}"
-    return f"tcp://127.0.0.1:{free_port()}"
 
 
 def client_config(in_url: str, server_url: str, **overrides) -> dict:
@@ -627,8 +622,6 @@ def test_inflight_ops_bounds_what_is_read_and_the_producer_feels_it(tmp_path):
 
 # ---- the HTTP client connection, against scripted raw servers ----------------------------------
 
-def arun(coro, timeout: float = 20.0):
-    return uvloop.run(asyncio.wait_for(coro, timeout))
 
 
 async def scripted_server(answers: list):

@@ -133,15 +133,6 @@ def iso(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def worker_pids(server: GatewayProcess) -> dict[str, int]:
-    """{child name: pid} of the last start of each child, from the server log."""
-    pids: dict[str, int] = {}
-    for line in server.log().splitlines():
-        if "msg=started" in line:
-            fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
-            pids[fields["child"]] = int(fields["pid"])
-    return pids
-
 
 def wait_closed(tls: ssl.SSLSocket, timeout: float) -> None:
     """Read until the server closes the connection; fail after ``timeout`` seconds."""
@@ -237,9 +228,9 @@ def the_stack(workdir: Path, phases: list[tuple[str, float]]):
                  ("mgfast_messages_forwarded_total", MESSAGES // 2),
                  ('mgfast_http_requests_total{status="413"}', 1))
             mark("first half forwarded")
-            victim = worker_pids(server)["worker-1"]
+            victim = server.children()["worker-1"]
             os.kill(victim, signal.SIGKILL)
-            wait_until(lambda: worker_pids(server)["worker-1"] != victim, timeout=20,
+            wait_until(lambda: server.children()["worker-1"] != victim, timeout=20,
                        interval=0.1, what="the killed worker to be restarted")
             mark("worker restarted")
             feed(MESSAGES // 2, MESSAGES - MESSAGES // 2)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.gateway_process import GatewayProcess
+from tests.gateway_process import GatewayProcess, server_config
 from tests.seed_ca import SeedCa
 from tests.util import free_port, wait_until
 
@@ -24,25 +24,11 @@ HEALTHY = {"status": "healthy"}
 def seed_server_config(seed: SeedCa, tmp_path: Path, *, crl_enabled: bool = True,
                        **tls_extra) -> dict:
     """The seed's media-gateway-server.json, paths and port adapted."""
-    return {
-        "ip": "127.0.0.1",
-        "port": free_port(),
-        "tls": {
-            "identity": {"certificate": str(seed.server_crt), "key": str(seed.server_key)},
-            "peers": {"lookup_hash_directory": str(seed.hash_dir), "crl_enabled": crl_enabled},
-            **tls_extra,
-        },
-        "out_stream": {
-            "url": f"pub+bind:ipc://{tmp_path}/server",
-            "send_timeout": {"secs": 1, "nanos": 0},
-            "send_retries": 3,
-            "receive_timeout": {"secs": 1, "nanos": 0},
-            "receive_retries": 3,
-            "send_hwm": 1000,
-            "receive_hwm": 1000,
-            "inflight_ops": 100,
-        },
-    }
+    return server_config(f"pub+bind:ipc://{tmp_path}/server", tls={
+        "identity": {"certificate": str(seed.server_crt), "key": str(seed.server_key)},
+        "peers": {"lookup_hash_directory": str(seed.hash_dir), "crl_enabled": crl_enabled},
+        **tls_extra,
+    })
 
 
 def curl(server: GatewayProcess, ca: Path, cert: Path | None = None,

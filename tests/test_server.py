@@ -13,15 +13,11 @@ from mgfast.media import encode_media
 from tests import savant_peers as sp
 from tests.gateway_process import GatewayProcess, http_get, server_config
 from tests.seed_ca import SeedCa
-from tests.util import free_port, wait_until
+from tests.util import endpoint, wait_until
 
 READER_FOR = {"pub": "sub", "dealer": "router", "req": "rep"}
 
 
-def endpoint(transport: str, tmp_path) -> str:
-    if transport == "ipc":
-        return f"ipc://{tmp_path}/out/stream.sock"
-    return f"tcp://127.0.0.1:{free_port()}"
 
 
 def post(conn: http.client.HTTPConnection, body: bytes,

@@ -16,13 +16,9 @@ from tests.util import free_port, wait_until
 
 
 def live_children(server: GatewayProcess) -> dict[str, int]:
-    """{child name: pid} of the server's children that are alive, from its start-up log."""
-    found: dict[str, int] = {}
-    for line in server.log().splitlines():
-        if "msg=started" in line:
-            fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
-            found[fields["child"]] = int(fields["pid"])
-    return {name: pid for name, pid in found.items() if os.path.exists(f"/proc/{pid}")
+    """{child name: pid} of the server's children that are alive (not zombies)."""
+    return {name: pid for name, pid in server.children().items()
+            if os.path.exists(f"/proc/{pid}")
             and "Z" not in open(f"/proc/{pid}/stat").read().split(")")[1].split()[0]}
 
 

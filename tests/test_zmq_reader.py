@@ -7,7 +7,6 @@ import os
 import time
 
 import pytest
-import uvloop
 import zmq
 import zmq.asyncio
 
@@ -16,20 +15,13 @@ from mgfast.zmq.reader import InStreamReader
 from mgfast.zmq.sockets import StreamClosed
 from mgfast.zmq.url import parse_socket_url
 from tests import savant_peers as sp
-from tests.util import free_port
+from tests.util import arun, endpoint, free_port
 
 WRITER_OF = {"sub": "pub", "router": "dealer", "rep": "req"}
 
 
-def arun(coro, timeout: float = 20.0):
-    """Run an async test body on uvloop (the production loop), bounded in time."""
-    return uvloop.run(asyncio.wait_for(coro, timeout))
 
 
-def endpoint(transport: str, tmp_path) -> str:
-    if transport == "ipc":
-        return f"ipc://{tmp_path}/socks/in"
-    return f"tcp://127.0.0.1:{free_port()}"
 
 
 def reader_config(url: str, kind: str = "none", value: str = "", **options) -> InStreamConfig:

@@ -10,7 +10,6 @@ import stat
 import time
 
 import pytest
-import uvloop
 import zmq
 import zmq.asyncio
 
@@ -19,20 +18,13 @@ from mgfast.zmq.sockets import EndpointError, StreamClosed
 from mgfast.zmq.url import parse_socket_url
 from mgfast.zmq.writer import OutStreamWriter, WriteResult
 from tests import savant_peers as sp
-from tests.util import free_port
+from tests.util import arun, endpoint, free_port
 
 READER_OF = {"pub": "sub", "dealer": "router", "req": "rep"}
 
 
-def arun(coro, timeout: float = 20.0):
-    """Run an async test body on uvloop (the production loop), bounded in time."""
-    return uvloop.run(asyncio.wait_for(coro, timeout))
 
 
-def endpoint(transport: str, tmp_path) -> str:
-    if transport == "ipc":
-        return f"ipc://{tmp_path}/socks/out"
-    return f"tcp://127.0.0.1:{free_port()}"
 
 
 def writer_config(url: str, **options) -> OutStreamConfig:

@@ -30,3 +30,18 @@ def wait_until(check: Callable[[], T], *, timeout: float = 10.0, interval: float
             last_exc = exc
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last error: {last_exc!r}")
+
+
+def endpoint(transport: str, tmp_path, name: str = "stream") -> str:
+    """A ZeroMQ endpoint: an ipc socket under ``tmp_path/socks`` or a free loopback tcp port."""
+    if transport == "ipc":
+        return f"ipc://{tmp_path}/socks/{name}"
+    return f"tcp://127.0.0.1:{free_port()}"
+
+
+def arun(coro, timeout: float = 20.0):
+    """Run an async test body on uvloop (the production loop), bounded in time."""
+    import asyncio
+
+    import uvloop
+    return uvloop.run(asyncio.wait_for(coro, timeout))

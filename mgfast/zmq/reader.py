@@ -55,6 +55,7 @@ from mgfast.zmq.sockets import (
 log = logging.getLogger(__name__)
 
 SKIPPED_BEFORE_YIELD = 64  # unwanted messages read back to back before yielding to the loop
+TERM_TIMEOUT = 2.0  # seconds close() waits for the ZeroMQ context to terminate
 
 
 class InStreamReader:
@@ -145,13 +146,18 @@ class InStreamReader:
         self._closed = True
         if self._asock is not None:
             sock, self._asock, self._sock = self._asock, None, None
-            sock.close()
+            sock.close(linger=0)  # stopping: replies still queued would only delay the exit
         await self._release_context()
 
     async def _release_context(self) -> None:
         if self._owns_context and self._context is not None:
             context, self._context = self._context, None
-            await asyncio.to_thread(context.term)
+            try:  # term() waits for every socket; never let it hold a shutdown
+                await asyncio.wait_for(asyncio.shield(asyncio.to_thread(context.term)),
+                                       TERM_TIMEOUT)
+            except asyncio.TimeoutError:
+                log.warning("ZeroMQ context did not terminate in time",
+                            extra={"endpoint": str(self.config.url)})
 
     # ---- receiving -------------------------------------------------------------------------
 
