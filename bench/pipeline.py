@@ -385,8 +385,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="py-spy the gateway processes during each load phase")
     parser.add_argument("--workdir", help="keep configs, logs and sockets here (default: a "
                         "temporary directory, removed afterwards)")
+    parser.add_argument("--workers", type=int, help="mgfast server `workers` (default: its own)")
     args = parser.parse_args(argv)
     opts = QUICK if args.quick else Options()
+    if args.workers is not None:
+        opts = dataclasses.replace(opts, server_workers=args.workers)
     if args.profile:
         opts = dataclasses.replace(opts, profile=True)
     sizes = [s for s in SIZES if args.size in (None, s.name)]

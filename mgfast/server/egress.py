@@ -12,11 +12,11 @@ import asyncio
 import logging
 
 import zmq
-import zmq.asyncio
 
 from mgfast.config.model import OutStreamConfig
 from mgfast.fps_log import FpsLog
 from mgfast.server import egress_wire
+from mgfast.zmq.sockets import NOBLOCK
 from mgfast.zmq.writer import Group, OutStreamWriter
 
 log = logging.getLogger("mgfast.egress")
@@ -28,9 +28,11 @@ class Egress:
         self.writer = OutStreamWriter(out_stream)
         self.fps = fps  # upstream ``statistics``, when configured
         self.endpoint = endpoint
-        self.context = zmq.asyncio.Context()
-        self.sock: zmq.asyncio.Socket | None = None
-        self.pending: set[asyncio.Future] = set()  # replies not yet sent
+        self.context = zmq.Context()
+        self.sock: zmq.Socket | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.unanswered = 0  # batches received, not yet answered
+        self.all_answered = asyncio.Event()
         self.malformed = 0
 
     async def start(self) -> None:
@@ -41,25 +43,34 @@ class Egress:
         sock.setsockopt(zmq.LINGER, 1000)
         sock.bind(self.endpoint)
         self.sock = sock
+        self.loop = asyncio.get_running_loop()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve batches until ``stop``; then answer what was received and close the writer."""
-        stopping = asyncio.ensure_future(stop.wait())
+        fd = self.sock.getsockopt(zmq.FD)
+        self.loop.add_reader(fd, self._receive)
+        self._receive()
         try:
-            while True:
-                receiving = asyncio.ensure_future(self.sock.recv_multipart(copy=False))
-                await asyncio.wait({receiving, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                if not receiving.done():
-                    receiving.cancel()
-                    break
-                self._submit(receiving.result())
+            await stop.wait()
         finally:
-            stopping.cancel()
-            if self.pending:
-                await asyncio.wait(set(self.pending))
+            self.loop.remove_reader(fd)
+            if self.unanswered:
+                self.all_answered.clear()
+                await self.all_answered.wait()
             await self.writer.close()
             self.sock.close()
             self.context.term()
+
+    def _receive(self) -> None:
+        """Take every batch waiting. ZeroMQ's fd is edge-triggered and any operation on the
+        socket may consume the edge, so this drains until EAGAIN, and runs after each reply."""
+        recv = self.sock.recv_multipart
+        while True:
+            try:
+                parts = recv(NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._submit(parts)
 
     def _submit(self, parts: list) -> None:
         routing_id = parts[0].bytes
@@ -80,18 +91,23 @@ class Egress:
         if self.fps is not None:
             self.fps.add(sum(1 for _, flags in messages if flags & egress_wire.FRAME_BIT),
                          len(messages))
-        done = asyncio.ensure_future(asyncio.wait(futures)) if futures else None
-        if done is None:
-            self._reply(routing_id, batch_id, [])
+        if not futures:
+            self._reply(routing_id, batch_id, futures)
             return
-        self.pending.add(done)
-        done.add_done_callback(lambda _, r=routing_id, b=batch_id, f=futures: self._replied(
-            done, r, b, f))
+        self.unanswered += 1
+        remaining = len(futures)
 
-    def _replied(self, done: asyncio.Future, routing_id: bytes, batch_id: int,
-                 futures: list[asyncio.Future]) -> None:
-        self.pending.discard(done)
-        self._reply(routing_id, batch_id, futures)
+        def one_done(_: asyncio.Future) -> None:
+            nonlocal remaining
+            remaining -= 1
+            if remaining == 0:
+                self.unanswered -= 1
+                self._reply(routing_id, batch_id, futures)
+                if not self.unanswered:
+                    self.all_answered.set()
+
+        for future in futures:
+            future.add_done_callback(one_done)
 
     def _reply(self, routing_id: bytes, batch_id: int, futures: list[asyncio.Future]) -> None:
         codes = bytearray()
@@ -101,4 +117,6 @@ class Egress:
                 codes.append(egress_wire.ERROR)
             else:
                 codes.append(egress_wire.RESULT_CODES[future.result()])
-        self.sock.send_multipart([routing_id, *egress_wire.encode_results(batch_id, codes)])
+        self.sock.send_multipart([routing_id, *egress_wire.encode_results(batch_id, codes)],
+                                 NOBLOCK)
+        self._receive()

@@ -61,16 +61,34 @@ class EgressClient:
 
     async def write(self, frames: Sequence, *, eos: bool, frame: bool = False) -> WriteResult:
         """``frame`` marks a video frame, for the egress's FPS statistics."""
-        return (await self.write_group([(frames, eos, frame)], grouped=False))[0]
+        await self._room_for(1)
+        try:
+            return await self._enqueue(((frames, eos, frame),), grouped=False)[0]
+        finally:
+            self._release(1)
 
-    async def write_group(self, items: Sequence[tuple[Sequence, bool, bool]], *,
-                          grouped: bool = True) -> list[WriteResult]:
-        """Write (frames, eos, frame) items in order; grouped, the first failure stops the rest
-        (WriteResult.NOT_ATTEMPTED), so what was written is a prefix."""
+    async def write_group(self, items: Sequence[tuple[Sequence, bool, bool]]
+                          ) -> list[WriteResult]:
+        """Write (frames, eos, frame) items in order as one group: the first failure stops the
+        rest (WriteResult.NOT_ATTEMPTED), so what was written is a prefix."""
+        await self._room_for(len(items))
+        try:
+            return list(await asyncio.gather(*self._enqueue(items, grouped=True)))
+        finally:
+            self._release(len(items))
+
+    async def _room_for(self, count: int) -> None:
         while self.pending >= self.max_pending:
             self.space.clear()
             await self.space.wait()
-        self.pending += len(items)
+        self.pending += count
+
+    def _release(self, count: int) -> None:
+        self.pending -= count
+        self.space.set()
+
+    def _enqueue(self, items, *, grouped: bool) -> list[asyncio.Future]:
+        """Add messages to this loop iteration's batch; the flush goes out at its end."""
         futures = []
         for i, (frames, eos, frame) in enumerate(items):
             flags = len(frames) | (egress_wire.EOS_BIT if eos else 0)
@@ -86,11 +104,7 @@ class EgressClient:
         if not self.flush_scheduled:
             self.flush_scheduled = True
             self.loop.call_soon(self._flush)
-        try:
-            return list(await asyncio.gather(*futures))
-        finally:
-            self.pending -= len(items)
-            self.space.set()
+        return futures
 
     async def close(self) -> None:
         if self.sock is not None:
