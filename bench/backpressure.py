@@ -59,7 +59,7 @@ class Options:
 QUICK = Options(read_s=1.5, load_s=5.0, after_s=1.0)
 
 
-# ---- consumer: a ROUTER that stops reading --------------------------------------------------------
+# ---- consumer: a ROUTER that stops reading -------------------------------------------------------
 
 def consumer_main(conn, url: str) -> None:
     """``("stop",)`` -> stop reading (socket stays open); ``("exit",)`` -> report and close."""
@@ -93,7 +93,7 @@ def consumer_main(conn, url: str) -> None:
     ctx.term()
 
 
-# ---- load: keep-alive POSTs from one asyncio process ----------------------------------------------
+# ---- load: keep-alive POSTs from one asyncio process ---------------------------------------------
 
 def load_main(conn, port: int, body_path: str, connections: int) -> None:
     """``("run", t0, t_end)`` -> ``{"responses": [[t_done - t0, status, latency_ms]], ...}``;
@@ -169,7 +169,7 @@ def load_main(conn, port: int, body_path: str, connections: int) -> None:
     conn.send({"responses": responses, "errors": errors})
 
 
-# ---- one configuration ----------------------------------------------------------------------------
+# ---- one configuration ---------------------------------------------------------------------------
 
 def measure(workers: int | None, opts: Options, work: Path, body_path: Path,
             progress) -> dict:
@@ -369,7 +369,7 @@ def draw(result: dict, path: Path) -> None:
     opts = result["options"]
     top.set_ylabel("server tree RSS, MiB (sum of VmRSS)")
     top.set_ylim(bottom=0)
-    top.legend(fontsize=8, loc="upper left")
+    top.legend(fontsize=8, loc="lower center")
     top.set_title(f"mgfast server, out_stream dealer+connect (send_hwm {opts['send_hwm']}, "
                   f"send_timeout {opts['send_timeout_ms']} ms x {opts['send_retries'] + 1}); "
                   f"{opts['connections']} connections POSTing {opts['body_bytes'] // 1024} KiB",
@@ -395,8 +395,12 @@ def main(argv: list[str] | None = None) -> int:
     opts = QUICK if args.quick else Options()
     if args.connections:
         opts = replace(opts, connections=args.connections)
+    def progress(line: str) -> None:  # stdout is for the JSON
+        print(line, file=sys.stderr, flush=True)
+
     with tempfile.TemporaryDirectory(prefix="mgfast-bench-") as tmp:
-        result = run(opts, Path(tmp), chart=Path(args.chart) if args.chart else None, argv=argv)
+        result = run(opts, Path(tmp), progress=progress,
+                     chart=Path(args.chart) if args.chart else None, argv=argv)
     print(json.dumps(result, indent=1))
     return 0
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import re
 import socket
 import ssl
 import statistics
@@ -58,7 +59,7 @@ class Options:
 QUICK = Options(warmup_s=1.0, window_s=2.0, rounds=1)
 
 
-# ---- load generator (one process per client) ------------------------------------------------------
+# ---- load generator (one process per client) -----------------------------------------------------
 
 def client_context(ca: str, crt: str, key: str) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the server: CA + IP SAN
@@ -157,15 +158,16 @@ def revoked_check(port: int, seed, crt: Path, key: Path, log: Path | None = None
         time.sleep(0.2)
         with open(log, "rb") as f:
             f.seek(log_size)
-            reason = next((line.decode(errors="replace").split("[info]")[-1].strip()[:160]
-                           for line in f.read().splitlines() if b"verify error" in line), "")
+            found = re.search(rb"client SSL certificate verify error: \([^)]*\)", f.read())
+            reason = found.group(0).decode(errors="replace") if found else ""
     rejected = status == 400 and b"SSL certificate error" in body
-    how = f"HTTP {status} {body.split(b'<title>')[-1].split(b'</title>')[0].decode()[:60]}"
+    title = re.search(rb"<title>([^<]*)</title>", body)
+    how = f"HTTP {title.group(1).decode(errors='replace') if title else status}"
     return {"rejected": rejected, "how": how + (f"; log: {reason}" if reason else ""),
             "valid_cert_status": control}
 
 
-# ---- the two servers ------------------------------------------------------------------------------
+# ---- the two servers -----------------------------------------------------------------------------
 
 NGINX_CONF = """\
 worker_processes {workers};
@@ -237,7 +239,7 @@ def start_mgfast(work: Path, port: int, seed, workers: int) -> Proc:
     return gateway("server", config, work, name="server-handshakes")
 
 
-# ---- one measurement ------------------------------------------------------------------------------
+# ---- one measurement -----------------------------------------------------------------------------
 
 def measure(target: str, port: int, roots: list[int], seed, opts: Options, progress) -> dict:
     background = wait_quiet(f"handshakes {target}", progress)
@@ -397,8 +399,11 @@ def main(argv: list[str] | None = None) -> int:
                          ("window_s", args.window), ("rounds", args.rounds)):
         if value is not None:
             opts = replace(opts, **{field: value})
+    def progress(line: str) -> None:  # stdout is for the JSON
+        print(line, file=sys.stderr, flush=True)
+
     with tempfile.TemporaryDirectory(prefix="mgfast-bench-") as tmp:
-        result = run(opts, Path(tmp), argv=argv)
+        result = run(opts, Path(tmp), progress=progress, argv=argv)
     print(json.dumps(result, indent=1))
     return 0
 

@@ -10,7 +10,6 @@ returns is recorded next to the measurement either way.
 from __future__ import annotations
 
 import datetime
-import os
 import shlex
 import sys
 import time
@@ -73,16 +72,6 @@ def rss_mib(roots: list[int]) -> tuple[float, dict[int, float]]:
     return sum(per_pid.values()), per_pid
 
 
-def process_name(pid: int) -> str:
-    """The short role of a gateway process from its command line (``mgfast server`` children
-    show theirs in argv or comm)."""
-    try:
-        comm = Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return "?"
-    return comm
-
-
 def section_meta(module: str, argv: list[str], quick: bool) -> dict:
     """What every one of these sections records: command, date, machine."""
     python = Path(sys.executable)
@@ -95,5 +84,4 @@ def section_meta(module: str, argv: list[str], quick: bool) -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine_info(),
         "quick": quick,
-        "pid": os.getpid(),
     }

@@ -25,11 +25,49 @@ if __package__ in (None, ""):  # `python bench/run.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     __package__ = "bench"
 
-from bench import pipeline, report, server_http  # noqa: E402
+from bench import (backpressure, handshakes, metrics_cost, pipeline, report,  # noqa: E402
+                   report_extra, server_http)
 from bench.common import (REPO, Certs, busy_cpu_seconds, ensure_tool, machine_info,  # noqa: E402
                           tool_version)
 
 BENCH = Path(__file__).resolve().parent
+PARTS = ("server", "pipeline", "handshakes", "backpressure", "metrics")
+EXTRA_PARTS = {"handshakes": "handshakes", "backpressure": "backpressure",
+               "metrics": "metrics_cost"}  # part name -> results.json key
+
+
+def run_extras(parts: set[str], quick: bool, work: Path, out: Path, chart: bool,
+               workers: int | None) -> dict:
+    """The handshakes, backpressure and metrics-cost parts that are selected; a part that
+    fails is recorded as ``{"error": ...}`` and the others still run."""
+    extras = {}
+    for part, key in EXTRA_PARTS.items():
+        if part not in parts:
+            continue
+        try:
+            if part == "handshakes":
+                opts = handshakes.QUICK if quick else handshakes.Options()
+                if workers is not None:
+                    opts = dataclasses.replace(opts, workers=workers)
+                extras[key] = handshakes.run(opts, work / "handshakes")
+            elif part == "backpressure":
+                opts = backpressure.QUICK if quick else backpressure.Options()
+                extras[key] = backpressure.run(
+                    opts, work / "backpressure", chart=out / "backpressure.png" if chart else None)
+            else:
+                opts = metrics_cost.QUICK if quick else metrics_cost.Options()
+                if workers is not None:
+                    opts = dataclasses.replace(opts, workers=workers)
+                extras[key] = metrics_cost.run(opts, work / "metrics_cost")
+        except Exception as exc:  # noqa: BLE001 - reported in RESULTS.md
+            import traceback
+
+            traceback.print_exc()
+            from bench.quiet import section_meta
+
+            extras[key] = {"meta": section_meta("bench", [], quick),
+                           "error": f"{type(exc).__name__}: {exc}"}
+    return extras
 
 
 def ensure_matplotlib() -> bool:
@@ -143,7 +181,10 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help="short phases and fewer requests: a smoke run")
-    parser.add_argument("--skip", default="", help="comma-separated: server, pipeline")
+    parser.add_argument("--skip", default="", help="comma-separated parts: server, pipeline, "
+                        "handshakes, backpressure, metrics")
+    parser.add_argument("--parts", help="run only these parts (comma-separated, same names); "
+                        "the sections of the others are kept from the previous results.json")
     parser.add_argument("--only", help="pipeline path keys, comma-separated "
                         "(direct, stunnel, mgfast-b1, mgfast-b64)")
     parser.add_argument("--server-workers", type=int,
@@ -158,8 +199,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-chart", action="store_true", help="no PNG (and no matplotlib)")
     args = parser.parse_args(argv)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    parts = ({s.strip() for s in args.parts.split(",") if s.strip()} if args.parts
+             else set(PARTS)) - skip
+    if (skip | parts) - set(PARTS):
+        parser.error(f"unknown part(s) {', '.join(sorted((skip | parts) - set(PARTS)))}; "
+                     f"choose from {', '.join(PARTS)}")
+    skip = set(PARTS) - parts
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        previous = json.loads((out / "results.json").read_text())
+    except (OSError, ValueError):
+        previous = {}
 
     h2load = ensure_tool("h2load", "nghttp2-client") if "server" not in skip else None
     stunnel = ensure_tool("stunnel4", "stunnel4") if "pipeline" not in skip else None
@@ -178,20 +229,26 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
-    def go(work: Path) -> tuple[list[dict], list[dict]]:
-        certs = Certs.create(work / "pki")
+    def go(work: Path) -> tuple[list[dict], list[dict], dict]:
+        certs = Certs.create(work / "pki") if {"server", "pipeline"} - skip else None
         server = [] if "server" in skip else server_http.run(
             args.quick, work / "server_http", certs, workers=args.server_workers)
         pipe = [] if "pipeline" in skip else pipeline.run(
             opts, work / "pipeline", certs,
             only=set(args.only.split(",")) if args.only else None)
-        return server, pipe
+        extras = run_extras(parts, args.quick, work, out, chart, args.server_workers)
+        return server, pipe, extras
 
     if args.workdir:
-        server, pipe = go(Path(args.workdir).resolve())
+        server, pipe, extras = go(Path(args.workdir).resolve())
     else:
         with tempfile.TemporaryDirectory(prefix="mgfast-bench-") as tmp:
-            server, pipe = go(Path(tmp))
+            server, pipe, extras = go(Path(tmp))
+    for section in extras.values():
+        section["meta"]["command"] = command_line(argv)
+    for key in EXTRA_PARTS.values():  # parts not run this time keep their previous section
+        if key not in extras and previous.get(key):
+            extras[key] = previous[key]
 
     tools = []
     if h2load:
@@ -214,27 +271,38 @@ def main(argv: list[str] | None = None) -> int:
         "background_cpus": background,
         "profiled": args.profile,
     }
+    carried = not server and not pipe and {"server", "pipeline"} <= skip and previous.get("meta")
+    if carried:  # only extra parts ran: keep the previous pipeline and server sections as they are
+        meta, server, pipe = previous["meta"], previous.get("server_http", []), \
+            previous.get("pipeline", [])
 
     print()
-    if pipe:
+    if pipe and not carried:
         print(report.text(*report.pipeline_rows(pipe)))
         print()
         print(report.text(*report.ratio_rows(pipe)))
         print()
-    if server:
+    if server and not carried:
         print(report.text(*report.server_rows(server)))
         print()
-    for result in pipe:
-        pipeline.print_profile(result)
-    (out / "RESULTS.md").write_text(results_markdown(meta, server, pipe))
+    ran = {EXTRA_PARTS[p] for p in parts if p in EXTRA_PARTS}
+    for line in report_extra.summary_lines({k: v for k, v in extras.items() if k in ran}):
+        print(line)
+    if not carried:
+        for result in pipe:
+            pipeline.print_profile(result)
+    (out / "RESULTS.md").write_text(results_markdown(meta, server, pipe) + "\n"
+                                    + report_extra.markdown_sections(extras))
     (out / "results.json").write_text(json.dumps(
-        {"meta": meta, "server_http": server, "pipeline": pipe}, indent=1) + "\n")
-    if chart:
+        {"meta": meta, "server_http": server, "pipeline": pipe, **extras}, indent=1) + "\n")
+    if chart and not carried and (server or pipe):
         report.chart(pipe, server, out / "results.png",
                      f"mgfast benchmark, {meta['machine']['nproc']} CPUs, {date}"
                      + (" (quick)" if args.quick else ""))
-    print(f"wrote {out / 'RESULTS.md'}, results.json" + (", results.png" if chart else "")
-          + f" in {meta['wall_s']:.0f} s")
+    print(f"wrote {out / 'RESULTS.md'}, results.json"
+          + (", results.png" if chart and not carried else "")
+          + (", backpressure.png" if chart and "backpressure" in parts else "")
+          + f" in {time.monotonic() - started:.0f} s")
     return 0
 
 
