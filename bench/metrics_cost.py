@@ -10,7 +10,7 @@ alike. The cost is 1 - (mean req/s with metrics) / (mean req/s without), and the
 server tree's CPU per request. During the first run with metrics, ``/metrics`` is scraped once
 mid-load (and once after it) to show the counters are live.
 
-    python -m bench.metrics_cost [--quick] [--rounds 3] [--requests 30000]   # prints JSON
+    python -m bench.metrics_cost [--quick] [--rounds 6] [--requests 30000]   # prints JSON
     python -m bench --parts metrics          # the same, written into bench/RESULTS.md
 """
 
@@ -44,7 +44,7 @@ class Options:
     requests: int = 30_000
     connections: int = 16
     body: int = 200
-    rounds: int = 3  # runs with metrics and runs without, each
+    rounds: int = 6  # runs with metrics and runs without, each
     warmup: int = 2_000
     workers: int | None = None  # None: the server's default
 

@@ -140,11 +140,13 @@ class Stunnel(Path_):
 
 
 class Mgfast(Path_):
-    def __init__(self, batch: int) -> None:
+    def __init__(self, batch: int, workers: int | None = None) -> None:
         super().__init__()
         self.batch = batch
-        self.key = f"mgfast-b{batch}"
-        self.label = f"mgfast batch={batch}"
+        self.workers = workers  # None: the --workers option, else the server's default
+        self.key = f"mgfast-b{batch}" + (f"-w{workers}" if workers else "")
+        self.label = f"mgfast batch={batch}" + (f", {workers} worker{'s' * (workers > 1)}"
+                                                if workers else "")
 
     def start(self, work, certs, reader_ipc, opts):
         entry = work / "client-in"
@@ -163,8 +165,9 @@ class Mgfast(Path_):
                 "send_hwm": 1000, "receive_hwm": 1000, "inflight_ops": 100,
             },
         }
-        if opts.server_workers is not None:
-            server["workers"] = opts.server_workers
+        workers = self.workers or opts.server_workers
+        if workers is not None:
+            server["workers"] = workers
         self.procs.append(gateway("server", server, work))
         client = {
             "ip": "127.0.0.1",
@@ -188,7 +191,12 @@ class Mgfast(Path_):
 
 
 def paths(opts: Options) -> list[Path_]:
-    return [Direct(), Stunnel(), Mgfast(1), Mgfast(opts.batch)]
+    """Without --workers, mgfast runs with 1 worker (it owns the out_stream: no hop) and with 2
+    (the egress process owns it), so the cost of the process model shows in one run."""
+    if opts.server_workers is not None:
+        return [Direct(), Stunnel(), Mgfast(1), Mgfast(opts.batch)]
+    return [Direct(), Stunnel(), *(Mgfast(batch, workers) for workers in (1, 2)
+                                   for batch in (1, opts.batch))]
 
 
 # ---- profiling (optional) ------------------------------------------------------------------------

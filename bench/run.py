@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parts", help="run only these parts (comma-separated, same names); "
                         "the sections of the others are kept from the previous results.json")
     parser.add_argument("--only", help="pipeline path keys, comma-separated "
-                        "(direct, stunnel, mgfast-b1, mgfast-b64)")
+                        "(direct, stunnel, mgfast-b1, mgfast-b64, and with -w1 / -w2 workers)")
     parser.add_argument("--server-workers", type=int,
                         help="mgfast server `workers` (default: the server's own default)")
     parser.add_argument("--out", default=str(BENCH),
