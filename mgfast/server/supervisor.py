@@ -59,9 +59,11 @@ class Supervisor:
         self.config = config
         self.mp = multiprocessing.get_context("spawn")
         self.tmpdir = tempfile.mkdtemp(prefix="mgfast-")
-        # One worker owns the out_stream itself: no hop, lowest latency. Several hand their
-        # messages to one egress process, the only one that can bind the out_stream.
-        endpoint = f"ipc://{self.tmpdir}/egress" if workers > 1 else None
+        # Only one process can bind the out_stream: then several workers hand their messages to
+        # one egress process. A single worker, or workers whose out_stream connects (each can
+        # connect its own socket to the consumer), write themselves: no hop, lowest latency.
+        needs_egress = workers > 1 and config.out_stream.url.bind
+        endpoint = f"ipc://{self.tmpdir}/egress" if needs_egress else None
         self.egress = (Child("egress", processes.egress_main, (config, endpoint))
                        if endpoint else None)
         self.workers = [Child(f"worker-{i}", processes.worker_main, (config, i, endpoint))
