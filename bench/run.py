@@ -265,8 +265,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"paced phase {opts.paced_seconds:g} s, warm-up {opts.warmup} messages; "
                     f"mgfast client connections={opts.connections}, "
                     f"inflight_ops={opts.inflight_ops}"
-                    + (f", server workers={opts.server_workers}"
-                       if opts.server_workers else ", server workers=default")),
+                    + (f", server workers={opts.server_workers}" if opts.server_workers
+                       else ", mgfast server with 1 and with 2 workers; out_stream "
+                            "dealer+connect, so each worker writes to the reader itself")),
         "chart": chart,
         "background_cpus": background,
         "profiled": args.profile,
