@@ -3,6 +3,7 @@ with certificates from the openssl CLI (tests.seed_ca) and ``mgfast pki``, curl 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
@@ -280,7 +281,9 @@ def test_client_revoked_mid_stream_is_cut_keeps_its_messages_and_recovers(seed, 
     with sp.SavantReader(f"router+bind:{out}") as reader, \
             GatewayProcess("server", sconfig, tmp_path) as server:
         client = GatewayProcess("client", cconfig, tmp_path)
-        with sp.SavantWriter(f"dealer+connect:{into}") as writer:
+        with sp.SavantWriter(f"dealer+connect:{into}") as writer, \
+                contextlib.ExitStack() as cleanup:
+            cleanup.callback(lambda: client.stop())  # whichever client runs, if a check fails
             for topic, extra in before:
                 writer.send(topic, sp.user_data(topic), extra)
             reader.wait_for(len(before), timeout=30)
