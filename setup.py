@@ -16,6 +16,11 @@ extensions = [
         ["ext/media.pyx"],
         define_macros=[("CYTHON_TRACE_NOGIL", "1")] if TRACE else [],
     ),
+    Extension(
+        "mgfast._zmq_io",
+        ["ext/zmq_io.pyx"],
+        define_macros=[("CYTHON_TRACE_NOGIL", "1")] if TRACE else [],
+    ),
 ]
 
 setup(

@@ -8,9 +8,9 @@
 Routing: a topic always goes to lane ``crc32(topic) % connections``, so the messages of one
 source share one connection and keep their order (see ``lane``).
 
-Back-pressure: a slot of the ``inflight_ops`` window is taken *before* a message is read from
-ZeroMQ and given back when the server accepted or rejected it. While the window is full the
-reader is not read at all, so messages wait in libzmq's queues and, once those reach the
+Back-pressure: at most ``inflight_ops`` messages are read and not yet accepted or rejected by
+the server; the reader takes no more than the free room of that window, and while the window
+is full it is not read at all, so messages wait in libzmq's queues and, once those reach the
 ``receive_hwm`` / the producer's send high-water mark, the producer's sends block (DEALER,
 REQ: Savant's send timeout applies) or drop (PUB, as ZeroMQ PUB always does).
 
@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-import zlib
+from zlib import crc32
 from collections.abc import Callable
 
 from mgfast.client.lane import Lane, Pending
@@ -59,7 +59,8 @@ class Forwarder:
         self.target = ServerTarget(config.url, ssl_context=ssl_context, auth=config.auth,
                                    tls=config.tls)
         self.reader = InStreamReader(config.in_stream, is_eos)
-        self.window = asyncio.Semaphore(config.in_stream.inflight_ops)
+        self.inflight_ops = config.in_stream.inflight_ops
+        self._room = asyncio.Event()  # set when stats.in_flight drops below inflight_ops
         self.fps = FpsLog(config.statistics) if config.statistics is not None else None
         self.lanes = [Lane(i, self.target, batch=config.batch, retry=config.retry_strategy,
                            stats=stats, release=self._release, fps=self.fps)
@@ -90,28 +91,29 @@ class Forwarder:
                 self._on_failure(exc)
 
     def _release(self, count: int) -> None:
-        window = self.window
-        for _ in range(count):
-            window.release()
+        """``count`` messages left the lanes (their in_flight count is already lowered)."""
+        if self.stats.in_flight < self.inflight_ops:
+            self._room.set()
 
     async def _read(self) -> None:
-        window = self.window
-        recv = self.reader.recv
+        recv_many = self.reader.recv_many
         lanes = self.lanes
         n = len(lanes)
         stats = self.stats
+        room = self._room
         while True:
-            await window.acquire()
-            try:
-                topic, frames = await recv()
-            except BaseException:
-                window.release()
-                raise
-            item = Pending(topic, frames)
-            stats.read += 1
-            stats.read_bytes += item.size
-            stats.in_flight += 1
-            lanes[zlib.crc32(topic) % n].submit(item)
+            free = self.inflight_ops - stats.in_flight
+            if free <= 0:
+                room.clear()
+                await room.wait()
+                continue
+            messages = await recv_many(free)
+            stats.in_flight += len(messages)
+            stats.read += len(messages)
+            for topic, frames in messages:
+                item = Pending(topic, frames)
+                stats.read_bytes += item.size
+                lanes[crc32(topic) % n].submit(item)
 
     async def stop(self, drain_timeout: float, force: asyncio.Event | None = None) -> int:
         """Stop reading, deliver what was read (bounded), return the undelivered count."""

@@ -81,7 +81,7 @@ class Pending:
         self.topic = topic
         self.message = frames[1]
         self.extra = frames[2:]
-        self.size = sum(len(f) for f in frames)
+        self.size = sum(map(len, frames))
 
 
 class Lane:

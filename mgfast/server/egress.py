@@ -13,11 +13,11 @@ import logging
 
 import zmq
 
+from mgfast._zmq_io import recv_multipart, send_multipart
 from mgfast.config.model import OutStreamConfig
 from mgfast.fps_log import FpsLog
 from mgfast.server import egress_wire
-from mgfast.zmq.sockets import NOBLOCK
-from mgfast.zmq.writer import Group, OutStreamWriter
+from mgfast.zmq.writer import OutStreamWriter
 
 log = logging.getLogger("mgfast.egress")
 
@@ -64,35 +64,29 @@ class Egress:
     def _receive(self) -> None:
         """Take every batch waiting. ZeroMQ's fd is edge-triggered and any operation on the
         socket may consume the edge, so this drains until EAGAIN, and runs after each reply."""
-        recv = self.sock.recv_multipart
+        handle = self.sock.underlying
         while True:
-            try:
-                parts = recv(NOBLOCK, copy=False)
-            except zmq.Again:
+            parts = recv_multipart(handle)
+            if parts is None:
                 return
             self._submit(parts)
 
     def _submit(self, parts: list) -> None:
-        routing_id = parts[0].bytes
+        routing_id = parts[0]
         try:
-            batch_id, messages = egress_wire.decode_batch([p.buffer for p in parts[1:]])
+            batch_id, messages = egress_wire.decode_batch(parts[1:])
         except ValueError as exc:
             self.malformed += 1
             log.error("dropping a malformed batch from a worker", extra={"error": str(exc)})
             return
-        submit = self.writer.submit
-        futures = []
-        group = None
-        for frames, flags in messages:
-            if flags & egress_wire.GROUP_START_BIT:
-                group = Group()
-            futures.append(submit(frames, bool(flags & egress_wire.EOS_BIT),
-                                  group if flags & egress_wire.GROUP_BIT else None))
+        runs = _runs(messages)
+        writer = self.writer
+        futures = [writer.submit_group(frames, eos) for frames, eos in runs]
         if self.fps is not None:
             self.fps.add(sum(1 for _, flags in messages if flags & egress_wire.FRAME_BIT),
                          len(messages))
         if not futures:
-            self._reply(routing_id, batch_id, futures)
+            self._reply(routing_id, batch_id, futures, runs)
             return
         self.unanswered += 1
         remaining = len(futures)
@@ -102,21 +96,37 @@ class Egress:
             remaining -= 1
             if remaining == 0:
                 self.unanswered -= 1
-                self._reply(routing_id, batch_id, futures)
+                self._reply(routing_id, batch_id, futures, runs)
                 if not self.unanswered:
                     self.all_answered.set()
 
         for future in futures:
             future.add_done_callback(one_done)
 
-    def _reply(self, routing_id: bytes, batch_id: int, futures: list[asyncio.Future]) -> None:
+    def _reply(self, routing_id: bytes, batch_id: int, futures: list[asyncio.Future],
+               runs: list) -> None:
         codes = bytearray()
-        for future in futures:
+        for future, (frames, _) in zip(futures, runs):
             if future.exception() is not None:
                 log.error("out_stream write failed", exc_info=future.exception())
-                codes.append(egress_wire.ERROR)
+                codes += bytes((egress_wire.ERROR,)) * len(frames)
             else:
-                codes.append(egress_wire.RESULT_CODES[future.result()])
-        self.sock.send_multipart([routing_id, *egress_wire.encode_results(batch_id, codes)],
-                                 NOBLOCK)
+                codes += bytes(egress_wire.RESULT_CODES[r] for r in future.result())
+        send_multipart(self.sock.underlying,
+                       [routing_id, *egress_wire.encode_results(batch_id, codes)])
         self._receive()
+
+
+def _runs(messages: list[tuple[list, int]]) -> list[tuple[list, list[bool]]]:
+    """Split a batch into writer runs: each group is one run, every other message its own."""
+    runs: list[tuple[list, list[bool]]] = []
+    grouping = False
+    for frames, flags in messages:
+        eos = bool(flags & egress_wire.EOS_BIT)
+        if flags & egress_wire.GROUP_BIT and grouping and not flags & egress_wire.GROUP_START_BIT:
+            runs[-1][0].append(frames)
+            runs[-1][1].append(eos)
+            continue
+        grouping = bool(flags & egress_wire.GROUP_BIT)
+        runs.append(([frames], [eos]))
+    return runs

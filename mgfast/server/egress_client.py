@@ -16,13 +16,12 @@ from typing import Sequence
 
 import zmq
 
+from mgfast._zmq_io import recv_multipart, send_multipart
 from mgfast.server import egress_wire
-from mgfast.zmq.sockets import NOBLOCK, NOBLOCK_MORE, StreamClosed, backend_send
+from mgfast.zmq.sockets import StreamClosed
 from mgfast.zmq.writer import WriteResult
 
 log = logging.getLogger("mgfast.egress")
-
-ZERO_COPY_MIN = 65536  # below this pyzmq copies anyway, and copying is cheaper
 
 
 class EgressUnavailable(StreamClosed):
@@ -41,10 +40,10 @@ class EgressClient:
         # the batch being gathered in this loop iteration
         self.frames: list = []
         self.counts = array("I")
-        self.futures: list[asyncio.Future] = []
+        self.waiters: list[_Waiter] = []  # one per write / write_group call
         self.flush_scheduled = False
-        # batches sent, awaiting results: id -> (futures, timer)
-        self.inflight: dict[int, tuple[list[asyncio.Future], asyncio.TimerHandle]] = {}
+        # batches sent, awaiting results: id -> (waiters, timer)
+        self.inflight: dict[int, tuple[list[_Waiter], asyncio.TimerHandle]] = {}
         self.pending = 0  # messages submitted and not yet resolved
         self.space = asyncio.Event()
 
@@ -63,7 +62,7 @@ class EgressClient:
         """``frame`` marks a video frame, for the egress's FPS statistics."""
         await self._room_for(1)
         try:
-            return await self._enqueue(((frames, eos, frame),), grouped=False)[0]
+            return await self._enqueue(((frames, eos, frame),), grouped=False)
         finally:
             self._release(1)
 
@@ -73,7 +72,7 @@ class EgressClient:
         rest (WriteResult.NOT_ATTEMPTED), so what was written is a prefix."""
         await self._room_for(len(items))
         try:
-            return list(await asyncio.gather(*self._enqueue(items, grouped=True)))
+            return await self._enqueue(items, grouped=True)
         finally:
             self._release(len(items))
 
@@ -87,31 +86,32 @@ class EgressClient:
         self.pending -= count
         self.space.set()
 
-    def _enqueue(self, items, *, grouped: bool) -> list[asyncio.Future]:
-        """Add messages to this loop iteration's batch; the flush goes out at its end."""
-        futures = []
+    def _enqueue(self, items, *, grouped: bool) -> asyncio.Future:
+        """Add messages to this loop iteration's batch (the flush goes out at its end); the
+        future gets their result (``grouped``: the list of their results)."""
+        append_count = self.counts.append
+        extend_frames = self.frames.extend
         for i, (frames, eos, frame) in enumerate(items):
             flags = len(frames) | (egress_wire.EOS_BIT if eos else 0)
             if frame:
                 flags |= egress_wire.FRAME_BIT
             if grouped:
                 flags |= egress_wire.GROUP_BIT | (egress_wire.GROUP_START_BIT if i == 0 else 0)
-            future = self.loop.create_future()
-            self.frames.extend(frames)
-            self.counts.append(flags)
-            self.futures.append(future)
-            futures.append(future)
+            extend_frames(frames)
+            append_count(flags)
+        future = self.loop.create_future()
+        self.waiters.append(_Waiter(future, len(items), not grouped))
         if not self.flush_scheduled:
             self.flush_scheduled = True
             self.loop.call_soon(self._flush)
-        return futures
+        return future
 
     async def close(self) -> None:
         if self.sock is not None:
             self.loop.remove_reader(self.sock.getsockopt(zmq.FD))
-        for futures, timer in self.inflight.values():
+        for waiters, timer in self.inflight.values():
             timer.cancel()
-            _fail(futures, "the worker is stopping")
+            _fail(waiters, "the worker is stopping")
         self.inflight.clear()
         if self.sock is not None:
             self.sock.close()
@@ -121,21 +121,15 @@ class EgressClient:
 
     def _flush(self) -> None:
         self.flush_scheduled = False
-        frames, counts, futures = self.frames, self.counts, self.futures
-        self.frames, self.counts, self.futures = [], array("I"), []
+        frames, counts, waiters = self.frames, self.counts, self.waiters
+        self.frames, self.counts, self.waiters = [], array("I"), []
         batch_id = next(self.ids)
-        sock = self.sock
-        try:
-            backend_send(sock, egress_wire.encode_header(batch_id, counts), NOBLOCK_MORE, True)
-        except zmq.Again:  # no egress connected right now
-            _fail(futures, "the egress process is not connected")
+        frames.insert(0, egress_wire.encode_header(batch_id, counts))
+        if not send_multipart(self.sock.underlying, frames):  # no egress connected right now
+            _fail(waiters, "the egress process is not connected")
             return
-        last = len(frames) - 1
-        for i, frame in enumerate(frames):
-            backend_send(sock, frame, NOBLOCK if i == last else NOBLOCK_MORE,
-                         len(frame) < ZERO_COPY_MIN)
         timer = self.loop.call_later(self.reply_timeout, self._expire, batch_id)
-        self.inflight[batch_id] = (futures, timer)
+        self.inflight[batch_id] = (waiters, timer)
         self._read_results()
 
     def _expire(self, batch_id: int) -> None:
@@ -144,11 +138,10 @@ class EgressClient:
             _fail(entry[0], "no answer from the egress process in time")
 
     def _read_results(self) -> None:
-        recv = self.sock.recv_multipart
+        handle = self.sock.underlying
         while True:
-            try:
-                parts = recv(NOBLOCK)
-            except zmq.Again:
+            parts = recv_multipart(handle)
+            if parts is None:
                 return
             try:
                 batch_id, codes = egress_wire.decode_results(parts)
@@ -158,19 +151,39 @@ class EgressClient:
             entry = self.inflight.pop(batch_id, None)
             if entry is None:
                 continue  # expired already
-            futures, timer = entry
+            waiters, timer = entry
             timer.cancel()
-            for future, code in zip(futures, codes):
-                if future.done():
-                    continue
-                result = egress_wire.RESULTS_BY_CODE[code]
-                if result is None:
-                    future.set_exception(RuntimeError("the out_stream writer failed"))
-                else:
-                    future.set_result(result)
+            if len(codes) != sum(w.count for w in waiters):
+                log.error("egress reply does not match its batch")
+                _fail(waiters, "the egress process answered a batch wrongly")
+                continue
+            at = 0
+            for waiter in waiters:
+                waiter.settle(codes[at:at + waiter.count])
+                at += waiter.count
 
 
-def _fail(futures: list[asyncio.Future], why: str) -> None:
-    for future in futures:
-        if not future.done():
-            future.set_exception(EgressUnavailable(why))
+class _Waiter:
+    """The caller of one write (``single``) or write_group, and its messages' count."""
+
+    __slots__ = ("future", "count", "single")
+
+    def __init__(self, future: asyncio.Future, count: int, single: bool) -> None:
+        self.future = future
+        self.count = count
+        self.single = single
+
+    def settle(self, codes: bytes) -> None:
+        if self.future.done():
+            return
+        results = [egress_wire.RESULTS_BY_CODE[code] for code in codes]
+        if None in results:
+            self.future.set_exception(RuntimeError("the out_stream writer failed"))
+        else:
+            self.future.set_result(results[0] if self.single else results)
+
+
+def _fail(waiters: list[_Waiter], why: str) -> None:
+    for waiter in waiters:
+        if not waiter.future.done():
+            waiter.future.set_exception(EgressUnavailable(why))

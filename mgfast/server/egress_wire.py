@@ -8,7 +8,7 @@ A batch is one ZeroMQ multipart message, so many HTTP requests cost one send::
 The header is the batch id (u64) followed by one u32 per message: its frame count and flags:
 end-of-stream, video frame (for the FPS statistics), and group membership: a group is a run of
 messages, the first marked GROUP_START, of which only a prefix may be written (the egress stops
-the group at its first failure; see ``mgfast.zmq.writer.Group``). The Savant frames themselves
+the group at its first failure; see ``OutStreamWriter.submit_group``). The Savant frames themselves
 travel untouched.
 """
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Sequence
 
 from mgfast.config.model import OutStreamConfig
 from mgfast.fps_log import FpsLog
-from mgfast.zmq.writer import Group, OutStreamWriter, WriteResult
+from mgfast.zmq.writer import OutStreamWriter, WriteResult
 
 
 class InlineWriter:
@@ -31,10 +30,8 @@ class InlineWriter:
         """As EgressClient.write_group: in order, stopping at the first failure."""
         if self.fps is not None:
             self.fps.add(sum(1 for _, _, frame in items if frame), len(items))
-        group = Group()
-        submit = self.writer.submit
-        return list(await asyncio.gather(*[submit(frames, eos, group)
-                                           for frames, eos, _ in items]))
+        return await self.writer.submit_group([frames for frames, _, _ in items],
+                                              [eos for _, eos, _ in items])
 
     async def close(self) -> None:
         await self.writer.close()

@@ -1,9 +1,8 @@
 """The client's in_stream: a Savant ZeroMQ reader (sub, router or rep) for asyncio.
 
-``await reader.recv()`` returns ``(topic, [topic, message, *extra])``: the frames exactly as the
-Savant writer sent them (a ROUTER's routing id is removed). ``topic`` is ``bytes``, as is the
-``message`` frame; the ``extra`` frames (where video payloads travel) are memoryviews over
-libzmq's buffers, received without a copy.
+``await reader.recv_many(limit)`` returns up to ``limit`` messages (at least one) as
+``(topic, [topic, message, *extra])``: the frames exactly as the Savant writer sent them (a
+ROUTER's routing id is removed), as ``bytes``. ``await reader.recv()`` returns one.
 
 Semantics (Savant's reader, see PROTOCOL.md section 2):
 
@@ -23,11 +22,12 @@ Semantics (Savant's reader, see PROTOCOL.md section 2):
   so is one whose message ``is_eos`` cannot judge (it raises). The reader never stops on bad
   input.
 
-No busy wait: ``recv`` reads with ``NOBLOCK`` while messages are queued in libzmq (no event-loop
-round trip per message) and awaits the asyncio socket's poll when there are none. ``recv`` is
-cancellation-safe: a message is taken off the socket only in a step that has no ``await``, so a
-cancelled ``recv`` loses nothing. It yields to the loop every :data:`SKIPPED_BEFORE_YIELD`
-dropped or filtered messages so a flood of unwanted input cannot starve the loop.
+No busy wait: the reader takes every queued message it may in one call into libzmq
+(``mgfast._zmq_io``, no Python per frame, no event-loop round trip per message) and awaits the
+asyncio socket's poll only when none is queued. It is cancellation-safe: messages are taken off
+the socket only in a step that has no ``await``, so a cancelled call loses nothing. It yields to
+the loop every :data:`SKIPPED_BEFORE_YIELD` dropped or filtered messages so a flood of unwanted
+input cannot starve the loop.
 """
 
 from __future__ import annotations
@@ -40,17 +40,9 @@ from collections.abc import Callable
 import zmq
 import zmq.asyncio
 
+from mgfast._zmq_io import recv_many, recv_multipart, send_multipart
 from mgfast.config.model import InStreamConfig
-from mgfast.zmq.sockets import (
-    CONFIRMATION,
-    NOBLOCK,
-    NOBLOCK_MORE,
-    RCVMORE,
-    StreamClosed,
-    backend_send,
-    open_socket,
-    shadow,
-)
+from mgfast.zmq.sockets import CONFIRMATION, StreamClosed, open_socket
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +70,7 @@ class InStreamReader:
         self._context = context
         self._owns_context = context is None
         self._asock: zmq.asyncio.Socket | None = None
-        self._sock: zmq.Socket | None = None
+        self._handle = 0  # the libzmq socket, for mgfast._zmq_io; 0 when closed
         self._closed = False
         # ROUTER: current routing id per topic, and the retired (topic, routing id) pairs
         self._routes: dict[bytes, bytes] = {}
@@ -111,17 +103,20 @@ class InStreamReader:
         except BaseException:
             await self._release_context()
             raise
-        self._sock = shadow(self._asock)
+        self._handle = self._asock.underlying
 
     async def recv(self) -> tuple[bytes, list]:
         """The next accepted message as ``(topic, [topic, message, *extra])``."""
+        return (await self.recv_many(1))[0]
+
+    async def recv_many(self, limit: int) -> list[tuple[bytes, list]]:
+        """Between 1 and ``limit`` accepted messages, oldest first, as ``recv`` returns them."""
         skipped = 0
         while True:
-            if self._sock is None:
+            if self._handle == 0:
                 raise StreamClosed(f"reader for {self.config.url} is not running")
-            try:
-                parts = self._read_nowait()
-            except zmq.Again:
+            batch = self._take(limit)
+            if not batch:
                 try:
                     await self._asock.poll(None, zmq.POLLIN)
                 except (zmq.ZMQError, asyncio.CancelledError):
@@ -131,12 +126,13 @@ class InStreamReader:
                         raise StreamClosed(f"reader for {self.config.url} was closed") from None
                     raise
                 continue
-            message = self._accept(parts)
-            if message is not None:
-                self.received += 1
-                return message
-            skipped += 1
-            if skipped % SKIPPED_BEFORE_YIELD == 0:
+            messages = [m for m in batch if m is not None]
+            if messages:
+                self.received += len(messages)
+                return messages
+            skipped += len(batch)
+            if skipped >= SKIPPED_BEFORE_YIELD:
+                skipped = 0
                 await asyncio.sleep(0)
 
     async def close(self) -> None:
@@ -145,7 +141,7 @@ class InStreamReader:
             return
         self._closed = True
         if self._asock is not None:
-            sock, self._asock, self._sock = self._asock, None, None
+            sock, self._asock, self._handle = self._asock, None, 0
             sock.close(linger=0)  # stopping: replies still queued would only delay the exit
         await self._release_context()
 
@@ -161,19 +157,19 @@ class InStreamReader:
 
     # ---- receiving -------------------------------------------------------------------------
 
-    def _read_nowait(self) -> list:
-        """One multipart off the socket (raises zmq.Again if none). The frames up to the Savant
-        message are copied to ``bytes``; the extra frames stay in libzmq's buffers."""
-        sock = self._sock
-        recv = sock.recv
-        parts = [recv(NOBLOCK)]
-        copied = self._head + 2
-        while sock.get(RCVMORE):
-            if len(parts) < copied:
-                parts.append(recv(NOBLOCK))
-            else:
-                parts.append(recv(NOBLOCK, copy=False).buffer)
-        return parts
+    def _take(self, limit: int) -> list:
+        """Up to ``limit`` queued multiparts through ``_accept`` (None for those not delivered).
+        A REP socket must reply before it can receive again: one at a time."""
+        accept = self._accept
+        if not self._rep:
+            return [accept(parts) for parts in recv_many(self._handle, limit)]
+        taken = []
+        while len(taken) < limit:
+            parts = recv_multipart(self._handle)
+            if parts is None:
+                break
+            taken.append(accept(parts))
+        return taken
 
     def _accept(self, parts: list) -> tuple[bytes, list] | None:
         """Reply as Savant does and decide whether the multipart is delivered."""
@@ -208,14 +204,15 @@ class InStreamReader:
         return topic, frames
 
     def _reply(self, *frames: bytes) -> None:
-        sock = self._sock
-        last = len(frames) - 1
         try:
-            for i, frame in enumerate(frames):
-                backend_send(sock, frame, NOBLOCK_MORE if i < last else NOBLOCK, True)
+            sent = send_multipart(self._handle, frames)
         except zmq.ZMQError as exc:
+            sent, exc_text = False, str(exc)
+        else:
+            exc_text = "the socket would block"
+        if not sent:
             self.reply_failures += 1
-            log.warning("%s: could not send the confirmation: %s", self.config.url, exc)
+            log.warning("%s: could not send the confirmation: %s", self.config.url, exc_text)
 
     def _route_allows(self, topic: bytes, routing_id: bytes) -> bool:
         current = self._routes.get(topic)

@@ -25,24 +25,11 @@ from collections.abc import Mapping
 
 import zmq
 import zmq.asyncio
-import zmq.backend
 
 from mgfast.zmq.url import SocketUrl
 
 LINGER_MS = 100  # Savant's linger on close: pending messages get 100 ms to leave
 CONFIRMATION = b"OK"  # the acknowledgement payload of Savant readers
-
-# Flags and options as plain ints: pyzmq's enum members cost an enum conversion per call, which
-# shows on the per-message paths.
-NOBLOCK = int(zmq.NOBLOCK)
-NOBLOCK_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
-RCVMORE = int(zmq.RCVMORE)
-
-# The per-frame send of pyzmq's Cython backend. The public ``zmq.Socket.send`` wraps it in
-# Python-level argument handling (routing ids, groups) that the Savant transport never uses and
-# that costs more than the send itself for small frames; called as
-# ``backend_send(socket, data, flags, copy)`` on any zmq.Socket.
-backend_send = zmq.backend.Socket.send
 
 SOCKET_TYPES: dict[str, int] = {
     "pub": zmq.PUB,
@@ -142,11 +129,3 @@ def _connect(sock, url: SocketUrl) -> None:
     except zmq.ZMQError as exc:
         raise EndpointError(url, "connect", exc) from exc
 
-
-def shadow(sock: zmq.asyncio.Socket) -> zmq.Socket:
-    """A plain (blocking-API) view of the same libzmq socket, for NOBLOCK fast paths.
-
-    Calling it with ``zmq.NOBLOCK`` never blocks and costs no event-loop round trip; the asyncio
-    socket is then used only to *wait* (``poll``) when the fast path reports ``zmq.Again``.
-    """
-    return zmq.Socket.shadow(sock.underlying)

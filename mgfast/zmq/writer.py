@@ -34,14 +34,14 @@ REP reader sees exactly ``[topic, message, *extra]``.
 
 Ordering and speed: ``write()`` only appends to a queue; one writer task drains it, so messages
 reach the wire and ``write()`` calls complete in submission order. While the socket accepts
-(pub, dealer and non-EOS messages), the task sends queued messages back to back with
-``NOBLOCK`` on a plain shadow of the socket, without an event-loop round trip per message; it
-awaits the asyncio socket only when it must wait (a full socket, an ack), and yields to the loop
-after :data:`FAST_SEND_BATCH` messages so a long queue cannot starve the HTTP side.
+(pub, dealer and non-EOS messages), the task hands whole stretches of queued messages to libzmq
+in one call (``mgfast._zmq_io.send_many``: no Python per frame, no event-loop round trip per
+message); it awaits the asyncio socket only when it must wait (a full socket, an ack), and yields
+to the loop after :data:`FAST_SEND_BATCH` messages so a long queue cannot starve the HTTP side.
+``submit_group`` queues a whole HTTP batch as one entry with one future.
 
-Buffers: parts of :data:`ZERO_COPY_MIN` bytes or more are handed to libzmq without copying, so
-the caller must not modify a buffer passed to ``write()`` afterwards (``bytes`` and memoryviews of
-buffers that are never reused are fine). Smaller parts are copied, which is faster for them.
+Buffers: libzmq copies every part when the writer task hands it over, so a buffer passed to
+``write()`` need only stay unchanged until that call completes.
 
 Cancellation: a ``write()`` cancelled before its message reached the socket is skipped (nothing
 goes on the wire); once sent, the message stays sent and only the result is discarded.
@@ -58,20 +58,12 @@ from collections.abc import Sequence
 import zmq
 import zmq.asyncio
 
+from mgfast._zmq_io import recv_multipart, send_many, send_multipart
 from mgfast.config.model import OutStreamConfig
-from mgfast.zmq.sockets import (
-    CONFIRMATION,
-    NOBLOCK,
-    NOBLOCK_MORE,
-    StreamClosed,
-    backend_send,
-    open_socket,
-    shadow,
-)
+from mgfast.zmq.sockets import CONFIRMATION, StreamClosed, open_socket
 
 log = logging.getLogger(__name__)
 
-ZERO_COPY_MIN = 65536  # pyzmq's copy threshold: below it a zero-copy send copies anyway, slower
 FAST_SEND_BATCH = 256  # queued messages sent back to back before yielding to the event loop
 
 
@@ -85,31 +77,22 @@ class WriteResult(enum.Enum):
     NOT_ATTEMPTED = "not_attempted"  # an earlier message of its group failed: never sent
 
 
-class Group:
-    """Messages that must reach the wire as a prefix: after the first failure, the rest of the
-    group is not sent, so a sender can resend from there without reordering."""
-
-    __slots__ = ("failed",)
-
-    def __init__(self) -> None:
-        self.failed = False
-
-
 _WRITTEN = (WriteResult.SUCCESS, WriteResult.ACK)
 
 
-class _Write:
-    """One queued message and the future of its caller."""
+class _Run:
+    """Messages queued together and answered with one future: a lone ``submit`` (``single``:
+    the future's result is its WriteResult) or a ``submit_group`` (a list of them)."""
 
-    __slots__ = ("frames", "eos", "deadline", "future", "group")
+    __slots__ = ("messages", "eos", "deadline", "future", "single")
 
-    def __init__(self, frames, eos: bool, deadline: float, future: asyncio.Future,
-                 group: Group | None = None):
-        self.frames = frames
-        self.eos = eos
-        self.group = group
+    def __init__(self, messages: list, eos: list[bool] | None, deadline: float,
+                 future: asyncio.Future, single: bool) -> None:
+        self.messages = messages  # frame sequences
+        self.eos = eos  # per message, or None when none is an EOS
         self.deadline = deadline  # loop time after which a blocked send gives SEND_TIMEOUT
         self.future = future
+        self.single = single
 
 
 class OutStreamWriter:
@@ -130,14 +113,14 @@ class OutStreamWriter:
         self._context = context
         self._owns_context = context is None
         self._asock: zmq.asyncio.Socket | None = None
-        self._sock: zmq.Socket | None = None
+        self._handle = 0  # the libzmq socket, for mgfast._zmq_io; 0 when closed
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None
         # the queue between write() and the writer task
-        self._queue: deque[_Write] = deque()
+        self._queue: deque[_Run] = deque()
         self._wake: asyncio.Future | None = None  # set while the task waits for work
         self._closing = False
-        self._busy = False  # the task holds a message it took off the queue
+        self._unfinished = 0  # messages submitted whose run has no result yet
         # counters, for metrics
         self.results: dict[WriteResult, int] = dict.fromkeys(WriteResult, 0)
         self.unexpected_replies = 0  # replies that were not the confirmation awaited
@@ -146,7 +129,7 @@ class OutStreamWriter:
     @property
     def queue_depth(self) -> int:
         """Messages submitted and not yet finished (including the one being sent)."""
-        return len(self._queue) + self._busy
+        return self._unfinished
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -169,7 +152,7 @@ class OutStreamWriter:
         except BaseException:
             await self._release_context()
             raise
-        self._sock = shadow(self._asock)
+        self._handle = self._asock.underlying
         self._loop = asyncio.get_running_loop()
         self._task = self._loop.create_task(self._run(), name=f"out_stream {self.config.url}")
 
@@ -177,17 +160,31 @@ class OutStreamWriter:
         """Send ``[topic, message, *extra]``; ``eos`` says whether the message is an EOS."""
         return await self.submit(frames, eos)
 
-    def submit(self, frames: Sequence[bytes | memoryview], eos: bool,
-               group: Group | None = None) -> asyncio.Future:
+    def submit(self, frames: Sequence[bytes | memoryview], eos: bool) -> asyncio.Future:
         """Queue a message now and return the future of its WriteResult (no coroutine per
-        message: the egress process submits whole batches this way, in order)."""
+        message)."""
+        return self._enqueue([frames], [True] if eos else None, True)
+
+    def submit_group(self, messages: list[Sequence[bytes | memoryview]],
+                     eos: list[bool] | None = None) -> asyncio.Future:
+        """Queue messages that must reach the wire as a prefix: after the first one that is not
+        written, the rest are not sent (WriteResult.NOT_ATTEMPTED), so a sender can resend from
+        there without reordering. ``eos``: per message, or None if none is an EOS. The future's
+        result lists a WriteResult per message."""
+        if eos is not None and len(eos) != len(messages):
+            raise ValueError("submit_group needs one eos flag per message")
+        return self._enqueue(messages, eos if eos is not None and True in eos else None, False)
+
+    def _enqueue(self, messages: list, eos: list[bool] | None, single: bool) -> asyncio.Future:
         if self._task is None or self._closing:
             raise StreamClosed(f"writer for {self.config.url} is not running")
-        if len(frames) < 2:
-            raise ValueError("a Savant message needs at least the frames [topic, message]")
+        for frames in messages:
+            if len(frames) < 2:
+                raise ValueError("a Savant message needs at least the frames [topic, message]")
         loop = self._loop
         future = loop.create_future()
-        self._queue.append(_Write(frames, eos, loop.time() + self._send_budget, future, group))
+        self._queue.append(_Run(messages, eos, loop.time() + self._send_budget, future, single))
+        self._unfinished += len(messages)
         wake = self._wake
         if wake is not None:
             self._wake = None
@@ -218,7 +215,7 @@ class OutStreamWriter:
         self._fail_queued()
         if self._asock is not None:
             self._asock.close()  # LINGER (100 ms) lets what was sent leave
-            self._asock = self._sock = None
+            self._asock, self._handle = None, 0
         await self._release_context()
 
     async def _release_context(self) -> None:
@@ -229,16 +226,26 @@ class OutStreamWriter:
 
     def _fail_queued(self) -> None:
         while self._queue:
-            future = self._queue.popleft().future
-            if not future.done():
-                future.set_exception(StreamClosed(f"writer for {self.config.url} was closed"))
+            self._finish(self._queue.popleft(), StreamClosed(
+                f"writer for {self.config.url} was closed"))
+
+    def _finish(self, run: _Run, outcome: list[WriteResult] | BaseException) -> None:
+        self._unfinished -= len(run.messages)
+        future = run.future
+        if future.done():
+            return
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome[0] if run.single else outcome)
 
     # ---- the writer task -------------------------------------------------------------------
 
     async def _run(self) -> None:
         queue = self._queue
         loop = self._loop
-        item: _Write | None = None
+        run: _Run | None = None
+        sent = 0  # messages handled since the task last yielded to the loop
         try:
             while True:
                 if not queue:
@@ -246,98 +253,108 @@ class OutStreamWriter:
                         return
                     self._wake = loop.create_future()
                     await self._wake
+                    sent = 0
                     continue
-                for _ in range(FAST_SEND_BATCH):
-                    if not queue:
-                        break
-                    item = queue.popleft()
-                    future = item.future
-                    if future.done():  # the caller gave up before it was sent
-                        continue
-                    group = item.group
-                    if group is not None and group.failed:
-                        future.set_result(WriteResult.NOT_ATTEMPTED)
-                        continue
-                    self._busy = True
-                    try:
-                        result = await self._write_one(item)
-                    except Exception as exc:
-                        if group is not None:
-                            group.failed = True
-                        if not future.done():
-                            future.set_exception(exc)
-                        continue
-                    finally:
-                        self._busy = False
-                    if result is not None:
-                        self.results[result] += 1
-                        if group is not None and result not in _WRITTEN:
-                            group.failed = True
-                        if not future.done():
-                            future.set_result(result)
-                else:
-                    await asyncio.sleep(0)  # let the HTTP side run between long batches
+                run = queue.popleft()
+                try:
+                    outcome = await self._write_run(run)
+                except Exception as exc:
+                    outcome = exc
+                self._finish(run, outcome)
+                sent += len(run.messages)
+                run = None
+                if sent >= FAST_SEND_BATCH:
+                    sent = 0
+                    await asyncio.sleep(0)  # let the HTTP side run between long stretches
         finally:
-            # cancelled by close(): the message in hand and the queued ones fail
-            if item is not None and not item.future.done():
-                item.future.set_exception(StreamClosed(f"writer for {self.config.url} was closed"))
+            # cancelled by close(): the run in hand and the queued ones fail
+            if run is not None:
+                self._finish(run, StreamClosed(f"writer for {self.config.url} was closed"))
             self._wake = None
             self._fail_queued()
 
-    async def _write_one(self, item: _Write) -> WriteResult | None:
+    async def _write_run(self, run: _Run) -> list[WriteResult]:
+        """Write a run's messages in order, stopping at the first one not written. Stretches
+        that need no ack go to libzmq in one call; the rest go one by one through
+        ``_write_one``. Messages not reached are NOT_ATTEMPTED."""
+        messages, eos, future = run.messages, run.eos, run.future
+        count = len(messages)
+        results: list[WriteResult] = []
+        i = 0
+        while i < count and not future.done():  # done: the caller gave up, send no more
+            if not self._ack_every:
+                stop = count
+                if eos is not None and self._ack_eos:
+                    try:
+                        stop = eos.index(True, i)
+                    except ValueError:
+                        pass
+                if stop > i:
+                    try:
+                        sent = send_many(self._handle, messages, i, stop)
+                    except zmq.ZMQError as exc:
+                        raise self._broken(exc) from exc
+                    if sent > i:
+                        results += [WriteResult.SUCCESS] * (sent - i)
+                        self.results[WriteResult.SUCCESS] += sent - i
+                        i = sent
+                    if i == stop:
+                        continue
+            result = await self._write_one(messages[i], eos is not None and eos[i],
+                                            run.deadline, future)
+            if result is None:
+                break  # abandoned by its caller
+            self.results[result] += 1
+            results.append(result)
+            i += 1
+            if result not in _WRITTEN:
+                break
+        if len(results) < count:
+            results += [WriteResult.NOT_ATTEMPTED] * (count - len(results))
+        return results
+
+    async def _write_one(self, frames: Sequence, eos: bool, deadline: float,
+                         future: asyncio.Future) -> WriteResult | None:
         """Send one message and, if Savant waits for it, its ack. Returns None if abandoned."""
-        if item.eos and self._drain_stale:
+        if eos and self._drain_stale:
             self._discard_replies()
-        if not self._send_nowait(item.frames):
-            if not await self._send_waiting(item):
-                return None if item.future.done() else WriteResult.SEND_TIMEOUT
-        if self._ack_every or (item.eos and self._ack_eos):
-            return await self._await_ack(item.eos)
+        if not self._send_nowait(frames):
+            if not await self._send_waiting(frames, deadline, future):
+                return None if future.done() else WriteResult.SEND_TIMEOUT
+        if self._ack_every or (eos and self._ack_eos):
+            return await self._await_ack(eos)
         return WriteResult.SUCCESS
 
-    def _send_nowait(self, frames: Sequence[bytes | memoryview]) -> bool:
+    def _send_nowait(self, frames: Sequence) -> bool:
         """Hand the whole multipart to libzmq without blocking; False if it would block."""
-        sock = self._sock
-        last = len(frames) - 1
-        part = frames[0]
         try:
-            backend_send(sock, part, NOBLOCK_MORE, len(part) < ZERO_COPY_MIN)
-        except zmq.Again:
-            return False
-        # libzmq admits a multipart as a whole once its first part is accepted
-        try:
-            for i in range(1, last):
-                part = frames[i]
-                backend_send(sock, part, NOBLOCK_MORE, len(part) < ZERO_COPY_MIN)
-            part = frames[last]
-            backend_send(sock, part, NOBLOCK, len(part) < ZERO_COPY_MIN)
+            return send_multipart(self._handle, frames)
         except zmq.ZMQError as exc:
-            raise RuntimeError(
-                f"{self.config.url}: the peer went away in the middle of a message ({exc})"
-            ) from exc
-        return True
+            raise self._broken(exc) from exc
 
-    async def _send_waiting(self, item: _Write) -> bool:
+    def _broken(self, exc: zmq.ZMQError) -> RuntimeError:
+        return RuntimeError(f"{self.config.url}: sending failed ({exc})")
+
+    async def _send_waiting(self, frames: Sequence, deadline: float,
+                            future: asyncio.Future) -> bool:
         """Wait for the socket to accept the message until its deadline; True once sent."""
         loop = self._loop
         while True:
-            remaining = item.deadline - loop.time()
+            remaining = deadline - loop.time()
             if remaining <= 0:
                 return False
             events = await self._asock.poll(remaining * 1000.0, zmq.POLLOUT)
-            if item.future.done():
+            if future.done():
                 return False
-            if events & zmq.POLLOUT and self._send_nowait(item.frames):
+            if events & zmq.POLLOUT and self._send_nowait(frames):
                 return True
 
     async def _await_ack(self, eos: bool) -> WriteResult:
         loop = self._loop
         deadline = loop.time() + self._ack_budget
-        recv = self._sock.recv_multipart
         while True:
-            try:
-                reply = recv(NOBLOCK)
-            except zmq.Again:
+            reply = recv_multipart(self._handle)
+            if reply is None:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     return WriteResult.ACK_TIMEOUT
@@ -351,10 +368,5 @@ class OutStreamWriter:
 
     def _discard_replies(self) -> None:
         """Drop replies that arrived unasked (late acks of earlier EOS) before sending an EOS."""
-        recv = self._sock.recv_multipart
-        while True:
-            try:
-                recv(NOBLOCK)
-            except zmq.Again:
-                return
+        while recv_multipart(self._handle) is not None:
             self.stale_replies += 1

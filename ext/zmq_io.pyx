@@ -1,0 +1,188 @@
+# cython: language_level=3
+"""Non-blocking multipart send and receive straight on libzmq, many messages per call.
+
+pyzmq costs one Python call, one Frame or bytes object and one option read per frame; with
+small Savant messages that was a third of the client's and a quarter of the worker's CPU
+(py-spy, bench/RESULTS.md). These functions do the per-frame work in C and return to Python
+once per message or per run of messages.
+
+They act on the libzmq socket behind a pyzmq socket (``sock.underlying``), with the libzmq that
+pyzmq itself loaded: its symbols are looked up through pyzmq's extension module at import, so
+the socket handle and the functions always come from the same library. Every call is
+non-blocking (ZMQ_DONTWAIT); waiting stays with the asyncio socket's poll. Frames are copied
+(in: into ``bytes``; out: by libzmq into its message), which for the sizes a gateway carries
+costs less than pyzmq's zero-copy bookkeeping.
+"""
+
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
+from libc.stdint cimport uintptr_t
+from libc.errno cimport EAGAIN
+
+import zmq
+import zmq.backend.cython._zmq as _pyzmq_backend
+
+cdef extern from "<dlfcn.h>" nogil:
+    void* dlopen(const char* filename, int flag)
+    void* dlsym(void* handle, const char* symbol)
+    char* dlerror()
+    int RTLD_NOW
+    int RTLD_NOLOAD
+
+cdef extern from *:
+    """
+    /* libzmq's zmq_msg_t: 64 opaque bytes, pointer-aligned (zmq.h, libzmq 4.x) */
+    typedef union { unsigned char _[64]; void *p; double d; } mg_zmq_msg_t;
+    """
+    ctypedef struct mg_zmq_msg_t:
+        pass
+
+cdef enum:
+    ZMQ_DONTWAIT = 1
+    ZMQ_SNDMORE = 2
+
+ctypedef int (*msg_init_t)(mg_zmq_msg_t*) noexcept nogil
+ctypedef int (*msg_recv_t)(mg_zmq_msg_t*, void*, int) noexcept nogil
+ctypedef void* (*msg_data_t)(mg_zmq_msg_t*) noexcept nogil
+ctypedef size_t (*msg_size_t)(const mg_zmq_msg_t*) noexcept nogil
+ctypedef int (*msg_more_t)(const mg_zmq_msg_t*) noexcept nogil
+ctypedef int (*msg_close_t)(mg_zmq_msg_t*) noexcept nogil
+ctypedef int (*send_t)(void*, const void*, size_t, int) noexcept nogil
+ctypedef int (*errno_t)() noexcept nogil
+
+cdef msg_init_t _msg_init
+cdef msg_recv_t _msg_recv
+cdef msg_data_t _msg_data
+cdef msg_size_t _msg_size
+cdef msg_more_t _msg_more
+cdef msg_close_t _msg_close
+cdef send_t _send
+cdef errno_t _errno
+
+
+cdef void* _symbol(void* lib, const char* name) except NULL:
+    cdef void* address = dlsym(lib, name)
+    if address == NULL:
+        raise ImportError(f"mgfast._zmq_io: libzmq symbol {name.decode()} not found through "
+                          f"pyzmq ({_pyzmq_backend.__file__}); reinstall pyzmq")
+    return address
+
+
+cdef _load():
+    global _msg_init, _msg_recv, _msg_data, _msg_size, _msg_more, _msg_close, _send, _errno
+    path = _pyzmq_backend.__file__.encode()
+    cdef void* lib = dlopen(path, RTLD_NOW | RTLD_NOLOAD)
+    if lib == NULL:
+        raise ImportError(f"mgfast._zmq_io: cannot open pyzmq's backend {path!r}: "
+                          f"{(<bytes>dlerror()).decode(errors='replace')}")
+    # dlsym on a handle searches that object and then its dependencies: pyzmq's libzmq
+    _msg_init = <msg_init_t>_symbol(lib, b"zmq_msg_init")
+    _msg_recv = <msg_recv_t>_symbol(lib, b"zmq_msg_recv")
+    _msg_data = <msg_data_t>_symbol(lib, b"zmq_msg_data")
+    _msg_size = <msg_size_t>_symbol(lib, b"zmq_msg_size")
+    _msg_more = <msg_more_t>_symbol(lib, b"zmq_msg_more")
+    _msg_close = <msg_close_t>_symbol(lib, b"zmq_msg_close")
+    _send = <send_t>_symbol(lib, b"zmq_send")
+    _errno = <errno_t>_symbol(lib, b"zmq_errno")
+
+
+_load()
+
+
+cdef inline void* _socket(uintptr_t handle) except NULL:
+    if handle == 0:
+        raise zmq.ZMQError(zmq.ENOTSOCK)
+    return <void*>handle
+
+
+cdef list _recv_one(void* sock):
+    """One whole multipart, or None if none is queued."""
+    cdef mg_zmq_msg_t msg
+    cdef list parts = None
+    cdef int more = 1
+    cdef int err
+    cdef bytes part
+    while more:
+        _msg_init(&msg)
+        if _msg_recv(&msg, sock, ZMQ_DONTWAIT) < 0:
+            err = _errno()
+            _msg_close(&msg)
+            if parts is None and err == EAGAIN:
+                return None
+            raise zmq.ZMQError(err)
+        part = PyBytes_FromStringAndSize(<char*>_msg_data(&msg), <Py_ssize_t>_msg_size(&msg))
+        more = _msg_more(&msg)
+        _msg_close(&msg)
+        if parts is None:
+            parts = [part]
+        else:
+            parts.append(part)
+    return parts
+
+
+def recv_multipart(uintptr_t handle):
+    """The next multipart as a list of bytes, or None when nothing is queued."""
+    return _recv_one(_socket(handle))
+
+
+def recv_many(uintptr_t handle, Py_ssize_t limit):
+    """Up to ``limit`` queued multiparts (lists of bytes), oldest first; [] when none."""
+    cdef void* sock = _socket(handle)
+    cdef list out = []
+    cdef list parts
+    while len(out) < limit:
+        parts = _recv_one(sock)
+        if parts is None:
+            break
+        out.append(parts)
+    return out
+
+
+cdef int _send_part(void* sock, object part, int flags) except -2:
+    """0 sent, -1 would block (EAGAIN); raises ZMQError on any other failure."""
+    cdef Py_buffer view
+    cdef int rc
+    cdef int err
+    PyObject_GetBuffer(part, &view, PyBUF_SIMPLE)
+    try:
+        rc = _send(sock, view.buf, <size_t>view.len, flags)
+    finally:
+        PyBuffer_Release(&view)
+    if rc >= 0:
+        return 0
+    err = _errno()
+    if err == EAGAIN:
+        return -1
+    raise zmq.ZMQError(err)
+
+
+cdef bint _send_one(void* sock, object frames) except -1:
+    """Sends a whole multipart; False if the socket would block on its first part (libzmq
+    admits a multipart whole once its first part is accepted). Raises on anything else."""
+    cdef Py_ssize_t last = len(frames) - 1
+    cdef Py_ssize_t i
+    if last < 0:
+        raise ValueError("a multipart needs at least one frame")
+    if _send_part(sock, frames[0], ZMQ_DONTWAIT | (ZMQ_SNDMORE if last else 0)) < 0:
+        return False
+    for i in range(1, last + 1):
+        if _send_part(sock, frames[i], ZMQ_DONTWAIT | (ZMQ_SNDMORE if i < last else 0)) < 0:
+            raise zmq.ZMQError(EAGAIN, "the socket refused the rest of a multipart")
+    return True
+
+
+def send_multipart(uintptr_t handle, frames):
+    """Send ``frames`` (a sequence of bytes-like) as one multipart; False if it would block."""
+    return _send_one(_socket(handle), frames)
+
+
+def send_many(uintptr_t handle, list messages, Py_ssize_t start, Py_ssize_t stop):
+    """Send ``messages[start:stop]`` (each a sequence of frames) in order until one would
+    block; returns the index of the first message not sent (``stop`` if all were)."""
+    cdef void* sock = _socket(handle)
+    cdef Py_ssize_t i = start
+    while i < stop:
+        if not _send_one(sock, messages[i]):
+            break
+        i += 1
+    return i
