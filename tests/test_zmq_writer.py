@@ -383,3 +383,83 @@ def test_close_fails_what_cannot_finish():
         await writer.close()  # idempotent
 
     arun(body())
+
+
+@pytest.mark.timeout(30)
+def test_group_is_written_as_a_prefix_and_stops_at_the_first_failure():
+    """submit_group: messages go out in order until one is not accepted; that one gets its
+    failure and the rest NOT_ATTEMPTED, so nothing after the gap reaches the peer."""
+    ep = f"tcp://127.0.0.1:{free_port()}"  # no peer: a connecting dealer queues up to its HWM
+    config = writer_config(f"dealer+connect:{ep}", send_timeout=0.05, send_retries=1,
+                           send_hwm=1)
+
+    async def body():
+        writer = OutStreamWriter(config)
+        await writer.start()
+        try:
+            messages = [sp.frames(f"cam-{i}", sp.user_data(f"cam-{i}")) for i in range(50)]
+            results = await writer.submit_group(messages)
+            assert len(results) == 50
+            failed = results.index(WriteResult.SEND_TIMEOUT)
+            assert 0 < failed < 10  # the HWM took a few, then the socket refused
+            assert results[:failed] == [WriteResult.SUCCESS] * failed
+            assert results[failed + 1:] == [WriteResult.NOT_ATTEMPTED] * (49 - failed)
+            assert writer.results[WriteResult.SUCCESS] == failed
+            assert writer.queue_depth == 0
+        finally:
+            await writer.close()
+
+    arun(body())
+
+
+@pytest.mark.timeout(30)
+def test_group_with_an_eos_waits_for_its_ack_and_keeps_order(tmp_path):
+    """A dealer group: the plain messages around an EOS go out in runs, the EOS waits for the
+    reader's OK, and the reader sees the group in order."""
+    ep = f"ipc://{tmp_path}/group"
+    config = writer_config(f"dealer+connect:{ep}", receive_timeout=1.0, receive_retries=1)
+    messages = [sp.frames("cam-1", sp.user_data("cam-1"), b"%d" % i) for i in range(20)]
+    messages[7] = sp.frames("cam-1", sp.end_of_stream("cam-1"))
+    eos = [i == 7 for i in range(20)]
+
+    async def body():
+        context = zmq.asyncio.Context()
+        router = context.socket(zmq.ROUTER)
+        router.bind(ep)
+        writer = OutStreamWriter(config, context)
+        await writer.start()
+        try:
+            group = writer.submit_group(messages, eos)
+            received = []
+            while len(received) < 20:
+                parts = await asyncio.wait_for(router.recv_multipart(), 5)
+                received.append(parts[1:])
+                if len(received) == 8:
+                    assert not group.done()  # waiting for the EOS's ack
+                    await router.send_multipart([parts[0], b"OK"])
+            results = await group
+            assert received == messages
+            assert results == [WriteResult.ACK if e else WriteResult.SUCCESS for e in eos]
+        finally:
+            await writer.close()
+            router.close(linger=0)
+            context.term()
+
+    arun(body())
+
+
+def test_group_refuses_a_message_without_topic_and_mismatched_flags():
+    config = writer_config(f"pub+bind:tcp://127.0.0.1:{free_port()}")
+
+    async def body():
+        writer = OutStreamWriter(config)
+        await writer.start()
+        try:
+            with pytest.raises(ValueError, match="at least the frames"):
+                writer.submit_group([[b"topic"]])
+            with pytest.raises(ValueError, match="one eos flag per message"):
+                writer.submit_group([[b"t", b"m"]], [False, True])
+        finally:
+            await writer.close()
+
+    arun(body())

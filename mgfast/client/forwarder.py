@@ -46,9 +46,12 @@ from mgfast.zmq.sockets import StreamClosed
 log = logging.getLogger("mgfast.client")
 
 
+_END_OF_STREAM = int(Kind.END_OF_STREAM)
+
+
 def is_eos(message: bytes | memoryview) -> bool:
     """The reader's end-of-stream test; raises MediaError on a malformed Savant message."""
-    return message_kind(message) == Kind.END_OF_STREAM
+    return message_kind(message) == _END_OF_STREAM
 
 
 class Forwarder:

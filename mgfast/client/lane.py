@@ -266,16 +266,22 @@ class Lane:
             self._batch_ok = False
             self._count_resend(n, True)
             return False, f"unreadable batch answer {_reason(body)!r}; one per request now"
-        done = 0
+        done = accepted = 0  # accepted: a run of 2xx items not yet taken off the queue
         for status in results:
             if 200 <= status < 300:
-                self._delivered(1)
-            elif status in REJECTED:
-                self._reject("rejected in a batch", status)
+                accepted += 1
             else:
-                self._count_resend(n - done, status in MAYBE_DELIVERED)
-                return done > 0, f"HTTP {status} for batch item {done + 1} of {n}"
+                if accepted:
+                    self._delivered(accepted)
+                    accepted = 0
+                if status in REJECTED:
+                    self._reject("rejected in a batch", status)
+                else:
+                    self._count_resend(n - done, status in MAYBE_DELIVERED)
+                    return done > 0, f"HTTP {status} for batch item {done + 1} of {n}"
             done += 1
+        if accepted:
+            self._delivered(accepted)
         return True, None  # everything attempted was settled; an unattempted tail goes next
 
     # -- bookkeeping -----------------------------------------------------------------------
@@ -283,14 +289,17 @@ class Lane:
     def _delivered(self, count: int) -> None:
         stats = self.stats
         popleft = self.queue.popleft
-        frames = 0
-        for _ in range(count):
-            item = popleft()
-            stats.forwarded_bytes += item.size
-            if self.fps is not None:
+        size = frames = 0
+        if self.fps is None:
+            for _ in range(count):
+                size += popleft().size
+        else:
+            for _ in range(count):
+                item = popleft()
+                size += item.size
                 frames += _is_video_frame(item.message)
-        if self.fps is not None:
             self.fps.add(frames, count)
+        stats.forwarded_bytes += size
         stats.forwarded += count
         stats.in_flight -= count
         self._release(count)

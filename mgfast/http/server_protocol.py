@@ -139,17 +139,23 @@ class HttpServerProtocol(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         if self.rejected:
             return
-        self.body_size += len(body)
-        if self.body_size > self.limits.max_body_size:
-            self._reject_body(self.body_size)
+        size = self.body_size
+        self.body_size = end = size + len(body)
+        if end > self.limits.max_body_size:
+            self._reject_body(end)
             return
         request = self.request
-        if not request.body:  # type: ignore[union-attr]
-            request.body = body  # type: ignore[union-attr]
-        else:
-            if isinstance(request.body, bytes):  # type: ignore[union-attr]
-                request.body = bytearray(request.body)  # type: ignore[union-attr]
-            request.body += body  # type: ignore[union-attr,operator]
+        if not size:
+            request.body = body  # type: ignore[union-attr]  # one piece: no copy
+            return
+        buffer = request.body  # type: ignore[union-attr]
+        if buffer.__class__ is bytes:
+            # a second piece: one buffer of the announced length, filled in place
+            length = self.content_length
+            buffer = bytearray(length if length is not None and length >= end else end)
+            buffer[:size] = request.body  # type: ignore[union-attr]
+            request.body = buffer  # type: ignore[union-attr]
+        buffer[size:end] = body  # grows the buffer only for a chunked body
 
     def on_message_complete(self) -> None:
         request, self.request = self.request, None

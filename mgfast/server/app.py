@@ -31,6 +31,9 @@ BATCH_TYPE = b"application/x-mgfast-batch"
 BATCH_HEADER = (b"x-mgfast-batch", b"1")
 HEALTHY = Response(200, responses.HEALTHY_BODY, b"application/json", headers=(BATCH_HEADER,))
 
+_EOS = int(Kind.END_OF_STREAM)
+_FRAME = int(Kind.VIDEO_FRAME)
+
 # Writer result -> HTTP status, as upstream maps them.
 _RESULT_RESPONSES = {
     WriteResult.SUCCESS: responses.OK_EMPTY,
@@ -113,24 +116,40 @@ class GatewayApp:
         started = time.perf_counter()
         writes = []
         for item in items:
-            if not isinstance(item, MediaError):
+            if item.__class__ is tuple:
                 topic, message, data, kind = item
-                writes.append(([topic, message, *data], kind == Kind.END_OF_STREAM,
-                               kind == Kind.VIDEO_FRAME))
+                writes.append(([topic, message, *data], kind == _EOS, kind == _FRAME))
         try:
-            results = iter(await self.writer.write_group(writes) if writes else ())
+            results = await self.writer.write_group(writes) if writes else []
         except StreamClosed as exc:
             return responses.text(503, f"out_stream unavailable ({exc}); retry")
+        if len(writes) == len(items) and (not results or results[-1] is WriteResult.SUCCESS):
+            statuses = [200] * len(items)  # every item valid and written (pub, dealer: usual)
+            written = writes
+        else:
+            statuses, written = self._batch_statuses(items, writes, results)
+        stats = self.stats
+        if stats is not None:
+            stats.latencies.append(time.perf_counter() - started)  # one POST
+            stats.forwarded += len(written)
+            stats.forwarded_bytes += sum([sum(map(len, frames)) for frames, _, _ in written])
+        return Response(200, orjson.dumps({"results": statuses}), b"application/json")
+
+    @staticmethod
+    def _batch_statuses(items: list, writes: list, results: list) -> tuple[list[int], list]:
+        """Statuses up to the first item not attempted, and the writes answered 200."""
         statuses: list[int] = []
-        written = iter(writes)
+        written = []
+        outcomes = iter(zip(writes, results))
         for item in items:
-            if isinstance(item, MediaError):
+            if item.__class__ is not tuple:  # a MediaError: that item alone is malformed
                 statuses.append(400)
                 continue
-            result = next(results)
+            write, result = next(outcomes)
             if result is WriteResult.NOT_ATTEMPTED:
                 break
             status = _RESULT_RESPONSES[result].status
-            self._count(started, status, next(written)[0])
             statuses.append(status)
-        return Response(200, orjson.dumps({"results": statuses}), b"application/json")
+            if status == 200:
+                written.append(write)
+        return statuses, written

@@ -1,0 +1,84 @@
+"""mgfast._zmq_io, the per-message ZeroMQ calls in C, on real libzmq sockets (pyzmq's own)."""
+
+from __future__ import annotations
+
+import pytest
+import zmq
+
+from mgfast._zmq_io import recv_many, recv_multipart, send_many, send_multipart
+from tests.util import wait_until
+
+
+@pytest.fixture
+def pair():
+    context = zmq.Context()
+    dealer, router = context.socket(zmq.DEALER), context.socket(zmq.ROUTER)
+    for sock in (dealer, router):
+        sock.linger = 0
+    router.bind("inproc://zmq-io")
+    dealer.connect("inproc://zmq-io")
+    yield dealer, router
+    dealer.close()
+    router.close()
+    context.term()
+
+
+def test_multipart_round_trip_with_any_bytes_like_frames(pair):
+    dealer, router = pair
+    assert recv_multipart(router.underlying) is None  # nothing queued: no wait, no error
+    frames = [b"cam-1", memoryview(b"message"), bytearray(b"extra"), b""]
+    assert send_multipart(dealer.underlying, frames) is True
+    parts = wait_until(lambda: recv_multipart(router.underlying))
+    assert parts[1:] == [b"cam-1", b"message", b"extra", b""]
+    assert all(type(p) is bytes for p in parts)
+    # and pyzmq sees exactly what we send
+    send_multipart(router.underlying, [parts[0], b"OK"])
+    assert dealer.recv_multipart() == [b"OK"]
+
+
+def test_send_many_stops_where_the_socket_would_block_and_recv_many_keeps_order(pair):
+    dealer, router = pair
+    dealer.sndhwm = router.rcvhwm = 5  # set after connect: applies to new pipes only
+    context = zmq.Context.instance()
+    slow = context.socket(zmq.DEALER)
+    slow.sndhwm = 5
+    slow.linger = 0
+    slow.connect("tcp://127.0.0.1:1")  # nobody listens: messages stay queued, up to the HWM
+    try:
+        messages = [[b"t", b"%d" % i] for i in range(100)]
+        sent = send_many(slow.underlying, messages, 0, 100)
+        assert 0 < sent < 100
+        assert send_many(slow.underlying, messages, sent, 100) == sent  # still full
+        assert send_many(slow.underlying, messages, 3, 3) == 3  # an empty range
+    finally:
+        slow.close()
+    messages = [[b"t", b"%d" % i] for i in range(20)]
+    assert send_many(dealer.underlying, messages, 0, 20) == 20
+    got: list = []
+    wait_until(lambda: got.extend(recv_many(router.underlying, 7)) or len(got) == 20)
+    assert [m[1:] for m in got] == messages
+
+
+def test_recv_many_honours_its_limit(pair):
+    dealer, router = pair
+    send_many(dealer.underlying, [[b"t", b"%d" % i] for i in range(10)], 0, 10)
+    first = wait_until(lambda: recv_many(router.underlying, 3))
+    assert len(first) <= 3 and first[0][1:] == [b"t", b"0"]
+
+
+def test_bad_arguments_and_closed_sockets_raise(pair):
+    dealer, _ = pair
+    with pytest.raises(ValueError, match="at least one frame"):
+        send_multipart(dealer.underlying, [])
+    with pytest.raises(TypeError):
+        send_multipart(dealer.underlying, [b"topic", 42])
+    with pytest.raises(zmq.ZMQError):
+        send_multipart(0, [b"x"])  # what a closed pyzmq socket's ``underlying`` is
+    with pytest.raises(zmq.ZMQError):
+        recv_multipart(0)
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    try:
+        with pytest.raises(zmq.ZMQError):  # a SUB cannot send: libzmq's error, not a crash
+            send_multipart(sub.underlying, [b"x"])
+    finally:
+        sub.close(linger=0)
