@@ -17,7 +17,7 @@ costs less than pyzmq's zero-copy bookkeeping.
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from libc.stdint cimport uintptr_t
-from libc.errno cimport EAGAIN
+from libc.errno cimport EAGAIN, EINTR
 
 import zmq
 import zmq.backend.cython._zmq as _pyzmq_backend
@@ -107,8 +107,8 @@ cdef list _recv_one(void* sock):
         if _msg_recv(&msg, sock, ZMQ_DONTWAIT) < 0:
             err = _errno()
             _msg_close(&msg)
-            if parts is None and err == EAGAIN:
-                return None
+            if parts is None and (err == EAGAIN or err == EINTR):
+                return None  # EINTR: a signal; the caller's poll sees the message next
             raise zmq.ZMQError(err)
         part = PyBytes_FromStringAndSize(<char*>_msg_data(&msg), <Py_ssize_t>_msg_size(&msg))
         more = _msg_more(&msg)
@@ -151,8 +151,8 @@ cdef int _send_part(void* sock, object part, int flags) except -2:
     if rc >= 0:
         return 0
     err = _errno()
-    if err == EAGAIN:
-        return -1
+    if err == EAGAIN or err == EINTR:
+        return -1  # EINTR: a signal; the caller waits for POLLOUT and tries again
     raise zmq.ZMQError(err)
 
 
