@@ -135,7 +135,8 @@ class Forwarder:
                                return_when=asyncio.FIRST_COMPLETED)
             for waiter in waiters:
                 waiter.cancel()
-        for task in self._lane_tasks:
+        for lane, task in zip(self.lanes, self._lane_tasks):
+            lane.abandon()
             task.cancel()
         await asyncio.gather(*self._lane_tasks, return_exceptions=True)
         undelivered = sum(len(lane.queue) for lane in self.lanes)
