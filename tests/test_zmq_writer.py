@@ -4,6 +4,7 @@ that misbehaves on purpose)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import stat
@@ -25,6 +26,17 @@ READER_OF = {"pub": "sub", "dealer": "router", "req": "rep"}
 
 
 
+
+
+@contextlib.asynccontextmanager
+async def running(config: OutStreamConfig, context: zmq.asyncio.Context | None = None):
+    """A started writer, closed on the way out."""
+    writer = OutStreamWriter(config, context)
+    await writer.start()
+    try:
+        yield writer
+    finally:
+        await writer.close()
 
 
 def writer_config(url: str, **options) -> OutStreamConfig:
@@ -112,9 +124,7 @@ def test_req_without_peer_times_out_then_recovers(tmp_path):
     first = sp.frames("cam-1", sp.user_data("cam-1"))
 
     async def body():
-        writer = OutStreamWriter(config)
-        await writer.start()
-        try:
+        async with running(config) as writer:
             started = time.monotonic()
             assert await writer.write(first, eos=False) is WriteResult.ACK_TIMEOUT
             elapsed = time.monotonic() - started
@@ -133,8 +143,6 @@ def test_req_without_peer_times_out_then_recovers(tmp_path):
                 received = await asyncio.to_thread(reader.wait_for, 1 + len(later))
                 assert [r.frames for r in received] == [first, *later]
                 assert writer.results[WriteResult.ACK_TIMEOUT] == len(later)
-        finally:
-            await writer.close()
 
     arun(body())
 
@@ -193,9 +201,7 @@ def test_bound_writer_without_peer_gives_send_timeout(socket_type):
     config = writer_config(f"{socket_type}+bind:{ep}", send_timeout=0.1, send_retries=2)
 
     async def body():
-        writer = OutStreamWriter(config)
-        await writer.start()
-        try:
+        async with running(config) as writer:
             started = time.monotonic()
             results = await asyncio.gather(*(
                 writer.write(sp.frames("cam-1", sp.user_data("cam-1")), eos=False)
@@ -204,8 +210,6 @@ def test_bound_writer_without_peer_gives_send_timeout(socket_type):
             assert results == [WriteResult.SEND_TIMEOUT] * 20
             # each request's budget runs from its submission: 20 of them take one budget
             assert 0.28 <= elapsed < 1.0, elapsed
-        finally:
-            await writer.close()
 
     arun(body())
 
@@ -218,9 +222,7 @@ def test_dealer_send_timeout_at_high_water_mark():
                            send_hwm=1)
 
     async def body():
-        writer = OutStreamWriter(config)
-        await writer.start()
-        try:
+        async with running(config) as writer:
             message = sp.frames("cam-1", sp.user_data("cam-1"))
             for sent in range(1, 100):
                 started = time.monotonic()
@@ -232,8 +234,6 @@ def test_dealer_send_timeout_at_high_water_mark():
                 pytest.fail("100 messages fit a dealer queue with send_hwm=1")
             assert 0.09 <= time.monotonic() - started < 1.0
             assert sent <= 10
-        finally:
-            await writer.close()
 
     arun(body())
 
@@ -244,9 +244,7 @@ def test_pub_never_blocks():
     config = writer_config(f"pub+bind:{ep}", send_timeout=5.0, send_hwm=1)
 
     async def body():
-        writer = OutStreamWriter(config)
-        await writer.start()
-        try:
+        async with running(config) as writer:
             with sp.SavantReader(f"sub+connect:{ep}", receive_hwm=1):
                 message = sp.frames("cam-1", sp.user_data("cam-1"), os.urandom(10_000))
                 started = time.monotonic()
@@ -254,8 +252,6 @@ def test_pub_never_blocks():
                                                  for _ in range(2000)))
                 assert set(results) == {WriteResult.SUCCESS}
                 assert time.monotonic() - started < 5.0
-        finally:
-            await writer.close()
 
     arun(body())
 
@@ -315,17 +311,13 @@ def test_ipc_bind_creates_directories_and_fixes_permissions(tmp_path, permission
                            receive_timeout=1.0)
 
     async def body():
-        writer = OutStreamWriter(config)
-        await writer.start()
-        try:
+        async with running(config) as writer:
             assert stat.S_ISSOCK(path.stat().st_mode)
             assert stat.S_IMODE(path.stat().st_mode) == permissions
             with sp.SavantReader(f"router+connect:ipc://{path}") as reader:
                 eos = sp.frames("cam-1", sp.end_of_stream("cam-1"))
                 assert await writer.write(eos, eos=True) is WriteResult.ACK
                 assert reader.wait_for(1)[0].frames == eos
-        finally:
-            await writer.close()
 
     arun(body())
 
@@ -394,9 +386,7 @@ def test_group_is_written_as_a_prefix_and_stops_at_the_first_failure():
                            send_hwm=1)
 
     async def body():
-        writer = OutStreamWriter(config)
-        await writer.start()
-        try:
+        async with running(config) as writer:
             messages = [sp.frames(f"cam-{i}", sp.user_data(f"cam-{i}")) for i in range(50)]
             results = await writer.submit_group(messages)
             assert len(results) == 50
@@ -406,8 +396,6 @@ def test_group_is_written_as_a_prefix_and_stops_at_the_first_failure():
             assert results[failed + 1:] == [WriteResult.NOT_ATTEMPTED] * (49 - failed)
             assert writer.results[WriteResult.SUCCESS] == failed
             assert writer.queue_depth == 0
-        finally:
-            await writer.close()
 
     arun(body())
 
@@ -452,14 +440,10 @@ def test_group_refuses_a_message_without_topic_and_mismatched_flags():
     config = writer_config(f"pub+bind:tcp://127.0.0.1:{free_port()}")
 
     async def body():
-        writer = OutStreamWriter(config)
-        await writer.start()
-        try:
+        async with running(config) as writer:
             with pytest.raises(ValueError, match="at least the frames"):
                 writer.submit_group([[b"topic"]])
             with pytest.raises(ValueError, match="one eos flag per message"):
                 writer.submit_group([[b"t", b"m"]], [False, True])
-        finally:
-            await writer.close()
 
     arun(body())

@@ -94,7 +94,8 @@ class Forwarder:
                 self._on_failure(exc)
 
     def _release(self, count: int) -> None:
-        """``count`` messages left the lanes (their in_flight count is already lowered)."""
+        """``count`` messages left the lanes (delivered or rejected): room for as many more."""
+        self.stats.in_flight -= count
         if self.stats.in_flight < self.inflight_ops:
             self._room.set()
 
@@ -135,8 +136,7 @@ class Forwarder:
                                return_when=asyncio.FIRST_COMPLETED)
             for waiter in waiters:
                 waiter.cancel()
-        for lane, task in zip(self.lanes, self._lane_tasks):
-            lane.abandon()
+        for task in self._lane_tasks:
             task.cancel()
         await asyncio.gather(*self._lane_tasks, return_exceptions=True)
         undelivered = sum(len(lane.queue) for lane in self.lanes)

@@ -103,7 +103,6 @@ class Lane:
         self.connection = target.connection()
         self._wakeup = asyncio.Event()
         self._closing = False
-        self._abandoned = False  # the drain timed out: stop retrying
         self._negotiated = -1  # the connection generation batching was negotiated on
         self._batch_ok = False
         self._batch_bytes = MAX_BATCH_BYTES
@@ -117,12 +116,6 @@ class Lane:
         self.queue.append(item)
         if len(self.queue) == 1:
             self._wakeup.set()
-
-    def abandon(self) -> None:
-        """Give up on what is queued; the task ends at its next retry at the latest. Python
-        3.11's ``asyncio.wait_for`` can swallow a cancellation that coincides with a failed
-        connect, so cancelling the task alone may not stop the retry loop."""
-        self._abandoned = True
 
     def finish(self) -> None:
         """Deliver what is queued, then make ``run`` return."""
@@ -148,8 +141,6 @@ class Lane:
         """Deliver (or reject) at least the head of the queue, retrying as long as it takes."""
         delays = None
         while True:
-            if self._abandoned:
-                raise asyncio.CancelledError("lane abandoned at the drain timeout")
             try:
                 progressed, failure = await self._attempt()
             except HttpClientError as exc:
@@ -310,14 +301,12 @@ class Lane:
             self.fps.add(frames, count)
         stats.forwarded_bytes += size
         stats.forwarded += count
-        stats.in_flight -= count
         self._release(count)
 
     def _reject(self, reason: str, status: int) -> None:
         item = self.queue.popleft()
         stats = self.stats
         stats.rejected += 1
-        stats.in_flight -= 1
         self._release(1)
         log.warning("message rejected; skipped", extra={
             "topic": item.topic.decode("utf-8", "backslashreplace"), "size": item.size,

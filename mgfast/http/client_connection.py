@@ -32,6 +32,8 @@ from collections.abc import Callable
 
 import httptools
 
+from mgfast.cancellation import cancelling, raise_if_cancelling
+
 CONNECT_TIMEOUT = 10.0  # seconds for TCP connect plus TLS handshake
 RESPONSE_TIMEOUT = 60.0  # seconds from writing a request to its complete response
 IDLE_REUSE = 4.0  # seconds idle after which a connection is replaced rather than reused
@@ -243,21 +245,25 @@ class HttpClientConnection:
             _, protocol = await asyncio.wait_for(
                 loop.create_connection(_ResponseProtocol, self.host, self.port, **kwargs),
                 self.connect_timeout)
-        except ssl.SSLError as exc:
+        except (ssl.SSLError, OSError) as exc:  # asyncio.TimeoutError is an OSError
+            raise_if_cancelling()  # a failure that coincided with our cancellation
             self.connect_failures += 1
-            raise TlsFailed(f"TLS handshake with {self.host}:{self.port} failed: "
-                            f"{exc.reason or exc}") from None
-        except asyncio.TimeoutError:
-            self.connect_failures += 1
-            raise ConnectFailed(f"connecting to {self.host}:{self.port} timed out after "
-                                f"{self.connect_timeout:g} s") from None
-        except OSError as exc:
-            self.connect_failures += 1
-            raise ConnectFailed(f"cannot connect to {self.host}:{self.port}: "
-                                f"{exc.strerror or exc}") from None
+            raise self._connect_error(exc) from None
+        if cancelling():
+            protocol.close()
+            raise_if_cancelling()
         self._protocol = protocol
         self._idle_since = loop.time()
         self.connects += 1
+
+    def _connect_error(self, exc: BaseException) -> ConnectFailed:
+        where = f"{self.host}:{self.port}"
+        if isinstance(exc, ssl.SSLError):
+            return TlsFailed(f"TLS handshake with {where} failed: {exc.reason or exc}")
+        if isinstance(exc, asyncio.TimeoutError):
+            return ConnectFailed(f"connecting to {where} timed out after "
+                                 f"{self.connect_timeout:g} s")
+        return ConnectFailed(f"cannot connect to {where}: {getattr(exc, 'strerror', None) or exc}")
 
     async def request(self, method: bytes, path: bytes, headers: bytes = b"",
                       body: bytes | bytearray | memoryview = b"") -> ClientResponse:

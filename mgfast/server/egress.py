@@ -106,10 +106,10 @@ class Egress:
     def _reply(self, routing_id: bytes, batch_id: int, futures: list[asyncio.Future],
                runs: list) -> None:
         codes = bytearray()
-        for future, (frames, _) in zip(futures, runs):
+        for future, (messages, _) in zip(futures, runs):
             if future.exception() is not None:
                 log.error("out_stream write failed", exc_info=future.exception())
-                codes += bytes((egress_wire.ERROR,)) * len(frames)
+                codes += bytes((egress_wire.ERROR,)) * len(messages)
             else:
                 codes += bytes(egress_wire.RESULT_CODES[r] for r in future.result())
         send_multipart(self.sock.underlying,

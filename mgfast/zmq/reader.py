@@ -41,6 +41,7 @@ import zmq
 import zmq.asyncio
 
 from mgfast._zmq_io import recv_many, recv_multipart, send_multipart
+from mgfast.cancellation import cancelling
 from mgfast.config.model import InStreamConfig
 from mgfast.zmq.sockets import CONFIRMATION, StreamClosed, open_socket
 
@@ -122,7 +123,7 @@ class InStreamReader:
                 except (zmq.ZMQError, asyncio.CancelledError):
                     # closing the socket cancels its pending poll; tell that from our own
                     # cancellation
-                    if self._closed and not _cancelling():
+                    if self._closed and not cancelling():
                         raise StreamClosed(f"reader for {self.config.url} was closed") from None
                     raise
                 continue
@@ -251,9 +252,3 @@ class InStreamReader:
         self._routes[topic] = routing_id
         return True
 
-
-def _cancelling() -> bool:
-    """Whether the current task is being cancelled (Python 3.11+; assume not before)."""
-    task = asyncio.current_task()
-    cancelling = getattr(task, "cancelling", None)
-    return bool(cancelling and cancelling())
