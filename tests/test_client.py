@@ -199,7 +199,7 @@ def test_upstream_api_exactly_with_retries_and_rejections(tmp_path, batch):
 
     into = endpoint("tcp", tmp_path, "in")
     with UpstreamStub(respond) as stub:
-        config = client_config(f"router+bind:{into}", stub.url, batch=batch,
+        config = client_config(f"router+bind:{into}", stub.url, batch=batch, pipeline=1,
                                auth={"basic": {"username": "edge-1", "password": "s3cret"}})
         with GatewayProcess("client", config, tmp_path) as client, \
                 sp.SavantWriter(f"dealer+connect:{into}") as writer:

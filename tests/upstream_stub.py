@@ -12,7 +12,10 @@ every request and every Media, and a test scripts its answers:
         ... stub.url ... stub.accepted ... stub.requests ... stub.wait_accepted(10)
 
 ``respond`` may also return :data:`DROP`: the Media counts as accepted but the connection is
-closed without an answer (a server that died after forwarding it). With ``batch=True`` the stub
+closed without an answer (a server that died after forwarding it); or :data:`CLOSE`: answered
+200 with ``Connection: close``, and what the client wrote after it is not read. Requests are
+read in order from one connection, so pipelined requests are answered in order, as actix-web
+does; each records how many bytes of later requests had already arrived (``ahead``). With ``batch=True`` the stub
 plays an mgfast server instead: it advertises and accepts batch framing, answering each item as
 ``respond`` says and stopping at the first item that is neither 2xx nor 400/413, as mgfast's
 server does.
@@ -35,6 +38,7 @@ from tests import savant_proto
 from tests.util import free_port
 
 DROP = -1  # accept, then close the connection without answering
+CLOSE = -2  # accept, answer 200 with Connection: close, read nothing more
 MEDIA_TYPE = "application/protobuf"
 BATCH_TYPE = "application/x-mgfast-batch"
 
@@ -130,6 +134,7 @@ class StubRequest:
     body: bytes
     status: int | None = None  # None: answered with DROP
     connection: int = 0  # which TCP connection it came on (1, 2, ...)
+    ahead: int = 0  # bytes of later requests already received when this one was read
 
 
 @dataclass
@@ -214,7 +219,7 @@ class UpstreamStub:
             attempt = self.attempts.get(media, 0) + 1
             self.attempts[media] = attempt
         status = self.respond(media, attempt) if self.respond else 200
-        if status == DROP or 200 <= status < 300:
+        if status in (DROP, CLOSE) or 200 <= status < 300:
             with self._lock:
                 self.accepted.append(media)
                 self._lock.notify_all()
@@ -251,7 +256,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _request(self, body: bytes) -> StubRequest:
         return StubRequest(self.command, self.path, {k.lower(): v for k, v in self.headers.items()},
-                           body, connection=self.connection_number)
+                           body, connection=self.connection_number, ahead=self._ahead())
+
+    def _ahead(self) -> int:
+        """Bytes already buffered or waiting on the socket, read without blocking."""
+        self.connection.setblocking(False)
+        try:
+            return len(self.rfile.peek(1))
+        except (BlockingIOError, OSError, ValueError):
+            return 0
+        finally:
+            try:
+                self.connection.setblocking(True)
+            except OSError:
+                pass
 
     def do_GET(self) -> None:
         request = self._request(b"")
@@ -284,11 +302,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 status, answer = 400, str(exc).encode()
             else:
                 status = self.stub._decide(media)
-                answer = b"" if status == DROP or status < 300 else b"scripted failure"
-        request.status = None if status == DROP else status
+                answer = b"" if status in (DROP, CLOSE) or status < 300 else b"scripted failure"
+        request.status = None if status == DROP else 200 if status == CLOSE else status
         self.stub._record(request)
         if status == DROP:
             self.close_connection = True
+            return
+        if status == CLOSE:
+            self.close_connection = True
+            self._answer(200, b"", headers={"Connection": "close"})
             return
         content = "application/json" if answer.startswith(b"{") else "text/plain"
         self._answer(status, answer, content)

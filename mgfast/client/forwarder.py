@@ -65,7 +65,8 @@ class Forwarder:
         self.inflight_ops = config.in_stream.inflight_ops
         self._room = asyncio.Event()  # set when stats.in_flight drops below inflight_ops
         self.fps = FpsLog(config.statistics) if config.statistics is not None else None
-        self.lanes = [Lane(i, self.target, batch=config.batch, retry=config.retry_strategy,
+        self.lanes = [Lane(i, self.target, batch=config.batch, pipeline=config.pipeline,
+                           retry=config.retry_strategy,
                            stats=stats, release=self._release, fps=self.fps)
                       for i in range(config.connections)]
         self._read_task: asyncio.Task | None = None
@@ -139,6 +140,6 @@ class Forwarder:
         for task in self._lane_tasks:
             task.cancel()
         await asyncio.gather(*self._lane_tasks, return_exceptions=True)
-        undelivered = sum(len(lane.queue) for lane in self.lanes)
+        undelivered = sum(lane.held for lane in self.lanes)
         self.stats.undelivered = undelivered
         return undelivered

@@ -1,39 +1,53 @@
 """A lane: one keep-alive connection to the server and the FIFO of messages that use it.
 
-Every topic maps to exactly one lane (see ``forwarder``), and a lane has at most one request in
-flight, so the messages of one source reach the server in the order they were read.
+Every topic maps to exactly one lane (see ``forwarder``). A lane writes its messages in the
+order they were read, up to ``pipeline`` requests in flight on its connection (HTTP/1.1
+pipelining: the server answers in order), and takes a message off its FIFO only once the server
+has answered for it (which releases its in-flight slot).
 
-Delivery of the queue's head
-----------------------------
-Messages stay at the head of the queue until the server has answered for them; only then are
-they removed (and their in-flight slot released). A failed request is therefore resent, with
-the configured exponential backoff, before anything queued after it:
+Everything per request runs in event-loop callbacks: ``submit`` schedules one write of all that
+is ready per loop iteration (many requests, one ``write``), and each response is settled where
+the connection parses it. The lane's one coroutine only connects, negotiates and backs off.
+A new connection starts with one request in flight and doubles that with every success up to
+``pipeline``, so a server that closes after each response costs no wasted writes.
 
+Failures
+--------
 - connection errors, TLS handshake failures, response timeouts and any status other than 2xx,
   400 and 413 (5xx, 502 AckTimeout, 504 SendTimeout, 503, and also 401 / 404, which are fixed
-  on the server side) are *transient*: retried forever, without reordering;
+  on the server side) are *transient*: the connection is closed and everything unanswered is
+  resent, in order, after the configured exponential backoff;
 - 400 and 413 are *permanent* for that message: logged with its topic and size, counted in
-  ``rejected``, and skipped, so a poison message never blocks the stream.
+  ``rejected``, and skipped, so a poison message never blocks the stream; the pipeline goes on.
+- a response with ``Connection: close``: what was written after it was not read by the server
+  and is resent at once on a new connection.
 
-At-least-once: when a connection breaks (or no response comes) after a request was written,
-the server may already have forwarded it; the resend can then deliver it twice. The same holds
-after a 502 (upstream's AckTimeout: the out_stream sent the message but its acknowledgement did
-not come) and a 500. Such resends are counted in ``duplicates_possible``. Nothing that was read is dropped short of a permanent
-rejection or the shutdown drain timeout.
+At-least-once: when a connection breaks (or no response comes) after requests were written, the
+server may already have forwarded them; resending can then deliver them twice. The same holds
+after a 502 (upstream's AckTimeout: sent, unconfirmed) and a 500, and for the requests written
+after a failed one. Such resends are counted in ``duplicates_possible``. Nothing read is dropped
+short of a permanent rejection or the shutdown drain timeout.
+
+Order: messages of one source reach the server in the order they were read. A failure in the
+middle of a pipeline resends the failed message and all after it; an mgfast server closes the
+connection after a transient failure (5xx, or a batch item that failed), so nothing written
+behind the failed message is forwarded before its resend. Upstream's server keeps the
+connection open and may forward the requests behind a failed one first; with ``pipeline: 1``
+the client waits for each answer and the order holds against any server.
 
 Batching (mgfast peers only)
 ----------------------------
 With ``batch`` > 1 the lane asks ``GET /health`` once per new connection and uses batch framing
-only if the answer carries ``x-mgfast-batch: 1``. A batch request carries the messages queued
-at that moment (up to ``batch``, ``MAX_BATCH_ITEMS``, ``MAX_BATCH_DATA_PARTS`` and
-``MAX_BATCH_BYTES``; nothing waits to fill a batch: messages accumulate while the previous
-request is in flight). The answer lists one status per attempted item; items answered 2xx or
-400/413 leave the queue, and the first transient status (after which the server attempts
-nothing) is retried with the items after it. A lone queued message is sent with the upstream
-API. A whole-batch 413 halves the lane's batch byte budget (until the next connection); a whole-batch 400/404/405/415 (a
-server behind the same URL that does not speak batch after all) turns batching off for the
-connection. With ``batch`` = 1 every request is exactly upstream's: one Media per POST with
-``Content-Type: application/protobuf``.
+only if the answer carries ``x-mgfast-batch: 1``. A batch request carries the messages waiting
+at that moment (up to ``batch``, ``MAX_BATCH_ITEMS``, ``MAX_BATCH_DATA_PARTS`` and the byte
+budget; nothing waits to fill a batch: messages accumulate while the pipeline is full). The
+answer lists one status per attempted item; items answered 2xx or 400/413 leave the FIFO, and
+the first transient status (after which the server attempts nothing) fails the rest as above.
+A lone waiting message is sent with the upstream API. A whole-batch 413 halves the lane's
+batch byte budget (for the rest of the run) and resends at once; a whole-batch
+400/404/405/415 (a server behind the same URL that does not speak batch after all) turns
+batching off for the lane. With ``batch`` = 1 every request is exactly upstream's: one Media
+per POST with ``Content-Type: application/protobuf``.
 """
 
 from __future__ import annotations
@@ -49,7 +63,7 @@ import orjson
 from mgfast.client.stats import ClientStats
 from mgfast.client.target import BATCH_HEADER, ServerTarget
 from mgfast.config.model import RetryStrategy
-from mgfast.http.client_connection import HttpClientError
+from mgfast.http.client_connection import ClientResponse, ClosedByServer, HttpClientError
 from mgfast.fps_log import FpsLog
 from mgfast.media import (MAX_BATCH_DATA_PARTS, MAX_BATCH_ITEMS, MAX_DATA_PARTS, Kind,
                           MediaError, encode_media, encode_media_batch, message_kind)
@@ -57,6 +71,7 @@ from mgfast.media import (MAX_BATCH_DATA_PARTS, MAX_BATCH_ITEMS, MAX_DATA_PARTS,
 log = logging.getLogger("mgfast.client")
 
 MAX_BATCH_BYTES = 4 * 1024 * 1024  # frame bytes per batch: past this, bigger batches gain nothing
+SMALL_WRITE = 64 * 1024  # body bytes of one write below which its requests are joined
 RETRY_LOG_INTERVAL = 10.0  # seconds between "still retrying" warnings of one lane
 REJECTED = (400, 413)  # statuses that reject a message for good
 NOT_BATCH_CAPABLE = (400, 404, 405, 415)  # whole-batch answers of a server without batch framing
@@ -85,210 +100,315 @@ class Pending:
 
 
 class Lane:
-    """Delivers its queue in order over one connection; see the module docs."""
+    """Delivers its FIFO in order over one pipelining connection; see the module docs."""
 
-    def __init__(self, index: int, target: ServerTarget, *, batch: int, retry: RetryStrategy,
-                 stats: ClientStats, release: Callable[[int], None],
+    def __init__(self, index: int, target: ServerTarget, *, batch: int, pipeline: int,
+                 retry: RetryStrategy, stats: ClientStats, release: Callable[[int], None],
                  fps: FpsLog | None = None) -> None:
         # configuration
         self.index = index
         self.target = target
         self.batch = min(batch, MAX_BATCH_ITEMS)
+        self.pipeline = pipeline
         self.retry = retry
         self.stats = stats
         self.fps = fps  # upstream ``statistics``, when configured
         self._release = release  # frees in-flight slots of messages that left the lane
-        # state
-        self.queue: deque[Pending] = deque()
+        self._post_head = b"POST %s HTTP/1.1\r\n%scontent-length: " % (
+            target.post_path, target.media_headers)
+        self._batch_head = b"POST %s HTTP/1.1\r\n%scontent-length: " % (
+            target.post_path, target.batch_headers)
+        # the FIFO: written and unanswered (oldest first), then not yet written
+        self.sent: deque[Pending] = deque()
+        self.unsent: deque[Pending] = deque()
         self.connection = target.connection()
-        self._wakeup = asyncio.Event()
+        self.connection.on_response = self._on_response
+        self.connection.on_failure = self._on_failure
+        # state
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiter: asyncio.Future | None = None  # the coroutine sleeps on it
+        self._ready = False  # connected (and negotiated): callbacks may write
+        self._fill_soon = False  # a _fill is scheduled for this loop iteration
         self._closing = False
-        self._negotiated = -1  # the connection generation batching was negotiated on
+        self._generation = -1  # the connection the state below belongs to
+        self._depth = 1  # requests allowed in flight now (grows to ``pipeline``)
         self._batch_ok = False
+        self._batch_refused = False  # the server refused batch framing: never again
         self._batch_bytes = MAX_BATCH_BYTES
-        # retry streak, for logging
-        self._failures = 0
+        # failures
+        self._failure: str | None = None  # what failed; the coroutine backs off, then resends
+        self._delays = None
+        self._progress = False  # something was settled since the last backoff
+        self._failures = 0  # retry streak, for logging
         self._warned_at = 0.0
 
     # -- interface -------------------------------------------------------------------------
 
+    @property
+    def held(self) -> int:
+        """Messages the lane holds: read, neither delivered nor rejected."""
+        return len(self.sent) + len(self.unsent)
+
     def submit(self, item: Pending) -> None:
-        self.queue.append(item)
-        if len(self.queue) == 1:
-            self._wakeup.set()
+        if len(item.extra) > MAX_DATA_PARTS:
+            self._rejected(item, f"more than {MAX_DATA_PARTS} extra parts", status=0)
+            return
+        self.unsent.append(item)
+        if not self._ready:
+            self._wake()
+        elif not self._fill_soon:
+            self._fill_soon = True
+            self._loop.call_soon(self._fill)  # type: ignore[union-attr]
 
     def finish(self) -> None:
-        """Deliver what is queued, then make ``run`` return."""
+        """Deliver what is held, then make ``run`` return."""
         self._closing = True
-        self._wakeup.set()
+        self._wake()
 
     async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
         try:
             while True:
-                if not self.queue:
+                if self._failure is not None:
+                    await self._back_off()
+                elif not self.sent and not self.unsent:
                     if self._closing:
                         return
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
-                    continue
-                await self._deliver_head()
+                    await self._sleep()
+                elif not self._ready:
+                    try:
+                        await self._open()
+                    except HttpClientError as exc:
+                        self._fail(str(exc))
+                else:
+                    self._fill()
+                    await self._sleep()
         finally:
+            self._ready = False
             self.connection.close()
 
-    # -- delivery --------------------------------------------------------------------------
+    # -- the coroutine's part: connect, negotiate, back off --------------------------------
 
-    async def _deliver_head(self) -> None:
-        """Deliver (or reject) at least the head of the queue, retrying as long as it takes."""
-        delays = None
-        while True:
-            try:
-                progressed, failure = await self._attempt()
-            except HttpClientError as exc:
-                progressed, failure = False, str(exc)
-            if failure is None:
-                if self._failures:
-                    log.info("delivery recovered", extra={
-                        "lane": self.index, "failed_attempts": self._failures})
-                    self._failures = 0
-                return
-            if progressed or delays is None:
-                delays = self.retry.delays()
-            delay = next(delays)
-            self._log_failure(failure, delay)
-            await asyncio.sleep(delay)
+    async def _sleep(self) -> None:
+        self._waiter = self._loop.create_future()  # type: ignore[union-attr]
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
 
-    async def _attempt(self) -> tuple[bool, str | None]:
-        """One request; returns (whether messages left the queue, failure or None)."""
-        if self.batch > 1 and self._negotiated != self.connection.connects:
-            await self._negotiate()
-        items = self._take()
-        if not items:
-            return True, None  # the head was unencodable and rejected
-        if len(items) == 1:
-            return await self._post_one(items[0])
-        return await self._post_batch(items)
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
-    async def _negotiate(self) -> None:
+    async def _open(self) -> None:
         connection = self.connection
         await connection.connect()
-        response = await connection.request(b"GET", self.target.health_path,
-                                            self.target.health_headers)
-        self._batch_ok = (response.status == 200
-                          and response.headers.get(BATCH_HEADER, b"").strip() == b"1")
-        self._negotiated = connection.connects
-        self._batch_bytes = MAX_BATCH_BYTES
-        log.debug("batch negotiation", extra={"lane": self.index, "batch": self._batch_ok})
+        if connection.connects != self._generation:
+            self._generation = connection.connects
+            self._depth = 1
+            if self.batch > 1 and not self._batch_refused:
+                response = await connection.request(b"GET", self.target.health_path,
+                                                    self.target.health_headers)
+                self._batch_ok = (response.status == 200 and response.headers.get(
+                    BATCH_HEADER, b"").strip() == b"1")
+                log.debug("batch negotiation", extra={"lane": self.index,
+                                                      "batch": self._batch_ok})
+        self._ready = connection.connected
 
-    def _take(self) -> list[Pending]:
-        """The head items for the next request (not removed from the queue)."""
-        queue = self.queue
-        while queue and len(queue[0].extra) > MAX_DATA_PARTS:
-            self._reject(f"more than {MAX_DATA_PARTS} extra parts", status=0)
-        if not queue:
-            return []
-        if not self._batch_ok or len(queue) == 1:
-            return [queue[0]]
-        items: list[Pending] = []
-        parts = size = 0
-        for item in islice(queue, self.batch):
+    async def _back_off(self) -> None:
+        if self._progress or self._delays is None:
+            self._delays = self.retry.delays()
+            self._progress = False
+        delay = next(self._delays)
+        self._log_failure(self._failure, delay)  # type: ignore[arg-type]
+        self._failure = None
+        await asyncio.sleep(delay)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def _fill(self) -> None:
+        """Write as many requests as the pipeline has room for, in one write."""
+        self._fill_soon = False
+        connection = self.connection
+        if not self._ready or self._failure is not None:
+            return
+        if not connection.in_flight and not connection.reusable():
+            self._ready = False  # closed by the server, or idle too long to trust
+            self._wake()
+            return
+        room = self._depth - connection.in_flight
+        unsent = self.unsent
+        if room <= 0 or not unsent:
+            return
+        entries: list[int] = []
+        data: list = []
+        size = 0
+        sent = self.sent
+        batching = self._batch_ok
+        while room > 0 and unsent:
+            if batching and len(unsent) > 1:
+                items = self._take_batch()
+                body = encode_media_batch([(i.topic, i.message, i.extra) for i in items])
+                head = self._batch_head
+                sent.extend(items)
+                entries.append(len(items))
+            else:
+                item = unsent.popleft()
+                body = encode_media(item.topic, item.message, item.extra)
+                head = self._post_head
+                sent.append(item)
+                entries.append(1)
+            data.append(b"%s%d\r\n\r\n" % (head, len(body)))
+            data.append(body)
+            size += len(body)
+            room -= 1
+        if size < SMALL_WRITE:
+            data = [b"".join(data)]  # one copy of small requests beats a write per piece
+        connection.send(entries, data)
+
+    def _take_batch(self) -> list[Pending]:
+        """Pop the items of the next batch request off ``unsent``."""
+        unsent = self.unsent
+        items = [unsent.popleft()]
+        parts = len(items[0].extra)
+        size = items[0].size
+        budget = self._batch_bytes
+        while unsent and len(items) < self.batch:
+            item = unsent[0]
             n = len(item.extra)
-            if items and (parts + n > MAX_BATCH_DATA_PARTS or size + item.size > self._batch_bytes
-                          or n > MAX_DATA_PARTS):
+            if parts + n > MAX_BATCH_DATA_PARTS or size + item.size > budget:
                 break
-            items.append(item)
+            items.append(unsent.popleft())
             parts += n
             size += item.size
         return items
 
-    async def _post_one(self, item: Pending) -> tuple[bool, str | None]:
-        try:
-            body = encode_media(item.topic, item.message, item.extra)
-        except MediaError as exc:
-            self._reject(str(exc), status=0)
-            return True, None
-        try:
-            response = await self.connection.request(b"POST", self.target.post_path,
-                                                     self.target.media_headers, body)
-        except HttpClientError as exc:
-            self._count_resend(1, exc.sent)
-            raise
-        self.stats.requests += 1
-        status = response.status
-        if 200 <= status < 300:
-            self._delivered(1)
-            return True, None
-        if status in REJECTED:
-            self._reject(_reason(response.body), status)
-            return True, None
-        self._count_resend(1, status in MAYBE_DELIVERED)
-        return False, f"HTTP {status}: {_reason(response.body)}"
+    # -- responses -------------------------------------------------------------------------
 
-    async def _post_batch(self, items: list[Pending]) -> tuple[bool, str | None]:
-        n = len(items)
-        body = encode_media_batch([(i.topic, i.message, i.extra) for i in items])
-        try:
-            response = await self.connection.request(b"POST", self.target.post_path,
-                                                     self.target.batch_headers, body)
-        except HttpClientError as exc:
-            self._count_resend(n, exc.sent)
-            raise
-        self.stats.requests += 1
-        self.stats.batch_requests += 1
+    def _on_response(self, count: int, response: ClientResponse) -> None:
+        """The answer to the oldest request in flight, which carried ``count`` messages."""
+        stats = self.stats
+        stats.requests += 1
         status = response.status
-        if status == 200:
-            return self._batch_results(items, response.body)
-        if status == 413:
-            # halve the budget (down to batches of one, which go out as single Media, where a
-            # 413 rejects the message); restored on the next connection
-            self._batch_bytes = min(self._batch_bytes, sum(i.size for i in items)) // 2
-            log.warning("server refused a batch as too large; sending smaller batches",
-                        extra={"lane": self.index, "batch_bytes": self._batch_bytes})
-            return True, None  # retry now, smaller
-        if status in NOT_BATCH_CAPABLE:
-            self._batch_ok = False
-            log.warning("server refused batch framing; sending one message per request",
-                        extra={"lane": self.index, "status": status,
-                               "reason": _reason(response.body)})
-            return True, None  # retry now, one by one
-        self._count_resend(n, status in MAYBE_DELIVERED)
-        return False, f"HTTP {status}: {_reason(response.body)}"
+        if count == 1:
+            if 200 <= status < 300:
+                self._delivered(1)
+            elif status in REJECTED:
+                self._rejected(self.sent.popleft(), _reason(response.body), status)
+            else:
+                self._fail(f"HTTP {status}: {_reason(response.body)}", head=1,
+                           maybe_delivered=status in MAYBE_DELIVERED)
+                return
+        else:
+            stats.batch_requests += 1
+            if status == 200:
+                if not self._batch_results(count, response.body):
+                    return
+            elif status == 413:
+                # halve the budget (down to batches of one, which go out as single Media,
+                # where a 413 rejects the message), then resend at once
+                self._batch_bytes = min(self._batch_bytes,
+                                        sum(i.size for i in islice(self.sent, count))) // 2
+                log.warning("server refused a batch as too large; sending smaller batches",
+                            extra={"lane": self.index, "batch_bytes": self._batch_bytes})
+                self._restart()
+                return
+            elif status in NOT_BATCH_CAPABLE:
+                self._batch_ok = False
+                self._batch_refused = True
+                log.warning("server refused batch framing; sending one message per request",
+                            extra={"lane": self.index, "status": status,
+                                   "reason": _reason(response.body)})
+                self._restart()
+                return
+            else:
+                self._fail(f"HTTP {status}: {_reason(response.body)}", head=count,
+                           maybe_delivered=status in MAYBE_DELIVERED)
+                return
+        if self._failures:
+            log.info("delivery recovered", extra={"lane": self.index,
+                                                  "failed_attempts": self._failures})
+            self._failures = 0
+        if self._depth < self.pipeline:
+            self._depth = min(self.pipeline, self._depth * 2)
+        if self.unsent and not self._fill_soon:
+            self._fill_soon = True
+            self._loop.call_soon(self._fill)  # type: ignore[union-attr]
 
-    def _batch_results(self, items: list[Pending], body: bytes) -> tuple[bool, str | None]:
-        n = len(items)
+    def _batch_results(self, count: int, body: bytes) -> bool:
+        """Settle a batch from its results; False when that failed the lane."""
         try:
             results = orjson.loads(body)["results"]
-            valid = (isinstance(results, list) and 0 < len(results) <= n
+            valid = (isinstance(results, list) and 0 < len(results) <= count
                      and all(type(s) is int for s in results))
         except (orjson.JSONDecodeError, KeyError, TypeError):
             valid = False
         if not valid:
             # a 200 we cannot read: whether the items were written is unknown
             self._batch_ok = False
-            self._count_resend(n, True)
-            return False, f"unreadable batch answer {_reason(body)!r}; one per request now"
-        done = accepted = 0  # accepted: a run of 2xx items not yet taken off the queue
-        for status in results:
+            self._batch_refused = True
+            self._fail(f"unreadable batch answer {_reason(body)!r}; one per request now",
+                       maybe_delivered=True)
+            return False
+        accepted = 0  # a run of 2xx items not yet taken off the FIFO
+        for done, status in enumerate(results):
             if 200 <= status < 300:
                 accepted += 1
+                continue
+            if accepted:
+                self._delivered(accepted)
+                accepted = 0
+            if status in REJECTED:
+                self._rejected(self.sent.popleft(), "rejected in a batch", status)
             else:
-                if accepted:
-                    self._delivered(accepted)
-                    accepted = 0
-                if status in REJECTED:
-                    self._reject("rejected in a batch", status)
-                else:
-                    self._count_resend(n - done, status in MAYBE_DELIVERED)
-                    return done > 0, f"HTTP {status} for batch item {done + 1} of {n}"
-            done += 1
+                self._fail(f"HTTP {status} for batch item {done + 1} of {count}",
+                           head=count - done, maybe_delivered=status in MAYBE_DELIVERED)
+                return False
         if accepted:
             self._delivered(accepted)
-        return True, None  # everything attempted was settled; an unattempted tail goes next
+        if len(results) < count:
+            # the server stopped without saying why: resend the tail, and what follows it
+            self._fail(f"batch answered for {len(results)} of {count} items",
+                       head=count - len(results))
+            return False
+        return True
 
-    # -- bookkeeping -----------------------------------------------------------------------
+    def _on_failure(self, entries: list, error: HttpClientError) -> None:
+        """The connection failed with ``entries`` (all of ``sent``) unanswered."""
+        if isinstance(error, ClosedByServer):
+            self._restart()  # not read by the server: resend now, on a new connection
+        else:
+            self._fail(str(error), head=len(self.sent), maybe_delivered=error.sent)
+
+    # -- failure and bookkeeping -----------------------------------------------------------
+
+    def _fail(self, reason: str, *, head: int = 0, maybe_delivered: bool = False) -> None:
+        """A transient failure: back off, then resend everything unanswered, in order.
+
+        ``head``: messages of the failed request itself, which reached the consumer only when
+        ``maybe_delivered``; anything written after them may have been forwarded."""
+        count = len(self.sent)
+        self.stats.retried += count
+        self.stats.duplicates_possible += count if maybe_delivered else count - head
+        self._failure = reason
+        self._requeue()
+
+    def _restart(self) -> None:
+        """Resend everything unanswered now, on a new connection (the server read none of it)."""
+        self.stats.retried += len(self.sent)
+        self._requeue()
+
+    def _requeue(self) -> None:
+        self._ready = False
+        self.connection.close()
+        self.unsent.extendleft(reversed(self.sent))
+        self.sent.clear()
+        self._wake()
 
     def _delivered(self, count: int) -> None:
         stats = self.stats
-        popleft = self.queue.popleft
+        popleft = self.sent.popleft
         size = frames = 0
         if self.fps is None:
             for _ in range(count):
@@ -301,21 +421,20 @@ class Lane:
             self.fps.add(frames, count)
         stats.forwarded_bytes += size
         stats.forwarded += count
-        self._release(count)
+        self._settled(count)
 
-    def _reject(self, reason: str, status: int) -> None:
-        item = self.queue.popleft()
-        stats = self.stats
-        stats.rejected += 1
-        self._release(1)
+    def _rejected(self, item: Pending, reason: str, status: int) -> None:
+        self.stats.rejected += 1
         log.warning("message rejected; skipped", extra={
             "topic": item.topic.decode("utf-8", "backslashreplace"), "size": item.size,
             "status": status or "not sent", "reason": reason})
+        self._settled(1)
 
-    def _count_resend(self, count: int, sent: bool) -> None:
-        self.stats.retried += count
-        if sent:
-            self.stats.duplicates_possible += count
+    def _settled(self, count: int) -> None:
+        self._progress = True
+        self._release(count)
+        if self._closing and not self.sent and not self.unsent:
+            self._wake()
 
     def _log_failure(self, failure: str, delay: float) -> None:
         self._failures += 1
@@ -324,7 +443,7 @@ class Lane:
             self._warned_at = now
             log.warning("delivery failed; retrying", extra={
                 "lane": self.index, "error": failure, "failed_attempts": self._failures,
-                "queued": len(self.queue), "retry_in": f"{delay:g}s"})
+                "queued": self.held, "retry_in": f"{delay:g}s"})
 
 
 def _reason(body: bytes) -> str:

@@ -62,6 +62,7 @@ Server:
 Client:
   ``connections``: keep-alive HTTP connections to the server, integer 1..1024 (default 4).
   ``batch``: messages per POST between mgfast peers, integer 1..65536 (default 1 = upstream API).
+  ``pipeline``: requests in flight per connection, integer 1..1024 (default 16; 1 = one at a time).
   ``drain_timeout``: duration >= 0 to deliver what was already read on SIGTERM.
   ``metrics``: as for the server (``port`` must differ from the client's ``port``).
   ``http``: as for the server.
@@ -1018,6 +1019,7 @@ _CLIENT = _Obj({
     "http": _opt(_HTTP),  # mgfast
     "connections": _opt(_Int(1, 1024, example="4")),  # mgfast
     "batch": _opt(_Int(1, 65536, example="64")),  # mgfast
+    "pipeline": _opt(_Int(1, 1024, example="16")),  # mgfast
     "drain_timeout": _opt(_Duration(example='{"secs": 10, "nanos": 0}')),  # mgfast
     "metrics": _opt(_METRICS),  # mgfast
 }, ClientConfig, post=_finish_client, hints=_TOP_HINTS,

@@ -157,6 +157,7 @@ class ClientConfig:
     http: HttpLimits = field(default_factory=HttpLimits)
     connections: int = 4  # mgfast: keep-alive connections to the server
     batch: int = 1  # mgfast: messages per POST between mgfast peers; 1 = upstream API
+    pipeline: int = 16  # mgfast: requests in flight per connection (HTTP/1.1 pipelining)
     drain_timeout: float = 10.0  # mgfast: on SIGTERM, how long to deliver what was read
     metrics: Listen | None = None  # mgfast
     source: str = "<embedded default>"

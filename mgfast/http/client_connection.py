@@ -1,26 +1,34 @@
-"""One keep-alive HTTP/1.1 client connection (plain or TLS), reconnected on demand.
+"""One keep-alive HTTP/1.1 client connection (plain or TLS) with pipelined requests.
 
     connection = HttpClientConnection("127.0.0.1", 8080, ssl_context=None)
-    response = await connection.request(b"POST", b"/", headers, body)
-    response.status, response.headers[b"content-type"], response.body
+    await connection.connect()
+    connection.on_response = handle        # handle(entry, response), in request order
+    connection.on_failure = failed         # failed(entries, error): the unanswered ones
+    connection.send(entry, request_bytes)  # as many as the caller allows, without waiting
+    response = await connection.request(b"GET", b"/health", headers)   # one, awaited
     connection.close()
 
-One request at a time (no pipelining): the caller awaits each response before sending the next
-request, which is what keeps a retried request from being overtaken. The transport is opened
-lazily by ``request`` (or ``connect``) and reopened after it was closed by either side, after a
-``Connection: close`` response, after an error, and before a request when it sat idle longer
-than ``idle_reuse`` seconds (servers close idle keep-alive connections on their own schedule,
-actix-web after 5 s; reusing one at that moment races with the close and turns a harmless
-reconnect into an error whose request may or may not have been processed).
+HTTP/1.1 answers pipelined requests in order, so the connection keeps one FIFO of the
+requests written and not yet answered (their *entries*, whatever the caller uses to know
+them) and hands each parsed response to ``on_response`` with the entry at its head. Everything
+runs inside the event loop's callbacks: no task, future or timer per request. ``request`` is the
+same FIFO with a future as its entry, for the rare request a caller wants to await.
 
-Failures raise :class:`HttpClientError` subclasses whose ``sent`` attribute says whether the
-request may have reached the server: ``False`` when it certainly did not (connect or TLS
-handshake failed, the server alerted during the TLS handshake), ``True`` otherwise (the
-connection broke, or no response came in time, after the request was written). A caller that
-resends after a ``sent`` failure may deliver the request twice.
+Failures: when the connection breaks, no response comes in time, or a response is malformed,
+the connection closes and ``on_failure`` gets every unanswered entry at once, with an
+:class:`HttpClientError` whose ``sent`` attribute says whether those requests may have reached
+the server. A response with ``Connection: close`` is delivered, then the requests written after
+it fail with :class:`ClosedByServer` (``sent`` false: a server that closes does not read on).
+The caller's own ``close`` drops the FIFO without callbacks (awaited requests get
+:class:`ConnectionLost`).
 
-Responses are parsed by httptools (llhttp). A response body larger than
-``MAX_RESPONSE_BODY`` is refused: gateway answers are a few bytes of text or JSON.
+Deadline: the oldest unanswered request must be answered within ``response_timeout`` seconds
+of being written. One timer per connection checks that; it is re-armed only when it fires.
+
+The transport is opened by ``connect``, which reuses a usable connection unless it sat idle
+longer than ``idle_reuse`` seconds (servers close idle keep-alive connections on their own
+schedule, actix-web after 5 s; reusing one at that moment races with the close). Responses are
+parsed by httptools (llhttp); a body over ``MAX_RESPONSE_BODY`` is refused.
 """
 
 from __future__ import annotations
@@ -28,7 +36,9 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import httptools
 
@@ -38,7 +48,6 @@ CONNECT_TIMEOUT = 10.0  # seconds for TCP connect plus TLS handshake
 RESPONSE_TIMEOUT = 60.0  # seconds from writing a request to its complete response
 IDLE_REUSE = 4.0  # seconds idle after which a connection is replaced rather than reused
 MAX_RESPONSE_BODY = 1024 * 1024  # bytes; gateway responses are tiny
-SMALL_BODY = 64 * 1024  # below this the head and body go out in one write (one copy is cheap)
 
 
 class HttpClientError(Exception):
@@ -55,6 +64,12 @@ class ConnectFailed(HttpClientError):
 
 class TlsFailed(ConnectFailed):
     """The TLS handshake failed (certificate rejected on either side); not sent."""
+
+
+class ClosedByServer(HttpClientError):
+    """Written after a response that closed the connection: the server did not read it."""
+
+    sent = False
 
 
 class ConnectionLost(HttpClientError):
@@ -83,16 +98,20 @@ class ClientResponse:
         return f"<ClientResponse {self.status} {self.body[:60]!r}>"
 
 
-class _ResponseProtocol(asyncio.Protocol):
-    """One transport: feeds the response bytes to llhttp and completes the waiting future."""
+def request_head(method: bytes, path: bytes, headers: bytes, length: int) -> bytes:
+    """A request's head; ``headers`` are ``name: value\\r\\n`` lines without Content-Length."""
+    return b"%s %s HTTP/1.1\r\n%scontent-length: %d\r\n\r\n" % (method, path, headers, length)
 
-    def __init__(self) -> None:
-        # per connection
+
+class _ResponseProtocol(asyncio.Protocol):
+    """One transport: feeds response bytes to llhttp and hands responses to the connection."""
+
+    def __init__(self, connection: HttpClientConnection) -> None:
+        self.connection = connection
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
-        # per request
-        self.waiter: asyncio.Future | None = None
+        # the response being parsed
         self.headers: dict[bytes, bytes] = {}
         self.body: list[bytes] = []
         self.body_size = 0
@@ -111,34 +130,32 @@ class _ResponseProtocol(asyncio.Protocol):
                 pass
 
     def data_received(self, data: bytes) -> None:
-        if self.waiter is None or self.waiter.done():
-            self.close()  # bytes nobody asked for: the connection's state is unknown
+        if self.closed:
+            return
+        if not self.connection.pending:
+            self._lost(BadResponse("bytes from the server with no request unanswered"))
             return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(BadResponse(f"malformed HTTP response: {exc}"))
-            self.close()
+            self._lost(BadResponse(f"malformed HTTP response: {exc}"))
 
     def eof_received(self) -> bool | None:
-        self.closed = True  # not reusable, whatever happens to a response in progress
-        return False  # close our side too
+        return False  # close our side too; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
         self.transport = None
-        waiter = self.waiter
-        if waiter is None or waiter.done():
+        if self.closed:
             return
         if self.headers_complete and not self.delimited and exc is None:
-            self._complete(keep_alive=False)  # a body that ends with the connection
-        elif isinstance(exc, ssl.SSLError):
+            self._respond(keep_alive=False)  # a body that ends with the connection
+        if isinstance(exc, ssl.SSLError):
             # an alert from the server: it rejected the handshake (TLS 1.3 reports a refused
             # client certificate only after the client's side of the handshake completed)
-            self._fail(TlsFailed(f"TLS rejected by the server: {exc}"))
+            self._lost(TlsFailed(f"TLS rejected by the server: {exc}"))
         else:
             reason = f": {exc}" if exc else ""
-            self._fail(ConnectionLost(f"connection closed before the response{reason}"))
+            self._lost(ConnectionLost(f"connection closed before the response{reason}"))
 
     # -- parser callbacks ------------------------------------------------------------------
 
@@ -162,37 +179,30 @@ class _ResponseProtocol(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self.body_size += len(body)
         if self.body_size > MAX_RESPONSE_BODY:
-            self._fail(BadResponse(f"response body over {MAX_RESPONSE_BODY} bytes"))
-            self.close()
-            return
+            raise httptools.HttpParserCallbackError(f"body over {MAX_RESPONSE_BODY} bytes")
         self.body.append(body)
 
     def on_message_complete(self) -> None:
         if 100 <= self.parser.get_status_code() < 200:
             return  # an interim response (100 Continue): the real one follows
-        self._complete(keep_alive=self.parser.should_keep_alive())
+        self._respond(keep_alive=self.parser.should_keep_alive())
 
-    # -- completion ------------------------------------------------------------------------
+    # -- results ---------------------------------------------------------------------------
 
-    def begin(self, waiter: asyncio.Future) -> None:
-        self.waiter = waiter
+    def _respond(self, keep_alive: bool) -> None:
         self.headers_complete = False
+        if self.closed:
+            return  # the connection was given up while this buffer was being parsed
+        body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
+        response = ClientResponse(self.parser.get_status_code(), self.headers, body, keep_alive)
+        if not keep_alive:
+            self.close()
+        self.connection._answered(self, response)
 
-    def _complete(self, keep_alive: bool) -> None:
-        waiter, self.waiter = self.waiter, None
-        if waiter is not None and not waiter.done():
-            body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
-            waiter.set_result(ClientResponse(self.parser.get_status_code(), self.headers, body,
-                                              keep_alive))
-
-    def _fail(self, exc: HttpClientError) -> None:
-        waiter, self.waiter = self.waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(exc)
-
-    def on_timeout(self) -> None:
-        self._fail(ResponseTimeout("no response in time"))
-        self.close()
+    def _lost(self, error: HttpClientError) -> None:
+        if not self.closed:
+            self.close()
+            self.connection._failed(self, error)
 
     def close(self) -> None:
         self.closed = True
@@ -201,7 +211,7 @@ class _ResponseProtocol(asyncio.Protocol):
 
 
 class HttpClientConnection:
-    """A keep-alive connection to ``host:port``; see the module docs."""
+    """A keep-alive, pipelining connection to ``host:port``; see the module docs."""
 
     def __init__(self, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None,
                  refresh_tls: Callable[[], ssl.SSLContext | None] | None = None,
@@ -217,10 +227,15 @@ class HttpClientConnection:
         self.connect_timeout = connect_timeout
         self.response_timeout = response_timeout
         self.idle_reuse = idle_reuse
+        # the owner's callbacks for entries other than request()'s futures
+        self.on_response: Callable[[Any, ClientResponse], None] | None = None
+        self.on_failure: Callable[[list, HttpClientError], None] | None = None
         # state
+        self.pending: deque[list] = deque()  # [entry, written at], oldest first
         self._protocol: _ResponseProtocol | None = None
-        self._busy = False
+        self._timer: asyncio.TimerHandle | None = None
         self._idle_since = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
         # counters
         self.connects = 0  # transports opened; also a generation number for callers
         self.connect_failures = 0
@@ -229,12 +244,25 @@ class HttpClientConnection:
     def connected(self) -> bool:
         return self._protocol is not None and not self._protocol.closed
 
+    @property
+    def in_flight(self) -> int:
+        return len(self.pending)
+
+    def reusable(self) -> bool:
+        """Open, and either busy or idle for less than ``idle_reuse`` seconds."""
+        if not self.connected:
+            return False
+        return bool(self.pending) or (self._loop.time() - self._idle_since  # type: ignore
+                                      <= self.idle_reuse)
+
+    # -- connecting ------------------------------------------------------------------------
+
     async def connect(self) -> None:
-        """Open the transport unless a usable one is open; raises ConnectFailed / TlsFailed."""
-        loop = asyncio.get_running_loop()
-        if self.connected and loop.time() - self._idle_since <= self.idle_reuse:
+        """Open the transport unless a reusable one is open; raises ConnectFailed / TlsFailed."""
+        if self.reusable():
             return
         self.close()
+        loop = self._loop = asyncio.get_running_loop()
         if self.refresh_tls is not None:
             self.ssl_context = self.refresh_tls()
         kwargs: dict = {}
@@ -243,7 +271,8 @@ class HttpClientConnection:
                       "ssl_handshake_timeout": self.connect_timeout}
         try:
             _, protocol = await asyncio.wait_for(
-                loop.create_connection(_ResponseProtocol, self.host, self.port, **kwargs),
+                loop.create_connection(lambda: _ResponseProtocol(self), self.host, self.port,
+                                       **kwargs),
                 self.connect_timeout)
         except (ssl.SSLError, OSError) as exc:  # asyncio.TimeoutError is an OSError
             raise_if_cancelling()  # a failure that coincided with our cancellation
@@ -265,50 +294,99 @@ class HttpClientConnection:
                                  f"{self.connect_timeout:g} s")
         return ConnectFailed(f"cannot connect to {where}: {getattr(exc, 'strerror', None) or exc}")
 
+    # -- requests --------------------------------------------------------------------------
+
+    def send(self, entries: Sequence, data: Sequence[bytes | bytearray | memoryview]) -> None:
+        """Write requests whose bytes are ``data`` (heads and bodies, in order), one per entry
+        in ``entries``; the connection must be open (``connected``)."""
+        now = self._loop.time()  # type: ignore[union-attr]
+        pending = self.pending
+        if not pending:
+            self._arm(now + self.response_timeout)
+        for entry in entries:
+            pending.append([entry, now])
+        transport = self._protocol.transport  # type: ignore[union-attr]
+        if len(data) == 1:
+            transport.write(data[0])  # type: ignore[union-attr]
+        else:
+            transport.writelines(data)  # type: ignore[union-attr]
+
     async def request(self, method: bytes, path: bytes, headers: bytes = b"",
                       body: bytes | bytearray | memoryview = b"") -> ClientResponse:
-        """Send one request and return its response.
-
-        ``headers`` is the pre-encoded header block (``name: value\\r\\n`` lines, without
-        Content-Length, which is added here).
-        """
-        if self._busy:
-            raise RuntimeError("HttpClientConnection.request is not re-entrant")
-        self._busy = True
+        """Connect if needed, send one request after those in flight and await its response."""
+        await self.connect()
+        waiter = self._loop.create_future()  # type: ignore[union-attr]
+        head = request_head(method, path, headers, len(body))
+        self.send((waiter,), (head + body,) if len(body) < 65536 else (head, body))
         try:
-            await self.connect()
-            return await self._exchange(method, path, headers, body)
-        finally:
-            self._busy = False
-
-    async def _exchange(self, method: bytes, path: bytes, headers: bytes,
-                        body: bytes | bytearray | memoryview) -> ClientResponse:
-        protocol = self._protocol
-        transport = protocol.transport  # type: ignore[union-attr]
-        loop = asyncio.get_running_loop()
-        waiter = loop.create_future()
-        protocol.begin(waiter)  # type: ignore[union-attr]
-        head = b"%s %s HTTP/1.1\r\n%scontent-length: %d\r\n\r\n" % (
-            method, path, headers, len(body))
-        if len(body) < SMALL_BODY:
-            transport.write(head + body)  # type: ignore[union-attr]
-        else:
-            transport.write(head)  # type: ignore[union-attr]
-            transport.write(body)  # type: ignore[union-attr]
-        timer = loop.call_later(self.response_timeout, protocol.on_timeout)  # type: ignore
-        try:
-            response = await waiter
-        except BaseException:
-            self.close()  # the connection's state is unknown (also when cancelled)
+            return await waiter
+        except asyncio.CancelledError:
+            self.close()  # the connection's state is unknown
             raise
-        finally:
-            timer.cancel()
-        if not response.keep_alive:
-            self.close()
-        self._idle_since = loop.time()
-        return response
+
+    def _answered(self, protocol: _ResponseProtocol, response: ClientResponse) -> None:
+        if protocol is not self._protocol or not self.pending:
+            return
+        entry = self.pending.popleft()[0]
+        self._idle_since = self._loop.time()  # type: ignore[union-attr]
+        if isinstance(entry, asyncio.Future):
+            if not entry.done():
+                entry.set_result(response)
+        elif self.on_response is not None:
+            self.on_response(entry, response)
+        if not response.keep_alive and protocol is self._protocol:
+            self._failed(protocol, ClosedByServer("the server closed the connection after a "
+                                                  "response; later requests were not read"))
+
+    def _failed(self, protocol: _ResponseProtocol, error: HttpClientError) -> None:
+        if protocol is not self._protocol:
+            return
+        self._protocol = None
+        self._disarm()
+        entries = [entry for entry, _ in self.pending]
+        self.pending.clear()
+        owned = []
+        for entry in entries:
+            if isinstance(entry, asyncio.Future):
+                if not entry.done():
+                    entry.set_exception(error)
+            else:
+                owned.append(entry)
+        if owned and self.on_failure is not None:
+            self.on_failure(owned, error)
+
+    # -- deadline --------------------------------------------------------------------------
+
+    def _arm(self, when: float) -> None:
+        if self._timer is None:
+            self._timer = self._loop.call_at(when, self._check_deadline)  # type: ignore
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check_deadline(self) -> None:
+        self._timer = None
+        if not self.pending or self._protocol is None:
+            return
+        deadline = self.pending[0][1] + self.response_timeout
+        if self._loop.time() >= deadline:  # type: ignore[union-attr]
+            protocol = self._protocol
+            protocol.close()
+            self._failed(protocol, ResponseTimeout(
+                f"no response within {self.response_timeout:g} s"))
+        else:
+            self._arm(deadline)
 
     def close(self) -> None:
+        """Close the transport; unanswered entries are dropped (awaited ones fail)."""
         protocol, self._protocol = self._protocol, None
+        self._disarm()
         if protocol is not None:
             protocol.close()
+        entries = [entry for entry, _ in self.pending]
+        self.pending.clear()
+        for entry in entries:
+            if isinstance(entry, asyncio.Future) and not entry.done():
+                entry.set_exception(ConnectionLost("connection closed by the client"))

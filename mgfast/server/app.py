@@ -34,12 +34,15 @@ HEALTHY = Response(200, responses.HEALTHY_BODY, b"application/json", headers=(BA
 _EOS = int(Kind.END_OF_STREAM)
 _FRAME = int(Kind.VIDEO_FRAME)
 
-# Writer result -> HTTP status, as upstream maps them.
+# Writer result -> HTTP status, as upstream maps them. A failed write closes the connection
+# (here and below): a pipelining client resends the message and all it wrote after it, so
+# nothing read behind the failure may be forwarded before that resend.
 _RESULT_RESPONSES = {
     WriteResult.SUCCESS: responses.OK_EMPTY,
     WriteResult.ACK: responses.OK_EMPTY,
-    WriteResult.SEND_TIMEOUT: responses.text(504, "out_stream send timeout"),
-    WriteResult.ACK_TIMEOUT: responses.text(502, "out_stream acknowledgement timeout"),
+    WriteResult.SEND_TIMEOUT: responses.text(504, "out_stream send timeout", close=True),
+    WriteResult.ACK_TIMEOUT: responses.text(502, "out_stream acknowledgement timeout",
+                                            close=True),
 }
 
 
@@ -87,10 +90,10 @@ class GatewayApp:
             result = await self.writer.write(frames, eos=kind == Kind.END_OF_STREAM,
                                              frame=kind == Kind.VIDEO_FRAME)
         except StreamClosed as exc:
-            return responses.text(503, f"out_stream unavailable ({exc}); retry")
+            return responses.text(503, f"out_stream unavailable ({exc}); retry", close=True)
         except Exception:
             log.exception("out_stream write failed")
-            return responses.text(500, "out_stream write failed")
+            return responses.text(500, "out_stream write failed", close=True)
         response = _RESULT_RESPONSES[result]
         self._count(started, response.status, frames)
         return response
@@ -122,18 +125,21 @@ class GatewayApp:
         try:
             results = await self.writer.write_group(writes) if writes else []
         except StreamClosed as exc:
-            return responses.text(503, f"out_stream unavailable ({exc}); retry")
+            return responses.text(503, f"out_stream unavailable ({exc}); retry", close=True)
+        failed = False
         if len(writes) == len(items) and (not results or results[-1] is WriteResult.SUCCESS):
             statuses = [200] * len(items)  # every item valid and written (pub, dealer: usual)
             written = writes
         else:
             statuses, written = self._batch_statuses(items, writes, results)
+            failed = statuses[-1] >= 500 if statuses else False
         stats = self.stats
         if stats is not None:
             stats.latencies.append(time.perf_counter() - started)  # one POST
             stats.forwarded += len(written)
             stats.forwarded_bytes += sum([sum(map(len, frames)) for frames, _, _ in written])
-        return Response(200, orjson.dumps({"results": statuses}), b"application/json")
+        return Response(200, orjson.dumps({"results": statuses}), b"application/json",
+                        close=failed)
 
     @staticmethod
     def _batch_statuses(items: list, writes: list, results: list) -> tuple[list[int], list]:
