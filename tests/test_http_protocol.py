@@ -93,6 +93,23 @@ def test_pipelined_requests_are_answered_in_order(bytewise):
     assert bodies == [b"POST /slow 1", b"POST /x hello", b"POST /slow 1"]
 
 
+@pytest.mark.parametrize("bytewise", [False, True])
+@pytest.mark.parametrize("bad", [
+    b"POST /big HTTP/1.1\r\nHost: a\r\nContent-Length: 99\r\n\r\n" + b"x" * 99,
+    b"NOT HTTP AT ALL\r\n\r\n"])
+def test_a_rejection_behind_pipelined_requests_is_answered_after_them(bytewise, bad):
+    """A pipelining client matches answers to requests by order: a 413 (or 400) for the third
+    request comes after the first two answers, then the connection closes unread."""
+    slow = b"POST /slow HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\n1"
+    limits = HttpLimits(max_body_size=50)
+    app, _, transport = run(feed(slow + POST + bad + POST, bytewise=bytewise, limits=limits))
+    answers = transport.out.split(b"HTTP/1.1 ")[1:]
+    assert [a[:3] for a in answers] == [b"200", b"200", b"413" if b"big" in bad else b"400"]
+    assert answers[0].endswith(b"POST /slow 1") and answers[1].endswith(b"POST /x hello")
+    assert b"connection: close" in answers[2] and transport.closed
+    assert [r.path for r in app.seen] == [b"/slow", b"/x"]
+
+
 def test_chunked_body_is_reassembled():
     data = (b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
             b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")

@@ -61,6 +61,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self.reading_paused = False
         self.stopping = False  # the server is draining: answer what was read, then close
         self.closing = False
+        self.failure: Response | None = None  # a rejection waiting for the answers before it
         # per request (being parsed)
         self.request: Request | None = None
         self.body_size = 0
@@ -76,7 +77,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self._arm(self.limits.header_timeout, self._on_idle_timeout)
 
     def data_received(self, data: bytes) -> None:
-        if self.closing:
+        if self.closing or self.failure is not None:
             return
         try:
             self.parser.feed_data(data)
@@ -159,7 +160,7 @@ class HttpServerProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         request, self.request = self.request, None
-        if self.rejected or request is None:
+        if self.rejected or request is None or self.failure is not None:
             return
         self.queue.append(request)
         if len(self.queue) >= MAX_PIPELINED and not self.reading_paused and self.transport:
@@ -173,7 +174,8 @@ class HttpServerProtocol(asyncio.Protocol):
     def _next(self) -> None:
         while self.queue and not self.closing:
             request = self.queue.popleft()
-            if self.reading_paused and len(self.queue) < MAX_PIPELINED // 2 and self.transport:
+            if (self.reading_paused and self.failure is None
+                    and len(self.queue) < MAX_PIPELINED // 2 and self.transport):
                 self.reading_paused = False
                 self.transport.resume_reading()
             self.busy = True
@@ -189,7 +191,9 @@ class HttpServerProtocol(asyncio.Protocol):
             future = asyncio.ensure_future(result)
             future.add_done_callback(lambda f, r=request: self._on_handled(r, f))
             return
-        if not self.closing and self.request is None:
+        if self.failure is not None:
+            self._fail(self.failure)
+        elif not self.closing and self.request is None:
             self._arm(self.limits.idle_timeout, self._on_idle_timeout)
 
     def _on_handled(self, request: Request, future: asyncio.Future) -> None:
@@ -215,7 +219,17 @@ class HttpServerProtocol(asyncio.Protocol):
             self._close()
 
     def _fail(self, response: Response) -> None:
-        """Answer a request that cannot be parsed or accepted, then close."""
+        """Answer a request that cannot be parsed or accepted, then close; after the answers
+        to the requests before it, so a pipelining client matches each answer to its request.
+        Nothing after it is read."""
+        if self.busy or self.queue:
+            if self.failure is None:
+                self.failure = response
+                if self.transport is not None and not self.reading_paused:
+                    self.reading_paused = True
+                    self.transport.pause_reading()
+            return
+        self.failure = None
         if self.transport is not None and not self.closing:
             self.transport.write(response.encode(keep_alive=False))
             if self.statuses is not None:

@@ -1,0 +1,125 @@
+"""HTTP/1.1 pipelining with the upstream API: many requests in flight on one connection.
+
+Against the upstream-behaving stub (answers in order, as actix-web) and against mgfast's server,
+with savant-rs writers and readers; each test checks what arrived, per source and in order.
+"""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from tests import savant_peers as sp
+from tests.gateway_process import GatewayProcess, server_config
+from tests.test_client import (_all_arrived, by_topic, client_config, payload, plan,
+                               stop_client, user_message)
+from tests.upstream_stub import CLOSE, DROP, UpstreamStub
+from tests.util import endpoint, wait_until
+
+
+def frames(topic: str, extra: bytes) -> list[bytes]:
+    return [topic.encode(), sp.to_bytes(user_message(topic, extra)), extra]
+
+
+def send_all(writer: sp.SavantWriter, sent) -> None:
+    for topic, extra in sent:
+        assert writer.send(topic, user_message(topic, extra), extra) == "success"
+
+
+@pytest.mark.timeout(60)
+def test_pipelined_requests_are_exactly_upstreams_and_arrive_once_in_order(tmp_path):
+    """One connection, slow answers: later requests are on the wire before earlier ones are
+    answered, each is one upstream POST, and the stub gets every message once, in order."""
+    sent = plan(sources=3, per_source=40)
+    into = endpoint("tcp", tmp_path, "in")
+    with UpstreamStub(delay=0.005) as stub:
+        config = client_config(f"router+bind:{into}", stub.url, connections=1, pipeline=8,
+                               auth={"basic": {"username": "edge-1", "password": "s3cret"}})
+        with GatewayProcess("client", config, tmp_path) as client, \
+                sp.SavantWriter(f"dealer+connect:{into}") as writer:
+            send_all(writer, sent)
+            accepted = stub.wait_accepted(len(sent))
+            stats = stop_client(client)
+    assert [m.frames for m in accepted] == [frames(t, e) for t, e in sent]
+    posts = stub.posts()
+    assert len(posts) == len(sent) and stub.connections == 1
+    assert max(r.ahead for r in posts) > 0, "no request was written before the previous answer"
+    for request in posts:
+        assert request.path == "/" and request.headers["content-type"] == "application/protobuf"
+        assert request.headers["authorization"] == "Basic " + base64.b64encode(
+            b"edge-1:s3cret").decode()
+    assert stats["forwarded"] == len(sent) and stats["requests"] == len(sent)
+    assert stats["retried"] == stats["duplicates_possible"] == stats["rejected"] == 0
+
+
+@pytest.mark.timeout(60)
+def test_faults_in_the_middle_of_a_pipeline_lose_nothing(tmp_path):
+    """A 400, a Connection: close, a dropped connection and a 503, each with requests pipelined
+    behind it: the 400 alone is skipped, everything else arrives; what was written after a
+    failure is resent in order, so each message's last copy comes in per-source order."""
+    sent = plan(sources=3, per_source=30)
+    script = {
+        payload("cam-0", 5): [400],
+        payload("cam-1", 8): [CLOSE],
+        payload("cam-2", 12): [DROP, 200],
+        payload("cam-0", 20): [503, 200],
+    }
+
+    def respond(media, attempt):
+        answers = script.get(media.data[0], [200])
+        return answers[min(attempt, len(answers)) - 1]
+
+    into = endpoint("tcp", tmp_path, "in")
+    with UpstreamStub(respond, delay=0.003) as stub:
+        config = client_config(f"router+bind:{into}", stub.url, connections=1, pipeline=8)
+        with GatewayProcess("client", config, tmp_path) as client, \
+                sp.SavantWriter(f"dealer+connect:{into}") as writer:
+            send_all(writer, sent)
+            want = [(t, e) for t, e in sent if e != payload("cam-0", 5)]
+            wait_until(lambda: {m.data[0] for m in stub.accepted} >= {e for _, e in want},
+                       timeout=20, what="every message but the rejected one")
+            stats = stop_client(client)
+            accepted = list(stub.accepted)
+    assert payload("cam-0", 5) not in {m.data[0] for m in accepted}
+    assert stats["rejected"] == 1 and stats["undelivered"] == 0
+    assert len(accepted) - len(set(accepted)) <= stats["duplicates_possible"]
+    for topic, items in by_topic(want).items():
+        mine = [m.data[0] for m in accepted if m.topic == topic.encode()]
+        last = {extra: i for i, extra in enumerate(mine)}
+        assert sorted(last, key=last.get) == [e for _, e in items]
+    closed = next(r for r in stub.posts() if r.body and payload("cam-1", 8) in r.body)
+    assert closed.ahead > 0  # requests were written after it; they came again later
+    assert stub.connections >= 3  # the close, the drop, and the ones after them
+    assert stats["retried"] > 0
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("batch", [1, 16])
+def test_send_timeouts_mid_pipeline_keep_strict_order_through_mgfast(tmp_path, batch):
+    """The consumer is late, so mgfast's server answers 504 while requests are pipelined behind:
+    it closes the connection after each failure, and the savant-rs reader gets every message,
+    the first copy of each in per-source order."""
+    out = endpoint("ipc", tmp_path, "out")
+    into = endpoint("tcp", tmp_path, "in")
+    config = server_config(f"dealer+connect:{out}", workers=1)
+    config["out_stream"].update(send_timeout={"secs": 0, "nanos": 50_000_000}, send_retries=1,
+                                send_hwm=2)
+    sent = plan(sources=3, per_source=60)
+    with GatewayProcess("server", config, tmp_path) as server, \
+            GatewayProcess("client", client_config(f"router+bind:{into}", server.url,
+                                                   connections=2, batch=batch),
+                           tmp_path) as client, \
+            sp.SavantWriter(f"dealer+connect:{into}") as writer:
+        send_all(writer, sent)
+        wait_until(lambda: "HTTP 504" in client.log(), timeout=20, what="a 504")
+        with sp.SavantReader(f"router+bind:{out}") as final:
+            received = wait_until(lambda: _all_arrived(final, sent), timeout=40,
+                                  what="every message")
+        stats = stop_client(client)
+    assert stats["retried"] > 0
+    assert len(received) - len(set(received)) <= stats["duplicates_possible"]
+    for topic, items in by_topic(sent).items():
+        mine = [e for t, e in received if t == topic.encode()]
+        first = list(dict.fromkeys(mine))
+        assert first == [e for _, e in items]
