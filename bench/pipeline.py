@@ -140,13 +140,16 @@ class Stunnel(Path_):
 
 
 class Mgfast(Path_):
-    def __init__(self, batch: int, workers: int | None = None) -> None:
+    def __init__(self, batch: int, workers: int | None = None, pipeline: int | None = None
+                 ) -> None:
         super().__init__()
         self.batch = batch
         self.workers = workers  # None: the --workers option, else the server's default
-        self.key = f"mgfast-b{batch}" + (f"-w{workers}" if workers else "")
-        self.label = f"mgfast batch={batch}" + (f", {workers} worker{'s' * (workers > 1)}"
-                                                if workers else "")
+        self.pipeline = pipeline  # None: the client's default
+        self.key = (f"mgfast-b{batch}" + (f"-p{pipeline}" if pipeline else "")
+                    + (f"-w{workers}" if workers else ""))
+        self.label = (f"mgfast batch={batch}" + (f", pipeline={pipeline}" if pipeline else "")
+                      + (f", {workers} worker{'s' * (workers > 1)}" if workers else ""))
 
     def start(self, work, certs, reader_ipc, opts):
         entry = work / "client-in"
@@ -186,6 +189,8 @@ class Mgfast(Path_):
             "batch": self.batch,
             "connections": opts.connections,
         }
+        if self.pipeline is not None:
+            client["pipeline"] = self.pipeline
         self.procs.append(gateway("client", client, work))
         return f"dealer+connect:ipc://{entry}"
 
@@ -194,9 +199,9 @@ def paths(opts: Options) -> list[Path_]:
     """Without --workers, mgfast runs with 1 worker (it owns the out_stream: no hop) and with 2
     (the egress process owns it), so the cost of the process model shows in one run."""
     if opts.server_workers is not None:
-        return [Direct(), Stunnel(), Mgfast(1), Mgfast(opts.batch)]
-    return [Direct(), Stunnel(), *(Mgfast(batch, workers) for workers in (1, 2)
-                                   for batch in (1, opts.batch))]
+        return [Direct(), Stunnel(), Mgfast(1, pipeline=1), Mgfast(1), Mgfast(opts.batch)]
+    return [Direct(), Stunnel(), Mgfast(1, 1, pipeline=1),
+            *(Mgfast(batch, workers) for workers in (1, 2) for batch in (1, opts.batch))]
 
 
 # ---- profiling (optional) ------------------------------------------------------------------------

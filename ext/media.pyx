@@ -618,6 +618,36 @@ def encode_media(topic, message, data):
     return out
 
 
+cdef bytes _field_header(uint8_t tag, Py_ssize_t n):
+    cdef uint8_t header[11]
+    header[0] = tag
+    cdef uint8_t* end = _put_varint(header + 1, <uint64_t>n)
+    return PyBytes_FromStringAndSize(<char*>header, end - header)
+
+
+def encode_media_pieces(topic, message, data):
+    """(topic, message, data parts) -> (body length, pieces): the Media body of encode_media
+    as field headers and the caller's own buffers, uncopied, for a gathering write."""
+    cdef object parts = _data_parts(data)
+    cdef list pieces = []
+    cdef Py_ssize_t total = 0
+    cdef Py_ssize_t n
+    cdef Py_ssize_t i
+    n = _buf_len(message)
+    pieces += (_field_header(_TAG_MESSAGE, n), message)
+    total += _field_size(n)
+    n = _buf_len(topic)
+    if n:  # proto3 leaves an empty bytes field out
+        pieces += (_field_header(_TAG_TOPIC, n), topic)
+        total += _field_size(n)
+    for i in range(PySequence_Fast_GET_SIZE(parts)):
+        part = <object>PySequence_Fast_GET_ITEM(parts, i)
+        n = _buf_len(part)
+        pieces += (_field_header(_TAG_DATA, n), part)
+        total += _field_size(n)
+    return total, pieces
+
+
 def encode_media_batch(items):
     """[(topic, message, data parts), ...] -> MediaBatch body, in one allocation."""
     cdef object seq = PySequence_Fast(items, "items must be a sequence of (topic, message, data)")

@@ -38,6 +38,11 @@ encode_media(topic, message, data) -> bytes
     byte-identical to what a protobuf serializer writes for the same fields. One output
     allocation. Nothing is validated beyond ``len(data) <= MAX_DATA_PARTS`` (MediaError).
 
+encode_media_pieces(topic, message, data) -> (length, pieces)
+    The same body as ``encode_media`` as a list of buffers to write one after another: each
+    field's header (tag and length) as bytes, then the caller's own buffer for its value, so
+    large frames reach the socket (or TLS) write without a copy. ``length`` is their total.
+
 encode_media_batch(items) -> bytes / decode_media_batch(body) -> list
     A MediaBatch of ``(topic, message, data)`` items, at most ``MAX_BATCH_ITEMS`` of them with at
     most ``MAX_BATCH_DATA_PARTS`` data parts in all. Decoding returns, per item, the
@@ -78,6 +83,7 @@ from mgfast._media import (  # noqa: E402
     decode_media_batch,
     encode_media,
     encode_media_batch,
+    encode_media_pieces,
     message_kind,
 )
 
@@ -92,5 +98,6 @@ __all__ = [
     "decode_media_batch",
     "encode_media",
     "encode_media_batch",
+    "encode_media_pieces",
     "message_kind",
 ]

@@ -66,12 +66,14 @@ from mgfast.config.model import RetryStrategy
 from mgfast.http.client_connection import ClientResponse, ClosedByServer, HttpClientError
 from mgfast.fps_log import FpsLog
 from mgfast.media import (MAX_BATCH_DATA_PARTS, MAX_BATCH_ITEMS, MAX_DATA_PARTS, Kind,
-                          MediaError, encode_media, encode_media_batch, message_kind)
+                          MediaError, encode_media, encode_media_batch, encode_media_pieces,
+                          message_kind)
 
 log = logging.getLogger("mgfast.client")
 
 MAX_BATCH_BYTES = 4 * 1024 * 1024  # frame bytes per batch: past this, bigger batches gain nothing
 SMALL_WRITE = 64 * 1024  # body bytes of one write below which its requests are joined
+LARGE_MESSAGE = 32 * 1024  # frame bytes from which a message's frames are written uncopied
 RETRY_LOG_INTERVAL = 10.0  # seconds between "still retrying" warnings of one lane
 REJECTED = (400, 413)  # statuses that reject a message for good
 NOT_BATCH_CAPABLE = (400, 404, 405, 415)  # whole-batch answers of a server without batch framing
@@ -250,22 +252,25 @@ class Lane:
             if batching and len(unsent) > 1:
                 items = self._take_batch()
                 body = encode_media_batch([(i.topic, i.message, i.extra) for i in items])
-                head = self._batch_head
                 sent.extend(items)
                 entries.append(len(items))
+                data += (b"%s%d\r\n\r\n" % (self._batch_head, len(body)), body)
+                size += len(body)
             else:
                 item = unsent.popleft()
-                body = encode_media(item.topic, item.message, item.extra)
-                head = self._post_head
                 sent.append(item)
                 entries.append(1)
-            data.append(b"%s%d\r\n\r\n" % (head, len(body)))
-            data.append(body)
-            size += len(body)
+                if item.size < LARGE_MESSAGE:
+                    body = encode_media(item.topic, item.message, item.extra)
+                    data += (b"%s%d\r\n\r\n" % (self._post_head, len(body)), body)
+                    size += len(body)
+                else:  # the frames go to the write as they are, uncopied
+                    length, pieces = encode_media_pieces(item.topic, item.message, item.extra)
+                    data.append(b"%s%d\r\n\r\n" % (self._post_head, length))
+                    data += pieces
+                    size += length
             room -= 1
-        if size < SMALL_WRITE:
-            data = [b"".join(data)]  # one copy of small requests beats a write per piece
-        connection.send(entries, data)
+        connection.send(entries, [b"".join(data)] if size < SMALL_WRITE else _coalesce(data))
 
     def _take_batch(self) -> list[Pending]:
         """Pop the items of the next batch request off ``unsent``."""
@@ -444,6 +449,24 @@ class Lane:
             log.warning("delivery failed; retrying", extra={
                 "lane": self.index, "error": failure, "failed_attempts": self._failures,
                 "queued": self.held, "retry_in": f"{delay:g}s"})
+
+
+def _coalesce(pieces: list) -> list:
+    """Join each run of small pieces (heads, field headers, small frames) into one buffer, so
+    a TLS write makes one record of them rather than one each; large ones stay as they are."""
+    out: list = []
+    run: list = []
+    for piece in pieces:
+        if len(piece) < SMALL_WRITE:
+            run.append(piece)
+        else:
+            if run:
+                out.append(run[0] if len(run) == 1 else b"".join(run))
+                run = []
+            out.append(piece)
+    if run:
+        out.append(run[0] if len(run) == 1 else b"".join(run))
+    return out
 
 
 def _reason(body: bytes) -> str:

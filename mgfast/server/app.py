@@ -11,8 +11,10 @@ advertises the framing with the ``x-mgfast-batch: 1`` header on ``GET /health``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from functools import partial
 
 import orjson
 from typing import Awaitable, Protocol as TypingProtocol, Sequence
@@ -47,7 +49,8 @@ _RESULT_RESPONSES = {
 
 
 class Writer(TypingProtocol):
-    async def write(self, frames: Sequence, *, eos: bool, frame: bool) -> WriteResult: ...
+    def submit(self, frames: Sequence, *, eos: bool, frame: bool
+               ) -> asyncio.Future[WriteResult]: ...
 
     async def write_group(self, items: Sequence[tuple[Sequence, bool, bool]]
                           ) -> list[WriteResult]: ...
@@ -84,19 +87,34 @@ class GatewayApp:
             return responses.text(400, str(exc))
         return self._write([topic, message, *data], kind)
 
-    async def _write(self, frames: list, kind: int) -> Response:
+    def _write(self, frames: list, kind: int) -> Response | asyncio.Future[Response]:
+        """Hand the message to the writer; the answer follows from its result by callback (no
+        coroutine or task per request)."""
         started = time.perf_counter()
         try:
-            result = await self.writer.write(frames, eos=kind == Kind.END_OF_STREAM,
-                                             frame=kind == Kind.VIDEO_FRAME)
+            written = self.writer.submit(frames, eos=kind == _EOS, frame=kind == _FRAME)
         except StreamClosed as exc:
-            return responses.text(503, f"out_stream unavailable ({exc}); retry", close=True)
-        except Exception:
-            log.exception("out_stream write failed")
-            return responses.text(500, "out_stream write failed", close=True)
-        response = _RESULT_RESPONSES[result]
-        self._count(started, response.status, frames)
-        return response
+            return _unavailable(exc)
+        answer = written.get_loop().create_future()
+        written.add_done_callback(partial(self._written, answer, started, frames))
+        return answer
+
+    def _written(self, answer: asyncio.Future, started: float, frames: list,
+                 written: asyncio.Future) -> None:
+        if answer.done():
+            return  # the connection went away
+        if written.cancelled():
+            response = responses.text(503, "server is shutting down", close=True)
+        elif (exc := written.exception()) is not None:
+            if isinstance(exc, StreamClosed):
+                response = _unavailable(exc)
+            else:
+                log.error("out_stream write failed", exc_info=exc)
+                response = responses.text(500, "out_stream write failed", close=True)
+        else:
+            response = _RESULT_RESPONSES[written.result()]
+            self._count(started, response.status, frames)
+        answer.set_result(response)
 
     def _count(self, started: float, status: int, frames: list) -> None:
         stats = self.stats
@@ -125,7 +143,7 @@ class GatewayApp:
         try:
             results = await self.writer.write_group(writes) if writes else []
         except StreamClosed as exc:
-            return responses.text(503, f"out_stream unavailable ({exc}); retry", close=True)
+            return _unavailable(exc)
         failed = False
         if len(writes) == len(items) and (not results or results[-1] is WriteResult.SUCCESS):
             statuses = [200] * len(items)  # every item valid and written (pub, dealer: usual)
@@ -159,3 +177,7 @@ class GatewayApp:
             if status == 200:
                 written.append(write)
         return statuses, written
+
+
+def _unavailable(exc: BaseException) -> Response:
+    return responses.text(503, f"out_stream unavailable ({exc}); retry", close=True)

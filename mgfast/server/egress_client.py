@@ -58,6 +58,11 @@ class EgressClient:
         # drain replies until EAGAIN on every wake-up and after every send.
         self.loop.add_reader(sock.getsockopt(zmq.FD), self._read_results)
 
+    def submit(self, frames: Sequence, *, eos: bool, frame: bool = False
+               ) -> asyncio.Future[WriteResult]:
+        """``write`` as a future, the interface the app uses."""
+        return asyncio.ensure_future(self.write(frames, eos=eos, frame=frame))
+
     async def write(self, frames: Sequence, *, eos: bool, frame: bool = False) -> WriteResult:
         """``frame`` marks a video frame, for the egress's FPS statistics."""
         await self._room_for(1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Sequence
 
 from mgfast.config.model import OutStreamConfig
@@ -20,10 +21,12 @@ class InlineWriter:
     async def start(self) -> None:
         await self.writer.start()
 
-    async def write(self, frames: Sequence, *, eos: bool, frame: bool = False) -> WriteResult:
+    def submit(self, frames: Sequence, *, eos: bool, frame: bool = False
+               ) -> asyncio.Future[WriteResult]:
+        """Queue one message; the future's result is its WriteResult (no coroutine, no task)."""
         if self.fps is not None:
             self.fps.add(1 if frame else 0, 1)
-        return await self.writer.submit(frames, eos)
+        return self.writer.submit(frames, eos)
 
     async def write_group(self, items: Sequence[tuple[Sequence, bool, bool]]
                           ) -> list[WriteResult]:
