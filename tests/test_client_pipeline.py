@@ -6,16 +6,18 @@ with savant-rs writers and readers; each test checks what arrived, per source an
 
 from __future__ import annotations
 
+import asyncio
 import base64
 
 import pytest
 
+from mgfast.http import client_connection as cc
 from tests import savant_peers as sp
 from tests.gateway_process import GatewayProcess, server_config
 from tests.test_client import (_all_arrived, by_topic, client_config, payload, plan,
-                               stop_client, user_message)
+                               scripted_server, stop_client, user_message)
 from tests.upstream_stub import CLOSE, DROP, UpstreamStub
-from tests.util import endpoint, wait_until
+from tests.util import arun, endpoint, wait_until
 
 
 def frames(topic: str, extra: bytes) -> list[bytes]:
@@ -123,3 +125,57 @@ def test_send_timeouts_mid_pipeline_keep_strict_order_through_mgfast(tmp_path, b
         mine = [e for t, e in received if t == topic.encode()]
         first = list(dict.fromkeys(mine))
         assert first == [e for _, e in items]
+
+
+# ---- the connection itself: many requests in flight, failures hand back the rest -------------
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+async def pipelined(script: list, count: int, **options):
+    """Write ``count`` requests in one go; return (answered, failed, requests the server read)."""
+    server, port, requests = await scripted_server(script)
+    connection = cc.HttpClientConnection("127.0.0.1", port, **options)
+    answered: list = []
+    failed: list = []
+    connection.on_response = lambda entry, response: answered.append((entry, response.status))
+    connection.on_failure = lambda entries, error: failed.append((entries, error))
+    await connection.connect()
+    connection.send(list(range(count)),
+                    [b"".join(cc.request_head(b"POST", b"/", b"", 1) + b"%d" % i
+                              for i in range(count))])
+    assert connection.in_flight == count
+    deadline = asyncio.get_running_loop().time() + 5
+    while len(answered) + sum(len(e) for e, _ in failed) < count:
+        assert asyncio.get_running_loop().time() < deadline, (answered, failed)
+        await asyncio.sleep(0.01)
+    assert connection.in_flight == 0
+    connection.close()
+    server.close()
+    return answered, failed, requests
+
+
+def test_connection_answers_pipelined_requests_in_order():
+    answered, failed, requests = arun(pipelined([OK] * 5, 5))
+    assert answered == [(i, 200) for i in range(5)] and not failed
+    assert [r[-1:] for r in requests] == [b"0", b"1", b"2", b"3", b"4"]
+
+
+def test_connection_close_in_the_middle_hands_back_what_the_server_did_not_read():
+    close = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    answered, failed, requests = arun(pipelined([OK, close], 5))
+    assert answered == [(0, 200), (1, 200)] and len(requests) == 2
+    [(entries, error)] = failed
+    assert entries == [2, 3, 4] and isinstance(error, cc.ClosedByServer) and not error.sent
+
+
+@pytest.mark.parametrize("fault, error_type", [
+    (None, cc.ConnectionLost),  # the server closes without answering
+    ("silent", cc.ResponseTimeout),  # no answer within response_timeout
+    (b"HTTP/1.1 20x\r\n\r\n", cc.BadResponse),
+])
+def test_a_fault_mid_pipeline_fails_every_unanswered_request_at_once(fault, error_type):
+    answered, failed, _ = arun(pipelined([OK, OK, fault], 6, response_timeout=0.3))
+    assert answered == [(0, 200), (1, 200)]
+    [(entries, error)] = failed
+    assert entries == [2, 3, 4, 5] and isinstance(error, error_type) and error.sent

@@ -20,6 +20,7 @@ from mgfast.media import (
     decode_media,
     decode_media_batch,
     encode_media,
+    encode_media_pieces,
     encode_media_batch,
     message_kind,
 )
@@ -142,6 +143,26 @@ def test_encode_matches_oracle(msg, topic, data, t1, t2, t3):
     assert pb.serialize(parsed.message) == message
     assert body == pb.serialize(pb.Media(message=msg, topic=topic, data=data))
     assert decode_all_types(body)[:3] == (topic, message, data)
+
+
+@FAST
+@given(msg=oracle_messages(), topic=topics, data=datas, t1=buffer_types, t2=buffer_types,
+       t3=buffer_types)
+def test_encode_pieces_join_to_the_same_body_and_pass_buffers_through(msg, topic, data, t1,
+                                                                      t2, t3):
+    message, parts = t2(pb.serialize(msg)), [t3(d) for d in data]
+    length, pieces = encode_media_pieces(t1(topic), message, parts)
+    joined = b"".join(pieces)
+    assert joined == encode_media(topic, bytes(message), data) and length == len(joined)
+    assert any(p is message for p in pieces)  # the caller's buffers themselves, uncopied
+    assert all(any(p is part for p in pieces) for part in parts)
+
+
+def test_encode_pieces_refuses_what_encode_refuses():
+    with pytest.raises(MediaError):
+        encode_media_pieces(b"t", EOS, [b""] * (MAX_DATA_PARTS + 1))
+    with pytest.raises(TypeError):
+        encode_media_pieces(b"t", EOS, [1])
 
 
 @FAST
