@@ -176,6 +176,23 @@ def get_health(sock: ssl.SSLSocket) -> bytes:
     return sock.recv(4096)
 
 
+def test_server_prefers_aes128_gcm_and_serves_clients_that_offer_only_aes256(seed, tmp_path):
+    """Python's and OpenSSL's clients offer AES-256-GCM first; the server picks AES-128-GCM
+    (a third cheaper per byte). A client that offers AES-256-GCM alone still gets it."""
+    config = seed_server_config(seed, tmp_path)
+    with GatewayProcess("server", config, tmp_path):
+        raw = socket.create_connection(("127.0.0.1", config["port"]), timeout=10)
+        with client_tls(seed).wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            assert b"200 OK" in get_health(tls)
+            assert tls.cipher()[:2] == ("TLS_AES_128_GCM_SHA256", "TLSv1.3")
+        only_256 = subprocess.run(
+            ["openssl", "s_client", "-connect", f"127.0.0.1:{config['port']}", "-brief",
+             "-ciphersuites", "TLS_AES_256_GCM_SHA384", "-CAfile", str(seed.ca_crt),
+             "-cert", str(seed.client_crt), "-key", str(seed.client_key)],
+            input=b"", capture_output=True, timeout=20)
+        assert b"Ciphersuite: TLS_AES_256_GCM_SHA384" in only_256.stderr, only_256.stderr
+
+
 def test_live_connection_is_cut_within_the_bound_after_revocation(seed, tmp_path):
     config = seed_server_config(seed, tmp_path,
                                 recheck_interval={"secs": 1, "nanos": 0})

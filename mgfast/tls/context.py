@@ -11,6 +11,7 @@ import ssl
 from pathlib import Path
 
 from mgfast.config.model import ClientTls, Identity, ServerTls
+from mgfast.tls.ciphersuites import prefer_aes128
 from mgfast.tls.peer_certificate import capture_client_certificates
 
 
@@ -40,6 +41,7 @@ def server_context(tls: ServerTls) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_alpn_protocols(["http/1.1"])
+    prefer_aes128(context)  # the server's order decides (OP_CIPHER_SERVER_PREFERENCE)
     _load_identity(context, tls.identity, "tls.identity")
     if tls.peers is not None:
         directory = tls.peers.lookup_hash_directory
@@ -58,6 +60,7 @@ def server_context(tls: ServerTls) -> ssl.SSLContext:
 def client_context(tls: ClientTls | None) -> ssl.SSLContext:
     """The client context: trust ``root_certificate`` (or the system store), present ``identity``."""
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    prefer_aes128(context)  # offered first, for servers that follow the client's order
     if tls is not None and tls.root_certificate is not None:
         try:
             context.load_verify_locations(cafile=str(tls.root_certificate))
