@@ -10,12 +10,14 @@ They act on the libzmq socket behind a pyzmq socket (``sock.underlying``), with 
 pyzmq itself loaded: its symbols are looked up through pyzmq's extension module at import, so
 the socket handle and the functions always come from the same library. Every call is
 non-blocking (ZMQ_DONTWAIT); waiting stays with the asyncio socket's poll. Frames are copied
-(in: into ``bytes``; out: by libzmq into its message), which for the sizes a gateway carries
-costs less than pyzmq's zero-copy bookkeeping.
+(in: into ``bytes``; out: by libzmq into its message), which for small frames costs less than
+any zero-copy bookkeeping; ``recv_many`` can hand large received frames over uncopied instead,
+as read-only memoryviews of a small object that owns libzmq's message (``ZmqFrame``).
 """
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
+from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_FillInfo, PyBuffer_Release,
+                             PyBUF_SIMPLE)
 from libc.stdint cimport uintptr_t
 from libc.errno cimport EAGAIN, EINTR
 
@@ -47,6 +49,7 @@ ctypedef void* (*msg_data_t)(mg_zmq_msg_t*) noexcept nogil
 ctypedef size_t (*msg_size_t)(const mg_zmq_msg_t*) noexcept nogil
 ctypedef int (*msg_more_t)(const mg_zmq_msg_t*) noexcept nogil
 ctypedef int (*msg_close_t)(mg_zmq_msg_t*) noexcept nogil
+ctypedef int (*msg_move_t)(mg_zmq_msg_t*, mg_zmq_msg_t*) noexcept nogil
 ctypedef int (*send_t)(void*, const void*, size_t, int) noexcept nogil
 ctypedef int (*errno_t)() noexcept nogil
 
@@ -56,6 +59,7 @@ cdef msg_data_t _msg_data
 cdef msg_size_t _msg_size
 cdef msg_more_t _msg_more
 cdef msg_close_t _msg_close
+cdef msg_move_t _msg_move
 cdef send_t _send
 cdef errno_t _errno
 
@@ -69,7 +73,8 @@ cdef void* _symbol(void* lib, const char* name) except NULL:
 
 
 cdef _load():
-    global _msg_init, _msg_recv, _msg_data, _msg_size, _msg_more, _msg_close, _send, _errno
+    global _msg_init, _msg_recv, _msg_data, _msg_size, _msg_more, _msg_close, _msg_move
+    global _send, _errno
     path = _pyzmq_backend.__file__.encode()
     cdef void* lib = dlopen(path, RTLD_NOW | RTLD_NOLOAD)
     if lib == NULL:
@@ -82,6 +87,7 @@ cdef _load():
     _msg_size = <msg_size_t>_symbol(lib, b"zmq_msg_size")
     _msg_more = <msg_more_t>_symbol(lib, b"zmq_msg_more")
     _msg_close = <msg_close_t>_symbol(lib, b"zmq_msg_close")
+    _msg_move = <msg_move_t>_symbol(lib, b"zmq_msg_move")
     _send = <send_t>_symbol(lib, b"zmq_send")
     _errno = <errno_t>_symbol(lib, b"zmq_errno")
 
@@ -95,13 +101,37 @@ cdef inline void* _socket(uintptr_t handle) except NULL:
     return <void*>handle
 
 
-cdef list _recv_one(void* sock):
-    """One whole multipart, or None if none is queued."""
+cdef class ZmqFrame:
+    """A received frame that owns its libzmq message: its buffer is libzmq's (read-only)."""
+
+    cdef mg_zmq_msg_t msg
+    cdef Py_ssize_t size
+
+    def __cinit__(self):
+        _msg_init(&self.msg)
+
+    def __dealloc__(self):
+        _msg_close(&self.msg)
+
+    def __getbuffer__(self, Py_buffer* view, int flags):
+        PyBuffer_FillInfo(view, self, _msg_data(&self.msg), self.size, 1, flags)
+
+    def __releasebuffer__(self, Py_buffer* view):
+        pass
+
+    def __len__(self):
+        return self.size
+
+
+cdef list _recv_one(void* sock, Py_ssize_t keep_from=0, Py_ssize_t first_kept=1):
+    """One whole multipart, or None if none is queued. With ``keep_from`` > 0, frames from
+    index ``first_kept`` on of at least ``keep_from`` bytes come as memoryviews of a ZmqFrame."""
     cdef mg_zmq_msg_t msg
     cdef list parts = None
     cdef int more = 1
     cdef int err
-    cdef bytes part
+    cdef Py_ssize_t size
+    cdef ZmqFrame frame
     while more:
         _msg_init(&msg)
         if _msg_recv(&msg, sock, ZMQ_DONTWAIT) < 0:
@@ -110,8 +140,16 @@ cdef list _recv_one(void* sock):
             if parts is None and (err == EAGAIN or err == EINTR):
                 return None  # EINTR: a signal; the caller's poll sees the message next
             raise zmq.ZMQError(err)
-        part = PyBytes_FromStringAndSize(<char*>_msg_data(&msg), <Py_ssize_t>_msg_size(&msg))
+        size = <Py_ssize_t>_msg_size(&msg)
         more = _msg_more(&msg)
+        if keep_from > 0 and size >= keep_from and parts is not None \
+                and len(parts) >= first_kept:
+            frame = ZmqFrame()
+            _msg_move(&frame.msg, &msg)
+            frame.size = size
+            part = memoryview(frame)
+        else:
+            part = PyBytes_FromStringAndSize(<char*>_msg_data(&msg), size)
         _msg_close(&msg)
         if parts is None:
             parts = [part]
@@ -125,13 +163,18 @@ def recv_multipart(uintptr_t handle):
     return _recv_one(_socket(handle))
 
 
-def recv_many(uintptr_t handle, Py_ssize_t limit):
-    """Up to ``limit`` queued multiparts (lists of bytes), oldest first; [] when none."""
+def recv_many(uintptr_t handle, Py_ssize_t limit, Py_ssize_t keep_from=0,
+              Py_ssize_t first_kept=1):
+    """Up to ``limit`` queued multiparts (lists of bytes), oldest first; [] when none. With
+    ``keep_from`` > 0, frames from index ``first_kept`` on of at least ``keep_from`` bytes are
+    read-only memoryviews of libzmq's own buffer instead of copies."""
+    if first_kept < 1:
+        raise ValueError("first_kept must be at least 1: the first frame is always bytes")
     cdef void* sock = _socket(handle)
     cdef list out = []
     cdef list parts
     while len(out) < limit:
-        parts = _recv_one(sock)
+        parts = _recv_one(sock, keep_from, first_kept)
         if parts is None:
             break
         out.append(parts)

@@ -36,6 +36,25 @@ def test_multipart_round_trip_with_any_bytes_like_frames(pair):
     assert dealer.recv_multipart() == [b"OK"]
 
 
+def test_recv_many_hands_large_frames_over_uncopied_and_they_outlive_the_socket():
+    context = zmq.Context()
+    dealer, router = context.socket(zmq.DEALER), context.socket(zmq.ROUTER)
+    router.bind("inproc://zero-copy")
+    dealer.connect("inproc://zero-copy")
+    big, huge = bytes(range(256)) * 256, b"x" * 3_000_000  # 64 KiB and 3 MB
+    send_multipart(dealer.underlying, [big, b"message", huge, b"small"])  # a 64 KiB topic too
+    [parts] = wait_until(lambda: recv_many(router.underlying, 1, len(big), 2))
+    assert [type(p) for p in parts] == [bytes, bytes, bytes, memoryview, bytes]
+    assert parts[1] == big and parts[3] == huge and parts[3].readonly
+    assert len(parts[3]) == len(huge) and bytes(parts[3][:3]) == b"xxx"
+    for sock in (dealer, router):
+        sock.close(linger=0)
+    context.term()
+    assert parts[3] == huge  # libzmq's message lives as long as the view
+    with pytest.raises(ValueError):
+        recv_many(0, 1, 10, 0)
+
+
 def test_send_many_stops_where_the_socket_would_block_and_recv_many_keeps_order(pair):
     dealer, router = pair
     dealer.sndhwm = router.rcvhwm = 5  # set after connect: applies to new pipes only

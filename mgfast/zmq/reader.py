@@ -2,7 +2,9 @@
 
 ``await reader.recv_many(limit)`` returns up to ``limit`` messages (at least one) as
 ``(topic, [topic, message, *extra])``: the frames exactly as the Savant writer sent them (a
-ROUTER's routing id is removed), as ``bytes``. ``await reader.recv()`` returns one.
+ROUTER's routing id is removed), as ``bytes``, except that frames after the topic of at least
+:data:`ZERO_COPY_FROM` bytes are read-only memoryviews of libzmq's own buffer (no copy).
+``await reader.recv()`` returns one.
 
 Semantics (Savant's reader, see PROTOCOL.md section 2):
 
@@ -44,6 +46,8 @@ from mgfast._zmq_io import recv_many, recv_multipart, send_multipart
 from mgfast.cancellation import cancelling
 from mgfast.config.model import InStreamConfig
 from mgfast.zmq.sockets import CONFIRMATION, StreamClosed, open_socket
+
+ZERO_COPY_FROM = 64 * 1024  # frame bytes from which a received frame is not copied
 
 log = logging.getLogger(__name__)
 
@@ -163,9 +167,10 @@ class InStreamReader:
         A REP socket must reply before it can receive again: one at a time."""
         accept = self._accept
         if self._router and not self._filtering:
-            return self._take_routed(recv_many(self._handle, limit))
+            return self._take_routed(recv_many(self._handle, limit, ZERO_COPY_FROM, 2))
         if not self._rep:
-            return [accept(parts) for parts in recv_many(self._handle, limit)]
+            return [accept(parts) for parts in recv_many(self._handle, limit, ZERO_COPY_FROM,
+                                                         2 if self._router else 1)]
         taken = []
         while len(taken) < limit:
             parts = recv_multipart(self._handle)
