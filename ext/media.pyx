@@ -625,11 +625,9 @@ cdef bytes _field_header(uint8_t tag, Py_ssize_t n):
     return PyBytes_FromStringAndSize(<char*>header, end - header)
 
 
-def encode_media_pieces(topic, message, data):
-    """(topic, message, data parts) -> (body length, pieces): the Media body of encode_media
-    as field headers and the caller's own buffers, uncopied, for a gathering write."""
-    cdef object parts = _data_parts(data)
-    cdef list pieces = []
+cdef Py_ssize_t _media_pieces(list pieces, object topic, object message,
+                              object parts) except -1:
+    """Append a Media's field headers and the buffers themselves to ``pieces``; its size."""
     cdef Py_ssize_t total = 0
     cdef Py_ssize_t n
     cdef Py_ssize_t i
@@ -645,22 +643,25 @@ def encode_media_pieces(topic, message, data):
         n = _buf_len(part)
         pieces += (_field_header(_TAG_DATA, n), part)
         total += _field_size(n)
+    return total
+
+
+def encode_media_pieces(topic, message, data):
+    """(topic, message, data parts) -> (body length, pieces): the Media body of encode_media
+    as field headers and the caller's own buffers, uncopied, for a gathering write."""
+    cdef list pieces = []
+    cdef Py_ssize_t total = _media_pieces(pieces, topic, message, _data_parts(data))
     return total, pieces
 
 
-def encode_media_batch(items):
-    """[(topic, message, data parts), ...] -> MediaBatch body, in one allocation."""
+cdef tuple _prepare_batch(object items):
+    """The batch's items with their data parts checked against the limits, and its size."""
     cdef object seq = PySequence_Fast(items, "items must be a sequence of (topic, message, data)")
     cdef Py_ssize_t n = PySequence_Fast_GET_SIZE(seq)
     cdef Py_ssize_t i
     cdef Py_ssize_t size = 0
-    cdef Py_ssize_t inner
     cdef Py_ssize_t parts_total = 0
     cdef list prepared = []
-    cdef tuple item
-    cdef bytes out
-    cdef uint8_t* o
-    cdef uint8_t* limit
     if n > _MAX_BATCH_ITEMS:
         raise _limit_error(_E_TOO_MANY_ITEMS, _L_BATCH)
     for i in range(n):
@@ -671,6 +672,35 @@ def encode_media_batch(items):
             raise _limit_error(_E_TOO_MANY_BATCH_PARTS, _L_BATCH)
         size += _field_size(_media_size(topic, message, parts))
         prepared.append((topic, message, parts))
+    return prepared, size
+
+
+def encode_media_batch_pieces(items):
+    """encode_media_batch as (body length, pieces), with the buffers uncopied."""
+    cdef list prepared
+    cdef Py_ssize_t size
+    cdef list pieces = []
+    cdef list inner
+    cdef tuple item
+    prepared, size = _prepare_batch(items)
+    for item in prepared:
+        inner = []
+        length = _media_pieces(inner, item[0], item[1], item[2])
+        pieces.append(_field_header(_TAG_MESSAGE, length))
+        pieces += inner
+    return size, pieces
+
+
+def encode_media_batch(items):
+    """[(topic, message, data parts), ...] -> MediaBatch body, in one allocation."""
+    cdef list prepared
+    cdef Py_ssize_t size
+    cdef Py_ssize_t inner
+    cdef tuple item
+    cdef bytes out
+    cdef uint8_t* o
+    cdef uint8_t* limit
+    prepared, size = _prepare_batch(items)
     out = PyBytes_FromStringAndSize(NULL, size)
     o = <uint8_t*>PyBytes_AS_STRING(out)
     limit = o + size

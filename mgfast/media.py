@@ -43,12 +43,14 @@ encode_media_pieces(topic, message, data) -> (length, pieces)
     field's header (tag and length) as bytes, then the caller's own buffer for its value, so
     large frames reach the socket (or TLS) write without a copy. ``length`` is their total.
 
-encode_media_batch(items) -> bytes / decode_media_batch(body) -> list
+encode_media_batch(items) -> bytes / encode_media_batch_pieces(items) -> (length, pieces) /
+decode_media_batch(body) -> list
     A MediaBatch of ``(topic, message, data)`` items, at most ``MAX_BATCH_ITEMS`` of them with at
     most ``MAX_BATCH_DATA_PARTS`` data parts in all. Decoding returns, per item, the
     ``decode_media`` tuple or the :class:`MediaError` for that item (so one bad item does not
     reject the others); it raises MediaError only when the batch as a whole is malformed or
-    over those limits.
+    over those limits. The ``_pieces`` form is the same body as buffers to write in order,
+    like ``encode_media_pieces``.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ from mgfast._media import (  # noqa: E402
     decode_media_batch,
     encode_media,
     encode_media_batch,
+    encode_media_batch_pieces,
     encode_media_pieces,
     message_kind,
 )
@@ -98,6 +101,7 @@ __all__ = [
     "decode_media_batch",
     "encode_media",
     "encode_media_batch",
+    "encode_media_batch_pieces",
     "encode_media_pieces",
     "message_kind",
 ]

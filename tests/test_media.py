@@ -22,6 +22,7 @@ from mgfast.media import (
     encode_media,
     encode_media_pieces,
     encode_media_batch,
+    encode_media_batch_pieces,
     message_kind,
 )
 from tests import savant_proto as pb
@@ -552,6 +553,23 @@ def test_batch_round_trip_against_oracle(items):
         decoded = decode_media_batch(t(body))
         assert [as_bytes(r)[:3] for r in decoded] == [(t_, m, d) for t_, m, d in items]
         assert [r[3] for r in decoded] == [message_kind(m) for _, m, _ in items]
+
+
+@settings(max_examples=80, deadline=None)
+@given(batch_items())
+def test_batch_pieces_join_to_the_same_body(items):
+    length, pieces = encode_media_batch_pieces(items)
+    joined = b"".join(pieces)
+    assert joined == encode_media_batch(items) and length == len(joined)
+    assert all(any(p is part for p in pieces) for _, _, data in items for part in data)
+
+
+def test_batch_pieces_refuse_what_the_batch_encoder_refuses():
+    with pytest.raises(MediaError):
+        encode_media_batch_pieces([(b"t", EOS, [])] * (MAX_BATCH_ITEMS + 1))
+    with pytest.raises(MediaError):
+        encode_media_batch_pieces([(b"t", EOS, [b""] * MAX_DATA_PARTS)] * (
+            MAX_BATCH_DATA_PARTS // MAX_DATA_PARTS + 1))
 
 
 def test_batch_of_real_messages():

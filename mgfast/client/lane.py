@@ -66,7 +66,8 @@ from mgfast.config.model import RetryStrategy
 from mgfast.http.client_connection import ClientResponse, ClosedByServer, HttpClientError
 from mgfast.fps_log import FpsLog
 from mgfast.media import (MAX_BATCH_DATA_PARTS, MAX_BATCH_ITEMS, MAX_DATA_PARTS, Kind,
-                          MediaError, encode_media, encode_media_batch, encode_media_pieces,
+                          MediaError, encode_media, encode_media_batch,
+                          encode_media_batch_pieces, encode_media_pieces,
                           message_kind)
 
 log = logging.getLogger("mgfast.client")
@@ -250,12 +251,19 @@ class Lane:
         batching = self._batch_ok
         while room > 0 and unsent:
             if batching and len(unsent) > 1:
-                items = self._take_batch()
-                body = encode_media_batch([(i.topic, i.message, i.extra) for i in items])
+                items, frame_bytes = self._take_batch()
                 sent.extend(items)
                 entries.append(len(items))
-                data += (b"%s%d\r\n\r\n" % (self._batch_head, len(body)), body)
-                size += len(body)
+                triples = [(i.topic, i.message, i.extra) for i in items]
+                if frame_bytes < LARGE_MESSAGE:
+                    body = encode_media_batch(triples)
+                    data += (b"%s%d\r\n\r\n" % (self._batch_head, len(body)), body)
+                    size += len(body)
+                else:  # the frames go to the write as they are, uncopied
+                    length, pieces = encode_media_batch_pieces(triples)
+                    data.append(b"%s%d\r\n\r\n" % (self._batch_head, length))
+                    data += pieces
+                    size += length
             else:
                 item = unsent.popleft()
                 sent.append(item)
@@ -272,8 +280,8 @@ class Lane:
             room -= 1
         connection.send(entries, [b"".join(data)] if size < SMALL_WRITE else _coalesce(data))
 
-    def _take_batch(self) -> list[Pending]:
-        """Pop the items of the next batch request off ``unsent``."""
+    def _take_batch(self) -> tuple[list[Pending], int]:
+        """Pop the items of the next batch request off ``unsent``; also their frame bytes."""
         unsent = self.unsent
         items = [unsent.popleft()]
         parts = len(items[0].extra)
@@ -287,7 +295,7 @@ class Lane:
             items.append(unsent.popleft())
             parts += n
             size += item.size
-        return items
+        return items, size
 
     # -- responses -------------------------------------------------------------------------
 

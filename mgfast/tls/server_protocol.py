@@ -183,7 +183,8 @@ class TlsServerProtocol(asyncio.Protocol):
     # -- incoming flow ---------------------------------------------------------------------
 
     def _read_plaintext(self) -> None:
-        read = self.sslobj.read  # type: ignore[union-attr]
+        sslobj, incoming = self.sslobj, self.incoming
+        read = sslobj.read  # type: ignore[union-attr]
         while self.state == OPEN:
             try:
                 count = read(READ_CHUNK, _read_buffer)
@@ -202,6 +203,8 @@ class TlsServerProtocol(asyncio.Protocol):
             if not count:
                 break
             self.app.data_received(_read_view[:count])
+            if not incoming.pending and not sslobj.pending():
+                break  # all read: another read would only raise SSLWantReadError
         self._flush()  # key updates, session tickets
 
     # -- flow control ----------------------------------------------------------------------
