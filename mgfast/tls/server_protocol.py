@@ -53,6 +53,8 @@ class TlsServerProtocol(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.peer = ""
         self.peer_leaf_der: bytes | None = None
+        self.plaintext: list[bytes] = []  # written by the app this loop iteration, not yet sent
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     # -- asyncio protocol interface --------------------------------------------------------
 
@@ -62,7 +64,7 @@ class TlsServerProtocol(asyncio.Protocol):
         self.peer = f"{peername[0]}:{peername[1]}" if peername else "?"
         self.sslobj = self.context.wrap_bio(self.incoming, self.outgoing, server_side=True)
         self.started = time.monotonic()
-        loop = asyncio.get_running_loop()
+        loop = self.loop = asyncio.get_running_loop()
         self.timer = loop.call_later(self.handshake_timeout, self._on_handshake_timeout)
 
     def data_received(self, data: bytes) -> None:
@@ -149,8 +151,22 @@ class TlsServerProtocol(asyncio.Protocol):
     # -- outgoing flow ---------------------------------------------------------------------
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue plaintext; what the app writes in one loop iteration (the answers to a run of
+        pipelined requests) is encrypted as one record and sent in one socket write."""
         if self.state != OPEN:
             return
+        plaintext = self.plaintext
+        plaintext.append(data if data.__class__ is bytes else bytes(data))
+        if len(plaintext) == 1:
+            self.loop.call_soon(self._send_plaintext)  # type: ignore[union-attr]
+
+    def _send_plaintext(self) -> None:
+        plaintext = self.plaintext
+        if not plaintext or self.state != OPEN:
+            plaintext.clear()
+            return
+        data = plaintext[0] if len(plaintext) == 1 else b"".join(plaintext)
+        plaintext.clear()
         try:
             self.sslobj.write(data)  # type: ignore[union-attr]
         except ssl.SSLError as exc:
@@ -165,6 +181,8 @@ class TlsServerProtocol(asyncio.Protocol):
 
     def close(self) -> None:
         """Send close_notify, then close the socket once written."""
+        if self.state == OPEN:
+            self._send_plaintext()  # what the app wrote before closing goes first
         if self.state == OPEN:
             self.state = CLOSED
             try:
