@@ -179,3 +179,38 @@ def test_a_fault_mid_pipeline_fails_every_unanswered_request_at_once(fault, erro
     assert answered == [(0, 200), (1, 200)]
     [(entries, error)] = failed
     assert entries == [2, 3, 4, 5] and isinstance(error, error_type) and error.sent
+
+
+def test_a_server_that_closes_after_every_answer_is_backed_off_not_spun_on():
+    """Batch negotiation on a server that closes each connection after one answer: the lane
+    backs off between attempts instead of reconnecting as fast as it can."""
+    from mgfast.client.lane import Lane, Pending
+    from mgfast.client.stats import ClientStats
+    from mgfast.client.target import ServerTarget
+    from mgfast.config.model import RetryStrategy
+
+    async def body():
+        connections = 0
+
+        async def handle(reader, writer):
+            nonlocal connections
+            connections += 1
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        lane = Lane(0, ServerTarget(f"http://127.0.0.1:{port}"), batch=16, pipeline=16,
+                    retry=RetryStrategy(initial_delay=0.1, maximum_delay=0.1, multiplier=1),
+                    stats=ClientStats(), release=lambda count: None)
+        task = asyncio.ensure_future(lane.run())
+        lane.submit(Pending(b"cam", [b"cam", b"message"]))
+        await asyncio.sleep(0.5)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        server.close()
+        return connections
+
+    assert 2 <= arun(body()) <= 8  # about one per backoff delay, not hundreds

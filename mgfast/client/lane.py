@@ -63,7 +63,8 @@ import orjson
 from mgfast.client.stats import ClientStats
 from mgfast.client.target import BATCH_HEADER, ServerTarget
 from mgfast.config.model import RetryStrategy
-from mgfast.http.client_connection import ClientResponse, ClosedByServer, HttpClientError
+from mgfast.http.client_connection import (ClientResponse, ClosedByServer, ConnectionLost,
+                                           HttpClientError)
 from mgfast.fps_log import FpsLog
 from mgfast.media import (MAX_BATCH_DATA_PARTS, MAX_BATCH_ITEMS, MAX_DATA_PARTS, Kind,
                           MediaError, encode_media, encode_media_batch,
@@ -217,6 +218,8 @@ class Lane:
                     BATCH_HEADER, b"").strip() == b"1")
                 log.debug("batch negotiation", extra={"lane": self.index,
                                                       "batch": self._batch_ok})
+                if not connection.connected:  # closed after answering: back off, not spin
+                    raise ConnectionLost("the server closed the connection after GET /health")
         self._ready = connection.connected
 
     async def _back_off(self) -> None:
