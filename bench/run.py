@@ -266,8 +266,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"mgfast client connections={opts.connections}, "
                     f"inflight_ops={opts.inflight_ops}"
                     + (f", server workers={opts.server_workers}" if opts.server_workers
-                       else ", mgfast server with 1 and with 2 workers; out_stream "
-                            "dealer+connect, so each worker writes to the reader itself")),
+                       else ", mgfast server with 1 worker (it owns the out_stream) and "
+                            "with 2 (the egress process owns it); out_stream dealer+connect")),
         "chart": chart,
         "background_cpus": background,
         "profiled": args.profile,

@@ -82,13 +82,31 @@ def test_a_dead_egress_is_restarted_and_the_stream_goes_on(served):
 
 @pytest.fixture
 def served_connecting(tmp_path):
-    """A 2-worker server whose out_stream connects: each worker writes to the consumer itself."""
+    """A 2-worker server whose out_stream connects: the egress owns it all the same."""
     where = f"tcp://127.0.0.1:{free_port()}"
     with sp.SavantReader(f"router+bind:{where}") as reader:
         config = server_config(f"dealer+connect:{where}", workers=2)
         with GatewayProcess("server", config, tmp_path) as server:
-            assert sorted(live_children(server)) == ["worker-0", "worker-1"]  # no egress
+            assert sorted(live_children(server)) == ["egress", "worker-0", "worker-1"]
             yield server, reader
+
+
+def test_connections_moving_between_workers_lose_nothing_for_a_router_consumer(
+        served_connecting):
+    """A savant-rs ROUTER reader drops a source whose messages come from a new ZeroMQ peer.
+    Every message here comes on a new connection, which SO_REUSEPORT spreads over both
+    workers: the consumer must still see one peer, and get every message in order."""
+    server, reader = served_connecting
+    port = server.config["port"]
+    sources, per_source = ["cam-a", "cam-b"], 40
+    for seq in range(per_source):
+        for source in sources:  # post() opens a new connection each time
+            assert post(port, source, sp.user_data(source), seq.to_bytes(4, "big")) == 200
+    got = reader.wait_for(per_source * len(sources),
+                          where=lambda m: m.topic in (b"cam-a", b"cam-b"), timeout=20)
+    for source in sources:
+        seqs = [int.from_bytes(m.extra[0], "big") for m in got if m.topic == source.encode()]
+        assert seqs == list(range(per_source))
 
 
 @pytest.mark.parametrize("layout", ["served", "served_connecting"])

@@ -59,10 +59,11 @@ class Supervisor:
         self.config = config
         self.mp = multiprocessing.get_context("spawn")
         self.tmpdir = tempfile.mkdtemp(prefix="mgfast-")
-        # Only one process can bind the out_stream: then several workers hand their messages to
-        # one egress process. A single worker, or workers whose out_stream connects (each can
-        # connect its own socket to the consumer), write themselves: no hop, lowest latency.
-        needs_egress = workers > 1 and config.out_stream.url.bind
+        # A Savant consumer must see one ZeroMQ peer per server: a ROUTER reader drops a source
+        # whose messages start to come from another peer, and a connection can move to another
+        # worker at any time. So several workers always hand their messages to one egress
+        # process, which owns the out_stream (bound or connecting); a single worker writes itself.
+        needs_egress = workers > 1
         endpoint = f"ipc://{self.tmpdir}/egress" if needs_egress else None
         self.egress = (Child("egress", processes.egress_main, (config, endpoint))
                        if endpoint else None)
