@@ -60,8 +60,17 @@ class EgressClient:
 
     def submit(self, frames: Sequence, *, eos: bool, frame: bool = False
                ) -> asyncio.Future[WriteResult]:
-        """``write`` as a future, the interface the app uses."""
-        return asyncio.ensure_future(self.write(frames, eos=eos, frame=frame))
+        """``write`` as a future, the interface the app uses: no coroutine or task unless the
+        worker's bound on messages waiting for the egress is reached."""
+        if self.pending >= self.max_pending:
+            return asyncio.ensure_future(self.write(frames, eos=eos, frame=frame))
+        self.pending += 1
+        future = self._enqueue(((frames, eos, frame),), grouped=False)
+        future.add_done_callback(self._release_one)
+        return future
+
+    def _release_one(self, _: asyncio.Future) -> None:
+        self._release(1)
 
     async def write(self, frames: Sequence, *, eos: bool, frame: bool = False) -> WriteResult:
         """``frame`` marks a video frame, for the egress's FPS statistics."""
