@@ -195,3 +195,66 @@ def test_pipelining_pauses_reading_when_the_queue_is_full():
 
     paused_then, paused_after = run(scenario())
     assert paused_then and not paused_after
+
+
+class GroupApp(EchoApp):
+    """Handles pipelined POSTs together, as GatewayApp does; a body "fail" answers 504+close."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.groups: list[list[bytes]] = []
+
+    @staticmethod
+    def groupable(request: Request) -> bool:
+        return request.method == b"POST" and request.keep_alive
+
+    def handle_group(self, requests):
+        self.groups.append([bytes(r.body) for r in requests])
+        answers = []
+        for request in requests:
+            if bytes(request.body) == b"fail":
+                answers.append(responses.text(504, "send timeout", close=True))
+            else:
+                answers.append(responses.Response(200, bytes(request.body)))
+
+        async def later():
+            await asyncio.sleep(0.01)
+            return answers
+        return later()
+
+
+def post(body: bytes) -> bytes:
+    return b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+def test_pipelined_posts_are_handled_together_and_answered_in_order():
+    async def body():
+        app = GroupApp()
+        protocol = HttpServerProtocol(app, HttpLimits())
+        transport = FakeTransport()
+        protocol.connection_made(transport)
+        protocol.data_received(post(b"a") + post(b"b") + post(b"c") + GET_HEALTH)
+        await asyncio.sleep(0.1)
+        return app, transport
+
+    app, transport = run(body())
+    assert app.groups == [[b"a", b"b", b"c"]]  # one group, not one call per request
+    answers = transport.out.split(b"HTTP/1.1 ")[1:]
+    assert [a.rsplit(b"\r\n\r\n", 1)[1] for a in answers[:3]] == [b"a", b"b", b"c"]
+    assert answers[3].endswith(b"GET /health ") and not transport.closed
+
+
+def test_a_failure_inside_a_group_closes_after_its_answer_and_nothing_after_is_answered():
+    async def body():
+        app = GroupApp()
+        protocol = HttpServerProtocol(app, HttpLimits())
+        transport = FakeTransport()
+        protocol.connection_made(transport)
+        protocol.data_received(post(b"a") + post(b"fail") + post(b"c"))
+        await asyncio.sleep(0.1)
+        return transport
+
+    transport = run(body())
+    answers = transport.out.split(b"HTTP/1.1 ")[1:]
+    assert [a[:3] for a in answers] == [b"200", b"504"]
+    assert b"connection: close" in answers[1] and transport.closed

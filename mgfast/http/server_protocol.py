@@ -51,6 +51,8 @@ class HttpServerProtocol(asyncio.Protocol):
         self.limits = limits
         self.connections = connections if connections is not None else set()
         self.statuses = statuses  # responses by status, when metrics are on
+        # requests the app handles together when pipelined (``app.groupable``), if it can
+        self.groupable = getattr(app, "groupable", None)
         self.loop = asyncio.get_running_loop()
         # per connection
         self.transport: asyncio.Transport | None = None
@@ -86,6 +88,8 @@ class HttpServerProtocol(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             if not self.closing:
                 self._fail(responses.text(400, f"malformed HTTP request: {exc}", close=True))
+        if self.queue and not self.busy and not self.closing:
+            self._next()  # after the whole buffer: pipelined requests are handled together
 
     def eof_received(self) -> bool | None:
         # A half-closed client still gets the answers to what it sent.
@@ -166,20 +170,29 @@ class HttpServerProtocol(asyncio.Protocol):
         if len(self.queue) >= MAX_PIPELINED and not self.reading_paused and self.transport:
             self.reading_paused = True
             self.transport.pause_reading()
-        if not self.busy:
-            self._next()
 
     # -- request dispatch and response ----------------------------------------------------
 
     def _next(self) -> None:
-        while self.queue and not self.closing:
-            request = self.queue.popleft()
+        queue = self.queue
+        groupable = self.groupable
+        while queue and not self.closing:
+            request = queue.popleft()
+            group = None
+            if queue and groupable is not None and groupable(request) and groupable(queue[0]):
+                group = [request]
+                while queue and groupable(queue[0]):
+                    group.append(queue.popleft())
             if (self.reading_paused and self.failure is None
-                    and len(self.queue) < MAX_PIPELINED // 2 and self.transport):
+                    and len(queue) < MAX_PIPELINED // 2 and self.transport):
                 self.reading_paused = False
                 self.transport.resume_reading()
             self.busy = True
             self._disarm()
+            if group is not None:
+                if not self._handle_group(group):
+                    return
+                continue
             try:
                 result = self.app.handle(request)
             except Exception:
@@ -196,6 +209,38 @@ class HttpServerProtocol(asyncio.Protocol):
         elif not self.closing and self.request is None:
             self._arm(self.limits.idle_timeout, self._on_idle_timeout)
 
+    def _handle_group(self, group: list[Request]) -> bool:
+        """Pipelined requests the app handles together; True if answered already."""
+        try:
+            result = self.app.handle_group(group)  # type: ignore[attr-defined]
+        except Exception:
+            log.exception("request handler failed")
+            result = [responses.text(500, "internal error")] * len(group)
+        if isinstance(result, list):
+            self._respond_all(group, result)
+            return True
+        future = asyncio.ensure_future(result)
+        future.add_done_callback(lambda f, g=group: self._on_group_handled(g, f))
+        return False
+
+    def _on_group_handled(self, group: list[Request], future: asyncio.Future) -> None:
+        if future.cancelled():
+            answers = [responses.text(503, "server is shutting down", close=True)] * len(group)
+        elif future.exception() is not None:
+            log.error("request handler failed", exc_info=future.exception())
+            answers = [responses.text(500, "internal error")] * len(group)
+        else:
+            answers = future.result()
+        self._respond_all(group, answers)
+        self._next()
+
+    def _respond_all(self, group: list[Request], answers: list[Response]) -> None:
+        last = len(group) - 1
+        for n, (request, response) in enumerate(zip(group, answers)):
+            if self.closing:
+                break  # an answer closed the connection: the rest were not attempted
+            self._respond(request, response, last=n == last)
+
     def _on_handled(self, request: Request, future: asyncio.Future) -> None:
         if future.cancelled():
             response = responses.text(503, "server is shutting down", close=True)
@@ -207,11 +252,12 @@ class HttpServerProtocol(asyncio.Protocol):
         self._respond(request, response)
         self._next()
 
-    def _respond(self, request: Request, response: Response) -> None:
+    def _respond(self, request: Request, response: Response, last: bool = True) -> None:
+        """``last``: no answer of this request's group follows (a drain closes only then)."""
         self.busy = False
         if self.transport is None or self.closing:
             return
-        keep_alive = request.keep_alive and not response.close and not self.stopping
+        keep_alive = request.keep_alive and not response.close and not (self.stopping and last)
         self.transport.write(response.encode(keep_alive))
         if self.statuses is not None:
             self.statuses[response.status] += 1

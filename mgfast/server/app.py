@@ -52,6 +52,9 @@ class Writer(TypingProtocol):
     def submit(self, frames: Sequence, *, eos: bool, frame: bool
                ) -> asyncio.Future[WriteResult]: ...
 
+    def submit_group(self, items: Sequence[tuple[Sequence, bool, bool]]
+                     ) -> asyncio.Future[list[WriteResult]]: ...
+
     async def write_group(self, items: Sequence[tuple[Sequence, bool, bool]]
                           ) -> list[WriteResult]: ...
 
@@ -72,6 +75,69 @@ class GatewayApp:
                 return Response(405, b"use GET\n", headers=((b"allow", b"GET"),))
             return HEALTHY
         return responses.text(404, f"no such path {path.decode('latin-1')!r}; use POST / or GET /health")
+
+    # -- pipelined upstream requests, written as one group ----------------------------------
+
+    @staticmethod
+    def groupable(request: Request) -> bool:
+        """An upstream ``POST /`` with one Media: pipelined ones are handled together."""
+        return (request.keep_alive and request.method == b"POST" and request.path == b"/"
+                and request.content_type.partition(b";")[0].strip().lower() == MEDIA_TYPE)
+
+    def handle_group(self, requests: list[Request]
+                     ) -> list[Response] | asyncio.Future[list[Response]]:
+        """The answers to pipelined requests of one connection, in order. Their messages go to
+        the writer as one group, which stops at the first failed write: the protocol closes
+        the connection after answering that one, so nothing behind it is forwarded first."""
+        answers: list[Response | None] = [None] * len(requests)
+        writes = []
+        where = []  # the request index of each write
+        for i, request in enumerate(requests):
+            try:
+                topic, message, data, kind = decode_media(request.body)
+            except MediaError as exc:
+                answers[i] = responses.text(400, str(exc))
+                continue
+            writes.append(([topic, message, *data], kind == _EOS, kind == _FRAME))
+            where.append(i)
+        if not writes:
+            return answers  # type: ignore[return-value]
+        started = time.perf_counter()
+        try:
+            written = self.writer.submit_group(writes)
+        except StreamClosed as exc:
+            return [a or _unavailable(exc) for a in answers]
+        future = written.get_loop().create_future()
+        written.add_done_callback(
+            partial(self._group_written, future, answers, writes, where, started))
+        return future
+
+    def _group_written(self, future: asyncio.Future, answers: list, writes: list,
+                       where: list[int], started: float, written: asyncio.Future) -> None:
+        if future.done():
+            return
+        if written.cancelled() or written.exception() is not None:
+            exc = None if written.cancelled() else written.exception()
+            failure = (_unavailable(exc) if isinstance(exc, StreamClosed)
+                       else responses.text(503 if exc is None else 500,
+                                           "out_stream write failed", close=True))
+            if exc is not None and not isinstance(exc, StreamClosed):
+                log.error("out_stream write failed", exc_info=exc)
+            future.set_result([a or failure for a in answers])
+            return
+        stats = self.stats
+        elapsed = time.perf_counter() - started
+        for (frames, _, _), i, result in zip(writes, where, written.result()):
+            response = _RESULT_RESPONSES.get(result, _NOT_ATTEMPTED)
+            answers[i] = response
+            if stats is not None and result is not WriteResult.NOT_ATTEMPTED:
+                stats.latencies.append(elapsed)
+                if response.status == 200:
+                    stats.forwarded += 1
+                    stats.forwarded_bytes += sum(map(len, frames))
+        future.set_result(answers)
+
+    # -- one request -----------------------------------------------------------------------
 
     def _media(self, request: Request) -> Response | Awaitable[Response]:
         content_type = request.content_type.partition(b";")[0].strip().lower()
@@ -177,6 +243,10 @@ class GatewayApp:
             if status == 200:
                 written.append(write)
         return statuses, written
+
+# An earlier message of its group failed: it was not sent (its connection closes before this
+# is written; answered only for completeness).
+_NOT_ATTEMPTED = responses.text(503, "not attempted after an earlier failure; retry", close=True)
 
 
 def _unavailable(exc: BaseException) -> Response:

@@ -72,6 +72,17 @@ class EgressClient:
     def _release_one(self, _: asyncio.Future) -> None:
         self._release(1)
 
+    def submit_group(self, items: Sequence[tuple[Sequence, bool, bool]]
+                     ) -> asyncio.Future[list[WriteResult]]:
+        """``write_group`` as a future, without a task while the bound is not reached."""
+        count = len(items)
+        if self.pending >= self.max_pending:
+            return asyncio.ensure_future(self.write_group(items))
+        self.pending += count
+        future = self._enqueue(items, grouped=True)
+        future.add_done_callback(lambda _: self._release(count))
+        return future
+
     async def write(self, frames: Sequence, *, eos: bool, frame: bool = False) -> WriteResult:
         """``frame`` marks a video frame, for the egress's FPS statistics."""
         await self._room_for(1)
