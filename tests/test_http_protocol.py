@@ -61,8 +61,9 @@ def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 10))
 
 
-async def feed(data: bytes, *, bytewise: bool, limits: HttpLimits = HttpLimits(), settle=0.05):
-    app = EchoApp()
+async def feed(data: bytes, *, bytewise: bool, limits: HttpLimits = HttpLimits(), settle=0.05,
+               app=None):
+    app = app if app is not None else EchoApp()
     protocol = HttpServerProtocol(app, limits)
     transport = FakeTransport()
     protocol.connection_made(transport)
@@ -228,16 +229,8 @@ def post(body: bytes) -> bytes:
 
 
 def test_pipelined_posts_are_handled_together_and_answered_in_order():
-    async def body():
-        app = GroupApp()
-        protocol = HttpServerProtocol(app, HttpLimits())
-        transport = FakeTransport()
-        protocol.connection_made(transport)
-        protocol.data_received(post(b"a") + post(b"b") + post(b"c") + GET_HEALTH)
-        await asyncio.sleep(0.1)
-        return app, transport
-
-    app, transport = run(body())
+    app, _, transport = run(feed(post(b"a") + post(b"b") + post(b"c") + GET_HEALTH,
+                                 bytewise=False, settle=0.1, app=GroupApp()))
     assert app.groups == [[b"a", b"b", b"c"]]  # one group, not one call per request
     answers = transport.out.split(b"HTTP/1.1 ")[1:]
     assert [a.rsplit(b"\r\n\r\n", 1)[1] for a in answers[:3]] == [b"a", b"b", b"c"]
@@ -245,16 +238,8 @@ def test_pipelined_posts_are_handled_together_and_answered_in_order():
 
 
 def test_a_failure_inside_a_group_closes_after_its_answer_and_nothing_after_is_answered():
-    async def body():
-        app = GroupApp()
-        protocol = HttpServerProtocol(app, HttpLimits())
-        transport = FakeTransport()
-        protocol.connection_made(transport)
-        protocol.data_received(post(b"a") + post(b"fail") + post(b"c"))
-        await asyncio.sleep(0.1)
-        return transport
-
-    transport = run(body())
+    _, _, transport = run(feed(post(b"a") + post(b"fail") + post(b"c"), bytewise=False,
+                               settle=0.1, app=GroupApp()))
     answers = transport.out.split(b"HTTP/1.1 ")[1:]
     assert [a[:3] for a in answers] == [b"200", b"504"]
     assert b"connection: close" in answers[1] and transport.closed
