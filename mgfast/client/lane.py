@@ -160,9 +160,8 @@ class Lane:
         self.unsent.append(item)
         if not self._ready:
             self._wake()
-        elif not self._fill_soon:
-            self._fill_soon = True
-            self._loop.call_soon(self._fill)  # type: ignore[union-attr]
+        else:
+            self._fill_later()
 
     def finish(self) -> None:
         """Deliver what is held, then make ``run`` return."""
@@ -232,6 +231,12 @@ class Lane:
         await asyncio.sleep(delay)
 
     # -- writing ---------------------------------------------------------------------------
+
+    def _fill_later(self) -> None:
+        """One _fill per loop iteration, however many messages or answers came in it."""
+        if not self._fill_soon:
+            self._fill_soon = True
+            self._loop.call_soon(self._fill)  # type: ignore[union-attr]
 
     def _fill(self) -> None:
         """Write as many requests as the pipeline has room for, in one write."""
@@ -348,9 +353,8 @@ class Lane:
             self._failures = 0
         if self._depth < self.pipeline:
             self._depth = min(self.pipeline, self._depth * 2)
-        if self.unsent and not self._fill_soon:
-            self._fill_soon = True
-            self._loop.call_soon(self._fill)  # type: ignore[union-attr]
+        if self.unsent:
+            self._fill_later()
 
     def _batch_results(self, count: int, body: bytes) -> bool:
         """Settle a batch from its results; False when that failed the lane."""

@@ -55,9 +55,6 @@ class Writer(TypingProtocol):
     def submit_group(self, items: Sequence[tuple[Sequence, bool, bool]]
                      ) -> asyncio.Future[list[WriteResult]]: ...
 
-    async def write_group(self, items: Sequence[tuple[Sequence, bool, bool]]
-                          ) -> list[WriteResult]: ...
-
 
 class GatewayApp:
     def __init__(self, writer: Writer, stats=None) -> None:
@@ -116,25 +113,16 @@ class GatewayApp:
                        where: list[int], started: float, written: asyncio.Future) -> None:
         if future.done():
             return
-        if written.cancelled() or written.exception() is not None:
-            exc = None if written.cancelled() else written.exception()
-            failure = (_unavailable(exc) if isinstance(exc, StreamClosed)
-                       else responses.text(503 if exc is None else 500,
-                                           "out_stream write failed", close=True))
-            if exc is not None and not isinstance(exc, StreamClosed):
-                log.error("out_stream write failed", exc_info=exc)
+        failure = _write_failure(written)
+        if failure is not None:
             future.set_result([a or failure for a in answers])
             return
-        stats = self.stats
-        elapsed = time.perf_counter() - started
         for (frames, _, _), i, result in zip(writes, where, written.result()):
-            response = _RESULT_RESPONSES.get(result, _NOT_ATTEMPTED)
-            answers[i] = response
-            if stats is not None and result is not WriteResult.NOT_ATTEMPTED:
-                stats.latencies.append(elapsed)
-                if response.status == 200:
-                    stats.forwarded += 1
-                    stats.forwarded_bytes += sum(map(len, frames))
+            if result is WriteResult.NOT_ATTEMPTED:
+                answers[i] = _NOT_ATTEMPTED
+            else:
+                answers[i] = response = _RESULT_RESPONSES[result]
+                self._count(started, response.status, frames)
         future.set_result(answers)
 
     # -- one request -----------------------------------------------------------------------
@@ -169,15 +157,8 @@ class GatewayApp:
                  written: asyncio.Future) -> None:
         if answer.done():
             return  # the connection went away
-        if written.cancelled():
-            response = responses.text(503, "server is shutting down", close=True)
-        elif (exc := written.exception()) is not None:
-            if isinstance(exc, StreamClosed):
-                response = _unavailable(exc)
-            else:
-                log.error("out_stream write failed", exc_info=exc)
-                response = responses.text(500, "out_stream write failed", close=True)
-        else:
+        response = _write_failure(written)
+        if response is None:
             response = _RESULT_RESPONSES[written.result()]
             self._count(started, response.status, frames)
         answer.set_result(response)
@@ -207,7 +188,7 @@ class GatewayApp:
                 topic, message, data, kind = item
                 writes.append(([topic, message, *data], kind == _EOS, kind == _FRAME))
         try:
-            results = await self.writer.write_group(writes) if writes else []
+            results = await self.writer.submit_group(writes) if writes else []
         except StreamClosed as exc:
             return _unavailable(exc)
         failed = False
@@ -251,3 +232,16 @@ _NOT_ATTEMPTED = responses.text(503, "not attempted after an earlier failure; re
 
 def _unavailable(exc: BaseException) -> Response:
     return responses.text(503, f"out_stream unavailable ({exc}); retry", close=True)
+
+
+def _write_failure(written: asyncio.Future) -> Response | None:
+    """The answer for a writer future that was cancelled or failed; None if it has a result."""
+    if written.cancelled():
+        return responses.text(503, "server is shutting down", close=True)
+    exc = written.exception()
+    if exc is None:
+        return None
+    if isinstance(exc, StreamClosed):
+        return _unavailable(exc)
+    log.error("out_stream write failed", exc_info=exc)
+    return responses.text(500, "out_stream write failed", close=True)

@@ -40,7 +40,7 @@ class EgressClient:
         # the batch being gathered in this loop iteration
         self.frames: list = []
         self.counts = array("I")
-        self.waiters: list[_Waiter] = []  # one per write / write_group call
+        self.waiters: list[_Waiter] = []  # one per submit / submit_group call
         self.flush_scheduled = False
         # batches sent, awaiting results: id -> (waiters, timer)
         self.inflight: dict[int, tuple[list[_Waiter], asyncio.TimerHandle]] = {}
@@ -60,52 +60,35 @@ class EgressClient:
 
     def submit(self, frames: Sequence, *, eos: bool, frame: bool = False
                ) -> asyncio.Future[WriteResult]:
-        """``write`` as a future, the interface the app uses: no coroutine or task unless the
-        worker's bound on messages waiting for the egress is reached."""
-        if self.pending >= self.max_pending:
-            return asyncio.ensure_future(self.write(frames, eos=eos, frame=frame))
-        self.pending += 1
-        future = self._enqueue(((frames, eos, frame),), grouped=False)
-        future.add_done_callback(self._release_one)
-        return future
-
-    def _release_one(self, _: asyncio.Future) -> None:
-        self._release(1)
+        """One message; the future's result is its WriteResult. ``frame`` marks a video frame,
+        for the egress's FPS statistics."""
+        return self._submit(((frames, eos, frame),), grouped=False)
 
     def submit_group(self, items: Sequence[tuple[Sequence, bool, bool]]
                      ) -> asyncio.Future[list[WriteResult]]:
-        """``write_group`` as a future, without a task while the bound is not reached."""
-        count = len(items)
+        """(frames, eos, frame) items in order as one group: the first failure stops the rest
+        (WriteResult.NOT_ATTEMPTED), so what was written is a prefix. The future's result
+        lists a WriteResult per item."""
+        return self._submit(items, grouped=True)
+
+    def _submit(self, items: Sequence[tuple[Sequence, bool, bool]], grouped: bool
+                ) -> asyncio.Future:
+        """Queue now (no coroutine or task) unless the worker's bound on messages waiting for
+        the egress is reached; then wait for room first."""
         if self.pending >= self.max_pending:
-            return asyncio.ensure_future(self.write_group(items))
+            return asyncio.ensure_future(self._submit_when_room(items, grouped))
+        count = len(items)
         self.pending += count
-        future = self._enqueue(items, grouped=True)
+        future = self._enqueue(items, grouped=grouped)
         future.add_done_callback(lambda _: self._release(count))
         return future
 
-    async def write(self, frames: Sequence, *, eos: bool, frame: bool = False) -> WriteResult:
-        """``frame`` marks a video frame, for the egress's FPS statistics."""
-        await self._room_for(1)
-        try:
-            return await self._enqueue(((frames, eos, frame),), grouped=False)
-        finally:
-            self._release(1)
-
-    async def write_group(self, items: Sequence[tuple[Sequence, bool, bool]]
-                          ) -> list[WriteResult]:
-        """Write (frames, eos, frame) items in order as one group: the first failure stops the
-        rest (WriteResult.NOT_ATTEMPTED), so what was written is a prefix."""
-        await self._room_for(len(items))
-        try:
-            return await self._enqueue(items, grouped=True)
-        finally:
-            self._release(len(items))
-
-    async def _room_for(self, count: int) -> None:
+    async def _submit_when_room(self, items: Sequence[tuple[Sequence, bool, bool]],
+                                grouped: bool):
         while self.pending >= self.max_pending:
             self.space.clear()
             await self.space.wait()
-        self.pending += count
+        return await self._submit(items, grouped)
 
     def _release(self, count: int) -> None:
         self.pending -= count
@@ -189,7 +172,7 @@ class EgressClient:
 
 
 class _Waiter:
-    """The caller of one write (``single``) or write_group, and its messages' count."""
+    """The caller of one submit (``single``) or submit_group, and its messages' count."""
 
     __slots__ = ("future", "count", "single")
 

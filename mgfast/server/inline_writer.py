@@ -30,15 +30,11 @@ class InlineWriter:
 
     def submit_group(self, items: Sequence[tuple[Sequence, bool, bool]]
                      ) -> asyncio.Future[list[WriteResult]]:
-        """As EgressClient.write_group, as a future: in order, stopping at the first failure."""
+        """As EgressClient.submit_group: in order, stopping at the first failure."""
         if self.fps is not None:
             self.fps.add(sum(1 for _, _, frame in items if frame), len(items))
         return self.writer.submit_group([frames for frames, _, _ in items],
                                         [eos for _, eos, _ in items])
-
-    async def write_group(self, items: Sequence[tuple[Sequence, bool, bool]]
-                          ) -> list[WriteResult]:
-        return await self.submit_group(items)
 
     async def close(self) -> None:
         await self.writer.close()
