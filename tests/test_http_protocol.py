@@ -243,3 +243,72 @@ def test_a_failure_inside_a_group_closes_after_its_answer_and_nothing_after_is_a
     answers = transport.out.split(b"HTTP/1.1 ")[1:]
     assert [a[:3] for a in answers] == [b"200", b"504"]
     assert b"connection: close" in answers[1] and transport.closed
+
+
+# ---- limits and hostile input ---------------------------------------------------------------
+
+SMALL = HttpLimits(max_body_size=1000, max_line_size=100, max_header_size=300)
+
+
+@pytest.mark.parametrize("bytewise", [False, True])
+@pytest.mark.parametrize("request_bytes, status, names", [
+    (b"GET /" + b"a" * 120 + b" HTTP/1.1\r\n\r\n", 414, b"max_line_size"),
+    (b"GET / HTTP/1.1\r\nX: " + b"v" * 120 + b"\r\n\r\n", 431, b"max_line_size"),
+    (b"GET / HTTP/1.1\r\n" + b"a: b\r\n" * 60 + b"\r\n", 431, b"max_header_size"),
+])
+def test_head_limits_answer_414_or_431_and_close(bytewise, request_bytes, status, names):
+    app, protocol, transport = run(feed(request_bytes, bytewise=bytewise, limits=SMALL))
+    assert transport.out.startswith(b"HTTP/1.1 %d " % status) and names in transport.out
+    assert transport.closed and not app.seen
+
+
+def test_an_unfinished_header_is_refused_once_it_spills_past_the_block_limit():
+    async def go():
+        app, protocol, transport = await feed(b"GET / HTTP/1.1\r\nX: ", bytewise=False,
+                                              limits=SMALL)
+        for _ in range(5):  # reads that end inside the header line, unseen by callbacks
+            protocol.data_received(b"v" * 90)
+        return transport
+    transport = run(go())
+    assert transport.out.startswith(b"HTTP/1.1 431 ") and transport.closed
+
+
+def test_requests_right_at_the_limits_pass():
+    line = b"GET /" + b"a" * 80 + b" HTTP/1.1\r\n"
+    header = b"X: " + b"v" * 90 + b"\r\n"
+    app, protocol, transport = run(feed(line + header * 2 + b"\r\n", bytewise=True, limits=SMALL))
+    assert transport.out.startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_body_buffer_grows_with_what_arrives_not_with_what_is_announced():
+    async def go():
+        limits = HttpLimits(max_body_size=1 << 30)
+        app, protocol, transport = await feed(
+            b"POST /x HTTP/1.1\r\nContent-Length: 500000000\r\n\r\nab", bytewise=False,
+            limits=limits)
+        protocol.data_received(b"cd")
+        return protocol
+    protocol = run(go())
+    assert bytes(protocol.request.body) == b"abcd" and len(protocol.request.body) == 4
+
+
+def test_head_gets_the_headers_of_get_without_the_body():
+    data = b"HEAD /x HTTP/1.1\r\n\r\nGET /y HTTP/1.1\r\n\r\n"
+    app, protocol, transport = run(feed(data, bytewise=False))
+    head, get = transport.out.split(b"HTTP/1.1 200 OK\r\n")[1:]
+    assert b"content-length: 8\r\n" in head and head.endswith(b"\r\n\r\n")
+    assert get.endswith(b"GET /y ")
+
+
+@pytest.mark.parametrize("data", [
+    b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n400\r\n" + b"x" * 1024 + b"\r\n",
+    b"POST /x HTTP/1.1\r\nContent-Length: 5000\r\n\r\n",
+    b"POST /x HTTP/1.1\r\nContent-Length: 500\r\n\r\n" + b"x" * 300,
+])
+def test_a_closed_or_rejected_connection_holds_no_request(data):
+    async def go():
+        app, protocol, transport = await feed(data, bytewise=False, limits=SMALL)
+        protocol.connection_lost(None)
+        return protocol
+    protocol = run(go())
+    assert protocol.request is None and protocol.parser is None and not protocol.queue

@@ -15,7 +15,7 @@ class HealthApp:
     def handle(self, request: Request) -> Response:
         path = request.path.partition(b"?")[0]
         if path != b"/health":
-            return responses.text(404, f"no such path {path.decode('latin-1')!r}; "
+            return responses.text(404, f"no such path {responses.quote(path)}; "
                                        f"the client serves GET /health")
         if request.method not in (b"GET", b"HEAD"):
             return Response(405, b"use GET\n", headers=((b"allow", b"GET"),))

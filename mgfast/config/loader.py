@@ -54,7 +54,9 @@ Server:
   ``workers``: number of HTTP worker processes, integer 1..1024; absent or null = one per CPU.
   ``metrics``: ``{"ip": IP, "port": PORT}``, the plain-HTTP Prometheus ``/metrics`` listener;
   ``ip`` defaults to the top-level ``ip``; ``port`` must differ from the gateway's ``port``.
-  ``http``: ``max_body_size`` (bytes, integer >= 1; default 64 MiB where upstream caps at 256 KiB),
+  ``http``: ``max_body_size`` (bytes, integer >= 1; default 32 MiB where upstream caps at 256 KiB),
+  ``max_line_size`` (request line and each header line, default 8 KiB: 414 or 431 beyond),
+  ``max_header_size`` (the header block, default 32 KiB: 431 beyond),
   ``header_timeout``, ``body_timeout``, ``idle_timeout`` (durations > 0).
   ``tls.handshake_timeout``: duration > 0 a TLS handshake may take.
   ``tls.recheck_interval``: duration > 0 between re-checks of live connections' client
@@ -880,11 +882,13 @@ _STATISTICS = _Obj({
 }, Statistics, example='{"frame_period": 1000}', post=_exactly_one_period)
 
 _HTTP = _Obj({  # mgfast
-    "max_body_size": _opt(_Int(1, 2**40, example="67108864")),
+    "max_body_size": _opt(_Int(1, 2**40, example="33554432")),
+    "max_line_size": _opt(_Int(64, 2**30, example="8192")),
+    "max_header_size": _opt(_Int(64, 2**30, example="32768")),
     "header_timeout": _opt(_POSITIVE),
     "body_timeout": _opt(_POSITIVE),
     "idle_timeout": _opt(_POSITIVE),
-}, HttpLimits, example='{"max_body_size": 67108864}')
+}, HttpLimits, example='{"max_body_size": 33554432}')
 
 _METRICS = _Obj({  # mgfast; turned into a Listen by _finish_listener
     "ip": _opt(_IP),

@@ -12,7 +12,8 @@ from typing import Literal
 
 from mgfast.zmq.url import SocketUrl
 
-MiB = 1024 * 1024
+KiB = 1024
+MiB = 1024 * KiB
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -97,7 +98,9 @@ class Listen:
 class HttpLimits:
     """mgfast: the ``http`` object. Upstream caps bodies at 256 KiB; video frames need more."""
 
-    max_body_size: int = 64 * MiB
+    max_body_size: int = 32 * MiB
+    max_line_size: int = 8 * KiB  # the request line, and each header line (as nginx)
+    max_header_size: int = 32 * KiB  # the whole header block (as nginx)
     header_timeout: float = 10.0
     body_timeout: float = 60.0
     idle_timeout: float = 75.0

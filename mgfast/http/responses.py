@@ -26,12 +26,19 @@ class Response:
         self.content_type = content_type
         self.close = close
         self.headers = headers
-        self._encoded: list[bytes | None] = [None, None]  # [closing, keep-alive]
+        # [closing, keep-alive, closing HEAD, keep-alive HEAD]
+        self._encoded: list[bytes | None] = [None, None, None, None]
 
-    def encode(self, keep_alive: bool) -> bytes:
-        encoded = self._encoded[keep_alive]
+    def encode(self, keep_alive: bool, head: bool = False) -> bytes:
+        """The whole response; for a HEAD request (``head``) without the body, whose length
+        the headers still give (a body there would be read as the next response)."""
+        index = keep_alive + 2 * head
+        encoded = self._encoded[index]
         if encoded is None:
-            encoded = self._encoded[keep_alive] = self._encode(keep_alive)
+            encoded = self._encode(keep_alive)
+            if head:
+                encoded = encoded[:len(encoded) - len(self.body)]
+            self._encoded[index] = encoded
         return encoded
 
     def _encode(self, keep_alive: bool) -> bytes:
@@ -57,6 +64,14 @@ def _status_line(status: int) -> bytes:
         line = b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, "Unknown").encode())
         _STATUS_LINES[status] = line
     return line
+
+
+def quote(value: bytes, limit: int = 100) -> str:
+    """``value`` as an error message shows it: quoted, and cut so that a huge URL or header
+    cannot make the answer huge."""
+    if len(value) <= limit:
+        return repr(value.decode("latin-1"))
+    return f"{value[:limit].decode('latin-1')!r}... ({len(value)} bytes)"
 
 
 def text(status: int, message: str, *, close: bool = False) -> Response:

@@ -24,6 +24,11 @@ log = logging.getLogger("mgfast.http")
 MAX_PIPELINED = 16
 
 
+class _Stop(Exception):
+    """Raised in a parser callback once the request is answered with an error: parsing stops
+    at once, so nothing after the bad part is buffered or looked at."""
+
+
 class Request:
     """One parsed request; the body is bytes when it came in one piece, else a bytearray."""
 
@@ -66,10 +71,13 @@ class HttpServerProtocol(asyncio.Protocol):
         self.failure: Response | None = None  # a rejection waiting for the answers before it
         # per request (being parsed)
         self.request: Request | None = None
+        self.in_head = False  # between the request's first byte and the end of its headers
+        self.began = False  # a request began during the current data_received
+        self.head_size = 0  # bytes of request line and headers the parser has handed over
+        self.head_spill = 0  # bytes of whole reads that fell inside one unfinished head
         self.body_size = 0
         self.content_length: int | None = None  # llhttp validates the header itself
         self.expect_continue = False
-        self.rejected = False  # answered before the body arrived (413): ignore the rest
 
     # -- asyncio protocol interface --------------------------------------------------------
 
@@ -81,13 +89,26 @@ class HttpServerProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing or self.failure is not None:
             return
+        in_head = self.in_head
+        self.began = False
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(responses.text(400, "protocol upgrade is not supported", close=True))
+        except httptools.HttpParserCallbackError as exc:
+            if not isinstance(exc.__context__, _Stop):
+                raise
         except httptools.HttpParserError as exc:
             if not self.closing:
                 self._fail(responses.text(400, f"malformed HTTP request: {exc}", close=True))
+        else:
+            if in_head and self.in_head and not self.began:
+                # The parser buffers an unfinished header line itself, out of our sight: count
+                # whole reads that fall inside one head, so an endless header cannot grow it.
+                self.head_spill += len(data)
+                if self.head_spill > self.limits.max_header_size:
+                    self._reject_head(431, "request header block", self.head_spill,
+                                      "max_header_size")
         if self.queue and not self.busy and not self.closing:
             self._next()  # after the whole buffer: pipelined requests are handled together
 
@@ -98,25 +119,42 @@ class HttpServerProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self._disarm()
-        self.queue.clear()
         self.transport = None
         self.connections.discard(self)
+        self._forget()
 
     # -- parser callbacks ------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         self.request = Request()
+        self.in_head = self.began = True
+        self.head_size = self.head_spill = 0
         self.body_size = 0
         self.content_length = None
         self.expect_continue = False
-        self.rejected = False
         if not self.busy:
             self._arm(self.limits.header_timeout, self._on_request_timeout)
 
     def on_url(self, url: bytes) -> None:
-        self.request.path += url  # type: ignore[union-attr]
+        request = self.request
+        request.path += url  # type: ignore[union-attr]
+        self.head_size += len(url)
+        if len(request.path) > self.limits.max_line_size:  # type: ignore[union-attr]
+            self._reject_head(414, "request target", len(request.path),  # type: ignore[union-attr]
+                              "max_line_size")
+            raise _Stop
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        size = len(name) + len(value)
+        self.head_size += size + 4  # ": " and CRLF
+        limits = self.limits
+        if size > limits.max_line_size:
+            self._reject_head(431, f"header {responses.quote(name)}", size,
+                              "max_line_size")
+            raise _Stop
+        if self.head_size > limits.max_header_size:
+            self._reject_head(431, "request header block", self.head_size, "max_header_size")
+            raise _Stop
         name = name.lower()
         request = self.request
         if name == b"content-type":
@@ -129,42 +167,39 @@ class HttpServerProtocol(asyncio.Protocol):
             self.expect_continue = True
 
     def on_headers_complete(self) -> None:
+        self.in_head = False
         request = self.request
         request.method = self.parser.get_method()  # type: ignore[union-attr]
         request.keep_alive = self.parser.should_keep_alive()  # type: ignore[union-attr]
         length = self.content_length
         if length is not None and length > self.limits.max_body_size:
             self._reject_body(length)
-            return
+            raise _Stop
         if self.expect_continue and self.transport is not None:
             self.transport.write(responses.CONTINUE)
         if not self.busy:
             self._arm(self.limits.body_timeout, self._on_request_timeout)
 
     def on_body(self, body: bytes) -> None:
-        if self.rejected:
-            return
         size = self.body_size
         self.body_size = end = size + len(body)
         if end > self.limits.max_body_size:
             self._reject_body(end)
-            return
+            raise _Stop
         request = self.request
         if not size:
             request.body = body  # type: ignore[union-attr]  # one piece: no copy
             return
         buffer = request.body  # type: ignore[union-attr]
         if buffer.__class__ is bytes:
-            # a second piece: one buffer of the announced length, filled in place
-            length = self.content_length
-            buffer = bytearray(length if length is not None and length >= end else end)
-            buffer[:size] = request.body  # type: ignore[union-attr]
-            request.body = buffer  # type: ignore[union-attr]
-        buffer[size:end] = body  # grows the buffer only for a chunked body
+            # A second piece: the buffer grows with what arrives (never to the announced
+            # length up front, which would let a client reserve memory it never sends).
+            buffer = request.body = bytearray(buffer)  # type: ignore[union-attr]
+        buffer += body  # type: ignore[operator]
 
     def on_message_complete(self) -> None:
         request, self.request = self.request, None
-        if self.rejected or request is None or self.failure is not None:
+        if request is None or self.failure is not None:
             return
         self.queue.append(request)
         if len(self.queue) >= MAX_PIPELINED and not self.reading_paused and self.transport:
@@ -258,7 +293,7 @@ class HttpServerProtocol(asyncio.Protocol):
         if self.transport is None or self.closing:
             return
         keep_alive = request.keep_alive and not response.close and not (self.stopping and last)
-        self.transport.write(response.encode(keep_alive))
+        self.transport.write(response.encode(keep_alive, request.method == b"HEAD"))
         if self.statuses is not None:
             self.statuses[response.status] += 1
         if not keep_alive:
@@ -283,11 +318,23 @@ class HttpServerProtocol(asyncio.Protocol):
         self._close()
 
     def _reject_body(self, size: int) -> None:
-        self.rejected = True
         limit = self.limits.max_body_size
-        self._fail(responses.text(
-            413, f"body of {size} bytes is over the limit of {limit} bytes "
+        self._reject(responses.text(
+            413, f"body of {size} bytes or more is over the limit of {limit} bytes "
                  f"(server config http.max_body_size)", close=True))
+
+    def _reject_head(self, status: int, what: str, size: int, key: str) -> None:
+        limit = getattr(self.limits, key)
+        self._reject(responses.text(
+            status, f"{what} of {size} bytes or more is over the limit of {limit} bytes "
+                    f"(server config http.{key})", close=True))
+
+    def _reject(self, response: Response) -> None:
+        """Answer the request being parsed with an error; a parser callback then raises
+        ``_Stop``."""
+        self.request = None  # its body so far is garbage now
+        self.in_head = False
+        self._fail(response)
 
     # -- shutdown and timeouts -------------------------------------------------------------
 
@@ -308,6 +355,16 @@ class HttpServerProtocol(asyncio.Protocol):
         self._disarm()
         if self.transport is not None:
             self.transport.close()
+        if not self.busy:
+            self._forget()
+
+    def _forget(self) -> None:
+        """Drop what the connection holds, now rather than at the next cyclic GC (the parser
+        and this protocol refer to each other): a closed connection keeps no body alive."""
+        self.request = None
+        self.queue.clear()
+        self.failure = None
+        self.parser = None  # type: ignore[assignment]
 
     def _arm(self, delay: float, callback) -> None:
         if self.timer is not None:

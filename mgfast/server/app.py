@@ -71,7 +71,8 @@ class GatewayApp:
             if request.method not in (b"GET", b"HEAD"):
                 return Response(405, b"use GET\n", headers=((b"allow", b"GET"),))
             return HEALTHY
-        return responses.text(404, f"no such path {path.decode('latin-1')!r}; use POST / or GET /health")
+        return responses.text(404, f"no such path {responses.quote(path)}; "
+                                   f"use POST / or GET /health")
 
     # -- pipelined upstream requests, written as one group ----------------------------------
 
@@ -134,7 +135,7 @@ class GatewayApp:
         if content_type != MEDIA_TYPE:
             return responses.text(
                 400, f"Content-Type must be application/protobuf, "
-                     f"not {request.content_type.decode('latin-1')!r}")
+                     f"not {responses.quote(request.content_type)}")
         try:
             topic, message, data, kind = decode_media(request.body)
         except MediaError as exc:

@@ -17,6 +17,7 @@ from multiprocessing.connection import Connection
 import uvloop
 
 from mgfast import logs
+from mgfast.memory import return_large_buffers
 from mgfast.config.model import ServerConfig
 from mgfast.metrics.multiprocess import enabled as metrics_enabled
 
@@ -25,6 +26,12 @@ PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 # How long a worker waits for the egress to answer a batch before answering 503: the writer's
 # own worst case (send and ack budgets) plus a margin for the hop.
 REPLY_MARGIN = 5.0
+
+
+def _child_setup() -> None:
+    _die_with_parent()
+    return_large_buffers()
+    logs.setup()
 
 
 def _die_with_parent() -> None:
@@ -41,8 +48,7 @@ def _die_with_parent() -> None:
 
 
 def egress_main(config: ServerConfig, endpoint: str, conn: Connection) -> None:
-    _die_with_parent()
-    logs.setup()
+    _child_setup()
     uvloop.run(_egress(config, endpoint, conn))
 
 
@@ -74,8 +80,7 @@ async def _egress(config: ServerConfig, endpoint: str, conn: Connection) -> None
 def worker_main(config: ServerConfig, index: int, endpoint: str | None,
                 conn: Connection) -> None:
     """A worker; with ``endpoint`` None it is the only one and owns the out_stream itself."""
-    _die_with_parent()
-    logs.setup()
+    _child_setup()
     uvloop.run(_worker(config, index, endpoint, conn))
 
 
