@@ -18,6 +18,7 @@ as read-only memoryviews of a small object that owns libzmq's message (``ZmqFram
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_FillInfo, PyBuffer_Release,
                              PyBUF_SIMPLE)
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stdint cimport uintptr_t
 from libc.errno cimport EAGAIN, EINTR
 
@@ -42,6 +43,10 @@ cdef extern from *:
 cdef enum:
     ZMQ_DONTWAIT = 1
     ZMQ_SNDMORE = 2
+
+cdef enum:
+    # Parts whose buffers fit on the stack while a multipart is sent (Savant sends a few).
+    _STACK_PARTS = 16
 
 ctypedef int (*msg_init_t)(mg_zmq_msg_t*) noexcept nogil
 ctypedef int (*msg_recv_t)(mg_zmq_msg_t*, void*, int) noexcept nogil
@@ -181,16 +186,10 @@ def recv_many(uintptr_t handle, Py_ssize_t limit, Py_ssize_t keep_from=0,
     return out
 
 
-cdef int _send_part(void* sock, object part, int flags) except -2:
+cdef int _send_view(void* sock, Py_buffer* view, int flags) except -2:
     """0 sent, -1 would block (EAGAIN); raises ZMQError on any other failure."""
-    cdef Py_buffer view
-    cdef int rc
+    cdef int rc = _send(sock, view.buf, <size_t>view.len, flags)
     cdef int err
-    PyObject_GetBuffer(part, &view, PyBUF_SIMPLE)
-    try:
-        rc = _send(sock, view.buf, <size_t>view.len, flags)
-    finally:
-        PyBuffer_Release(&view)
     if rc >= 0:
         return 0
     err = _errno()
@@ -201,17 +200,39 @@ cdef int _send_part(void* sock, object part, int flags) except -2:
 
 cdef bint _send_one(void* sock, object frames) except -1:
     """Sends a whole multipart; False if the socket would block on its first part (libzmq
-    admits a multipart whole once its first part is accepted). Raises on anything else."""
-    cdef Py_ssize_t last = len(frames) - 1
+    admits a multipart whole once its first part is accepted). Raises on anything else.
+
+    Every part's buffer is taken before the first is sent: a part that is not bytes-like
+    raises before anything is queued, instead of leaving half a multipart that libzmq would
+    join to the next message."""
+    cdef Py_ssize_t count = len(frames)
+    cdef Py_ssize_t taken = 0
     cdef Py_ssize_t i
-    if last < 0:
+    cdef Py_buffer stack_views[_STACK_PARTS]
+    cdef Py_buffer* views = stack_views
+    cdef int more
+    if count == 0:
         raise ValueError("a multipart needs at least one frame")
-    if _send_part(sock, frames[0], ZMQ_DONTWAIT | (ZMQ_SNDMORE if last else 0)) < 0:
-        return False
-    for i in range(1, last + 1):
-        if _send_part(sock, frames[i], ZMQ_DONTWAIT | (ZMQ_SNDMORE if i < last else 0)) < 0:
-            raise zmq.ZMQError(EAGAIN, "the socket refused the rest of a multipart")
-    return True
+    if count > _STACK_PARTS:
+        views = <Py_buffer*>PyMem_Malloc(count * sizeof(Py_buffer))
+        if views == NULL:
+            raise MemoryError()
+    try:
+        while taken < count:
+            PyObject_GetBuffer(frames[taken], &views[taken], PyBUF_SIMPLE)
+            taken += 1
+        for i in range(count):
+            more = ZMQ_SNDMORE if i < count - 1 else 0
+            if _send_view(sock, &views[i], ZMQ_DONTWAIT | more) < 0:
+                if i == 0:
+                    return False
+                raise zmq.ZMQError(EAGAIN, "the socket refused the rest of a multipart")
+        return True
+    finally:
+        for i in range(taken):
+            PyBuffer_Release(&views[i])
+        if views != stack_views:
+            PyMem_Free(views)
 
 
 def send_multipart(uintptr_t handle, frames):

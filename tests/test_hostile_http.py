@@ -4,7 +4,6 @@ it lasts and returns to idle once the client leaves."""
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import time

@@ -101,3 +101,19 @@ def test_bad_arguments_and_closed_sockets_raise(pair):
             send_multipart(sub.underlying, [b"x"])
     finally:
         sub.close(linger=0)
+
+
+@pytest.mark.parametrize("parts", [2, 40])  # on the stack and on the heap
+def test_a_bad_part_sends_nothing_so_the_next_message_is_not_joined_to_half_of_it(pair, parts):
+    dealer, router = pair
+    bad = [b"topic"] + [b"ok"] * (parts - 2) + [42]
+    with pytest.raises(TypeError):
+        send_multipart(dealer.underlying, bad)
+    with pytest.raises(TypeError):
+        send_many(dealer.underlying, [[b"first"], bad], 0, 2)  # the good one before it went
+    assert send_multipart(dealer.underlying, [b"next", b"whole"]) is True
+    got = [wait_until(lambda: recv_multipart(router.underlying))[1:] for _ in range(2)]
+    assert got == [[b"first"], [b"next", b"whole"]]
+    wide = [b"p%d" % i for i in range(parts)]
+    assert send_multipart(dealer.underlying, wide) is True
+    assert wait_until(lambda: recv_multipart(router.underlying))[1:] == wide

@@ -2,8 +2,8 @@
 
 Every ``write`` made during one loop iteration goes out as one ZeroMQ message at the end of it,
 so under load a batch carries as many messages as there are requests ready, and the cost of the
-hop is paid per batch. At most ``max_pending`` messages wait for their results: past that,
-``write`` waits, requests wait, and TCP pushes back on the clients (bounded memory).
+hop is paid per batch. At most ``max_pending`` messages wait for their results
+(``PendingLimit``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import zmq
 
 from mgfast._zmq_io import recv_multipart, send_multipart
 from mgfast.server import egress_wire
+from mgfast.server.pending_limit import PendingLimit
 from mgfast.zmq.sockets import StreamClosed
 from mgfast.zmq.writer import WriteResult
 
@@ -31,7 +32,6 @@ class EgressUnavailable(StreamClosed):
 class EgressClient:
     def __init__(self, endpoint: str, *, max_pending: int, reply_timeout: float) -> None:
         self.endpoint = endpoint
-        self.max_pending = max_pending
         self.reply_timeout = reply_timeout
         self.loop = asyncio.get_running_loop()
         self.context = zmq.Context()
@@ -44,8 +44,7 @@ class EgressClient:
         self.flush_scheduled = False
         # batches sent, awaiting results: id -> (waiters, timer)
         self.inflight: dict[int, tuple[list[_Waiter], asyncio.TimerHandle]] = {}
-        self.pending = 0  # messages submitted and not yet resolved
-        self.space = asyncio.Event()
+        self.limit = PendingLimit(max_pending)
 
     async def start(self) -> None:
         sock = self.context.socket(zmq.DEALER)
@@ -73,26 +72,9 @@ class EgressClient:
 
     def _submit(self, items: Sequence[tuple[Sequence, bool, bool]], grouped: bool
                 ) -> asyncio.Future:
-        """Queue now (no coroutine or task) unless the worker's bound on messages waiting for
-        the egress is reached; then wait for room first."""
-        if self.pending >= self.max_pending:
-            return asyncio.ensure_future(self._submit_when_room(items, grouped))
-        count = len(items)
-        self.pending += count
-        future = self._enqueue(items, grouped=grouped)
-        future.add_done_callback(lambda _: self._release(count))
-        return future
-
-    async def _submit_when_room(self, items: Sequence[tuple[Sequence, bool, bool]],
-                                grouped: bool):
-        while self.pending >= self.max_pending:
-            self.space.clear()
-            await self.space.wait()
-        return await self._submit(items, grouped)
-
-    def _release(self, count: int) -> None:
-        self.pending -= count
-        self.space.set()
+        """Queue now unless the worker's bound on messages waiting for the egress is reached;
+        then wait for room first."""
+        return self.limit.admit(len(items), lambda: self._enqueue(items, grouped=grouped))
 
     def _enqueue(self, items, *, grouped: bool) -> asyncio.Future:
         """Add messages to this loop iteration's batch (the flush goes out at its end); the

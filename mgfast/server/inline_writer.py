@@ -7,6 +7,7 @@ from typing import Sequence
 
 from mgfast.config.model import OutStreamConfig
 from mgfast.fps_log import FpsLog
+from mgfast.server.pending_limit import PendingLimit
 from mgfast.zmq.writer import OutStreamWriter, WriteResult
 
 
@@ -17,24 +18,26 @@ class InlineWriter:
     def __init__(self, out_stream: OutStreamConfig, fps: FpsLog | None) -> None:
         self.writer = OutStreamWriter(out_stream)
         self.fps = fps
+        self.limit = PendingLimit(out_stream.inflight_ops)
 
     async def start(self) -> None:
         await self.writer.start()
 
     def submit(self, frames: Sequence, *, eos: bool, frame: bool = False
                ) -> asyncio.Future[WriteResult]:
-        """Queue one message; the future's result is its WriteResult (no coroutine, no task)."""
+        """Queue one message; the future's result is its WriteResult (no coroutine, no task
+        while there is room)."""
         if self.fps is not None:
             self.fps.add(1 if frame else 0, 1)
-        return self.writer.submit(frames, eos)
+        return self.limit.admit(1, lambda: self.writer.submit(frames, eos))
 
     def submit_group(self, items: Sequence[tuple[Sequence, bool, bool]]
                      ) -> asyncio.Future[list[WriteResult]]:
         """As EgressClient.submit_group: in order, stopping at the first failure."""
         if self.fps is not None:
             self.fps.add(sum(1 for _, _, frame in items if frame), len(items))
-        return self.writer.submit_group([frames for frames, _, _ in items],
-                                        [eos for _, eos, _ in items])
+        return self.limit.admit(len(items), lambda: self.writer.submit_group(
+            [frames for frames, _, _ in items], [eos for _, eos, _ in items]))
 
     async def close(self) -> None:
         await self.writer.close()
