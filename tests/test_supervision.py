@@ -6,6 +6,7 @@ import http.client
 import os
 import signal
 import threading
+import time
 
 import pytest
 
@@ -168,3 +169,106 @@ def test_sigterm_answers_requests_in_flight_and_exits_0(tmp_path):
         rep.close(0)
         ctx.term()
     assert "stopped" in server.log()
+
+
+class Poster(threading.Thread):
+    """Posts numbered messages of one source on one keep-alive connection, one after another,
+    until stopped; records each answer's status and when it came."""
+
+    def __init__(self, port: int, source: str) -> None:
+        super().__init__(daemon=True)
+        self.port, self.source = port, source
+        self.answers: list[tuple[int, int, float]] = []  # (seq, status, monotonic time)
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        seq = 0
+        while not self.stopping.is_set():
+            body = encode_media(self.source.encode(), sp.to_bytes(sp.user_data(self.source)),
+                                [seq.to_bytes(4, "big")])
+            conn.request("POST", "/", body=body, headers={"Content-Type": "application/protobuf"})
+            response = conn.getresponse()
+            response.read()
+            self.answers.append((seq, response.status, time.monotonic()))
+            if response.status == 200:
+                seq += 1
+            if response.getheader("connection") == "close":
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        conn.close()
+
+    def accepted(self) -> list[int]:
+        return [seq for seq, status, _ in self.answers if status == 200]
+
+
+@pytest.mark.parametrize("writer, reader_type", [("req", "rep"), ("dealer", "router")])
+def test_a_killed_egress_costs_the_sources_only_its_restart(tmp_path, writer, reader_type):
+    """SIGKILL the egress under a steady stream: the workers see it go at once and send what
+    it had not answered to its successor, so no request waits for the (long) reply timeout
+    and none gets an error. What arrives is in order per source (a repeat only of what the
+    dead egress held). With a REQ out_stream (200 = the consumer has it) every accepted
+    message arrives; with DEALER (200 = queued in libzmq) what the dead egress's libzmq still
+    held is lost, as the README says."""
+    where = f"ipc://{tmp_path}/out"
+    config = server_config(f"{writer}+connect:{where}", workers=2)
+    for key in ("send_timeout", "receive_timeout"):  # a reply budget of 45 s
+        config["out_stream"][key] = {"secs": 5, "nanos": 0}
+    with sp.SavantReader(f"{reader_type}+bind:{where}") as reader, \
+            GatewayProcess("server", config, tmp_path) as server:
+        posters = [Poster(config["port"], f"cam-{n}") for n in range(2)]
+        for poster in posters:
+            poster.start()
+        wait_until(lambda: all(len(p.accepted()) >= 30 for p in posters), timeout=20,
+                   what="the stream to flow")
+        egress = live_children(server)["egress"]
+        os.kill(egress, signal.SIGKILL)
+        killed = time.monotonic()
+        wait_until(lambda: live_children(server).get("egress") not in (None, egress),
+                   timeout=20, what="the egress to be restarted")
+        wait_until(lambda: all(p.answers[-1][2] > killed + 0.2 and len(p.accepted()) > 60
+                               for p in posters), timeout=15,
+                   what="every source to flow again (not waiting for the 45 s reply timeout)")
+        for poster in posters:
+            poster.stopping.set()
+            poster.join(60)
+        assert "sending again what it had not answered" in server.log()
+        for poster in posters:
+            assert {status for _, status, _ in poster.answers} == {200}
+            want = [seq.to_bytes(4, "big") for seq in poster.accepted()]
+            if writer == "req":
+                got = wait_until(lambda: _arrived(reader, poster.source, want), timeout=10,
+                                 what=f"every accepted message of {poster.source}")
+            else:
+                wait_until(lambda: _received(reader, poster.source)[-1:] == want[-1:],
+                           timeout=10, what=f"the last message of {poster.source}")
+                got = _received(reader, poster.source)
+            assert_in_order_with_repeats(got, want, complete=writer == "req")
+
+
+def _received(reader: sp.SavantReader, source: str) -> list[bytes]:
+    return [m.extra[0] for m in list(reader.messages) if m.topic == source.encode()]
+
+
+def _arrived(reader: sp.SavantReader, source: str, want: list[bytes]) -> list[bytes] | None:
+    got = _received(reader, source)
+    return got if set(want) <= set(got) else None
+
+
+def assert_in_order_with_repeats(got: list[bytes], want: list[bytes], complete: bool) -> None:
+    """New items of ``got`` come in ``want``'s order (with ``complete``, none skipped); a
+    repeat is only of an earlier one."""
+    order = {item: i for i, item in enumerate(want)}
+    newest = -1
+    seen: set[bytes] = set()
+    for item in got:
+        if item not in order:
+            continue  # sent, not yet answered when the poster stopped
+        at = order[item]
+        if at <= newest:
+            assert item in seen, f"{at} after {newest}: out of order"
+        elif complete:
+            assert at == newest + 1, f"{at} after {newest}: {newest + 1} skipped"
+        seen.add(item)
+        newest = max(newest, at)
+    assert newest == len(want) - 1

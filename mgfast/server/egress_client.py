@@ -42,20 +42,36 @@ class EgressClient:
         self.counts = array("I")
         self.waiters: list[_Waiter] = []  # one per submit / submit_group call
         self.flush_scheduled = False
-        # batches sent, awaiting results: id -> (waiters, timer)
-        self.inflight: dict[int, tuple[list[_Waiter], asyncio.TimerHandle]] = {}
+        self.monitor: zmq.Socket | None = None  # the socket's disconnect events
+        # batches sent, awaiting results: id -> (waiters, timer, frames to send again)
+        self.inflight: dict[int, tuple[list[_Waiter], asyncio.TimerHandle, list]] = {}
         self.limit = PendingLimit(max_pending)
+        self.resent = 0  # batches sent again to a restarted egress
 
     async def start(self) -> None:
+        self._open()
+
+    def _open(self) -> None:
         sock = self.context.socket(zmq.DEALER)
         sock.setsockopt(zmq.SNDHWM, 0)  # bounded by max_pending instead
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.LINGER, 0)
+        self.monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         sock.connect(self.endpoint)
         self.sock = sock
         # ZeroMQ's fd is edge-triggered and any operation on the socket may consume the edge:
         # drain replies until EAGAIN on every wake-up and after every send.
         self.loop.add_reader(sock.getsockopt(zmq.FD), self._read_results)
+        self.loop.add_reader(self.monitor.getsockopt(zmq.FD), self._on_monitor)
+        self._on_monitor()  # a read that finds nothing arms the edge for the first event
+
+    def _shut(self) -> None:
+        """Close the socket and its monitor, with whatever libzmq still queues in them."""
+        self.loop.remove_reader(self.sock.getsockopt(zmq.FD))
+        self.loop.remove_reader(self.monitor.getsockopt(zmq.FD))
+        self.sock.disable_monitor()
+        self.monitor.close(linger=0)
+        self.sock.close(linger=0)
 
     def submit(self, frames: Sequence, *, eos: bool, frame: bool = False
                ) -> asyncio.Future[WriteResult]:
@@ -97,14 +113,12 @@ class EgressClient:
         return future
 
     async def close(self) -> None:
-        if self.sock is not None:
-            self.loop.remove_reader(self.sock.getsockopt(zmq.FD))
-        for waiters, timer in self.inflight.values():
+        for waiters, timer, _ in self.inflight.values():
             timer.cancel()
             _fail(waiters, "the worker is stopping")
         self.inflight.clear()
         if self.sock is not None:
-            self.sock.close()
+            self._shut()
         self.context.term()
 
     # -- internals ---------------------------------------------------------------------------
@@ -119,7 +133,32 @@ class EgressClient:
             _fail(waiters, "the egress process is not connected")
             return
         timer = self.loop.call_later(self.reply_timeout, self._expire, batch_id)
-        self.inflight[batch_id] = (waiters, timer)
+        self.inflight[batch_id] = (waiters, timer, frames)
+        self._read_results()
+
+    def _on_monitor(self) -> None:
+        """The egress process went away (it died, or is being replaced): what it had not
+        answered is sent again, in order, on a new socket, so the sources stall only for the
+        restart, not for the reply timeout. The new socket starts empty: nothing queued for
+        the dead egress can arrive after (and out of order with) what is sent again; a
+        message the dead egress had written may arrive twice (at least once)."""
+        disconnected = False
+        while True:
+            try:
+                self.monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            disconnected = True
+        if not disconnected:
+            return
+        self._shut()
+        self._open()
+        if self.inflight:
+            log.warning("the egress process went away; sending again what it had not answered",
+                        extra={"batches": len(self.inflight)})
+        for batch_id in sorted(self.inflight):
+            send_multipart(self.sock.underlying, self.inflight[batch_id][2])
+            self.resent += 1
         self._read_results()
 
     def _expire(self, batch_id: int) -> None:
@@ -141,7 +180,7 @@ class EgressClient:
             entry = self.inflight.pop(batch_id, None)
             if entry is None:
                 continue  # expired already
-            waiters, timer = entry
+            waiters, timer, _ = entry
             timer.cancel()
             if len(codes) != sum(w.count for w in waiters):
                 log.error("egress reply does not match its batch")
