@@ -150,6 +150,8 @@ class SavantReader:
         self._reader = BlockingReader(builder.build())
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._reading = threading.Event()  # cleared: a stalled consumer that reads nothing
+        self._reading.set()
         self._lock = threading.Condition()
         self.messages: list[Received] = []  # what savant-rs delivered, in order
         self.other: list[object] = []  # other non-timeout results (prefix mismatch, ...)
@@ -162,8 +164,17 @@ class SavantReader:
         self._thread.start()
         return self
 
+    def pause(self) -> None:
+        """Stop reading (the socket stays open): a consumer that stalls."""
+        self._reading.clear()
+
+    def resume(self) -> None:
+        self._reading.set()
+
     def _run(self) -> None:
         while not self._stop.is_set():
+            if not self._reading.wait(0.05):
+                continue
             try:
                 result = self._reader.receive()
             except BaseException as exc:  # recorded for the test to see
