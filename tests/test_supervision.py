@@ -272,3 +272,45 @@ def assert_in_order_with_repeats(got: list[bytes], want: list[bytes], complete: 
         seen.add(item)
         newest = max(newest, at)
     assert newest == len(want) - 1
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_delivers_what_was_answered_200_to_a_consumer_that_is_slow(tmp_path, workers):
+    """The consumer stalls until the out_stream is full, and the server is stopped: every
+    message it answered 200 still reaches the consumer once it reads again, within the send
+    budget (ZeroMQ's linger on close is that budget, not Savant's 100 ms)."""
+    where = f"ipc://{tmp_path}/out"
+    config = server_config(f"dealer+connect:{where}", workers=workers)
+    config["out_stream"].update(send_hwm=4, send_timeout={"secs": 1, "nanos": 500_000_000},
+                             send_retries=1)  # a send budget of 3 s
+    big = b"x" * 256 * 1024  # a few fill the socket buffers between the two processes
+    with sp.SavantReader(f"router+bind:{where}", receive_hwm=2) as reader:
+        server = GatewayProcess("server", config, tmp_path)
+        try:
+            wait_until(lambda: post(config["port"], "warm-up", sp.user_data("warm-up")) == 200
+                       and reader.messages, what="the consumer to connect")
+            reader.pause()
+            accepted = []
+            conn = http.client.HTTPConnection("127.0.0.1", config["port"], timeout=30)
+            for seq in range(200):
+                body = encode_media(b"cam", sp.to_bytes(sp.user_data("cam")),
+                                    [seq.to_bytes(4, "big"), big])
+                conn.request("POST", "/", body=body,
+                             headers={"Content-Type": "application/protobuf"})
+                response = conn.getresponse()
+                response.read()
+                if response.status != 200:
+                    assert response.status == 504
+                    break
+                accepted.append(seq.to_bytes(4, "big"))
+            conn.close()
+            assert 0 < len(accepted) < 200, "the out_stream never filled up"
+            server.proc.send_signal(signal.SIGTERM)
+            time.sleep(1.0)  # the consumer is still stalled while the server stops
+            reader.resume()
+            assert server.proc.wait(30) == 0
+        finally:
+            server.stop()
+        got = wait_until(lambda: _arrived(reader, "cam", accepted), timeout=10,
+                         what="every message answered 200")
+    assert [e for e in got if e in set(accepted)] == accepted

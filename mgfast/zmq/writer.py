@@ -214,7 +214,9 @@ class OutStreamWriter:
                     pass
         self._fail_queued()
         if self._asock is not None:
-            self._asock.close()  # LINGER (100 ms) lets what was sent leave
+            # What was answered as written gets as long to leave as a send had (Savant's
+            # 100 ms linger would drop it when the consumer is slow or reconnecting).
+            self._asock.close(linger=int(self._send_budget * 1000))
             self._asock, self._handle = None, 0
         await self._release_context()
 
