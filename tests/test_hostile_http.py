@@ -237,3 +237,22 @@ def test_memory_of_large_accepted_bodies_returns_after_they_are_written(server, 
                          b"Content-Length: %d\r\n\r\n" % len(body) + body)
             assert read_response(sock)[0] == 200
     back_to_idle(server, idle)
+
+
+def test_a_client_that_never_reads_its_answers_is_not_read_either(server):
+    """Pipelined requests whose answers the client leaves unread: the server stops reading
+    once its write buffer is full, so the client's sends block and memory stays bounded."""
+    idle = idle_rss(server)
+    request = b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n"
+    burst = request * 2000
+    sent = 0
+    with RssWatch(server.proc.pid) as watch, connect(server) as sock:
+        sock.settimeout(2.0)
+        try:
+            while sent < 100 * MiB:
+                sent += sock.send(burst)
+        except socket.timeout:
+            pass  # blocked: the server stopped reading
+    assert sent < 20 * MiB, f"the server read {sent // MiB} MiB of requests nobody read answers to"
+    assert watch.peak - idle < 32 * MiB
+    back_to_idle(server, idle)

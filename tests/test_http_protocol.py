@@ -312,3 +312,44 @@ def test_a_closed_or_rejected_connection_holds_no_request(data):
         return protocol
     protocol = run(go())
     assert protocol.request is None and protocol.parser is None and not protocol.queue
+
+
+def test_while_the_client_does_not_read_its_answers_nothing_more_is_answered_or_read():
+    async def go():
+        app, protocol, transport = await feed(b"", bytewise=False)
+        protocol.pause_writing()
+        assert transport.paused
+        protocol.data_received(GET_HEALTH * 3)
+        await asyncio.sleep(0.01)
+        held = bytes(transport.out)
+        protocol.resume_writing()
+        await asyncio.sleep(0.01)
+        return held, transport
+    held, transport = run(go())
+    assert held == b"" and transport.out.count(b"HTTP/1.1 200") == 3 and not transport.paused
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+PIECES = [POST, GET_HEALTH, b"\r\n", b"Content-Length: 3\r\n", b"Transfer-Encoding: chunked\r\n",
+          b"5\r\nhello\r\n0\r\n\r\n", b"HEAD /health HTTP/1.1\r\n", b"Expect: 100-continue\r\n",
+          b"GET /" + b"a" * 150, b"X: " + b"v" * 150, b"\x00\xff", b"HTTP/1.0\r\n"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.sampled_from(PIECES), st.binary(max_size=40)), max_size=12),
+       st.integers(1, 64))
+def test_no_input_makes_the_protocol_raise(parts, chunk):
+    """Whatever arrives, split however: an answer or a close, never an exception."""
+    data = b"".join(parts)
+
+    async def go():
+        protocol = HttpServerProtocol(EchoApp(), SMALL)
+        transport = FakeTransport()
+        protocol.connection_made(transport)
+        for i in range(0, len(data), chunk):
+            protocol.data_received(data[i:i + chunk])
+        protocol.eof_received()
+        await asyncio.sleep(0)
+        protocol.connection_lost(None)
+    asyncio.run(go())

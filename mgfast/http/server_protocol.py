@@ -65,7 +65,8 @@ class HttpServerProtocol(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.queue: deque[Request] = deque()
         self.busy = False  # a request is being handled
-        self.reading_paused = False
+        self.reading_paused = False  # the pipeline queue is full, or a rejection waits
+        self.writing_paused = False  # the client does not read its answers fast enough
         self.stopping = False  # the server is draining: answer what was read, then close
         self.closing = False
         self.failure: Response | None = None  # a rejection waiting for the answers before it
@@ -111,6 +112,22 @@ class HttpServerProtocol(asyncio.Protocol):
                                       "max_header_size")
         if self.queue and not self.busy and not self.closing:
             self._next()  # after the whole buffer: pipelined requests are handled together
+
+    def pause_writing(self) -> None:
+        # A client that pipelines without reading its answers: stop answering and reading
+        # until it does, so the answers it leaves unread cannot pile up without bound.
+        self.writing_paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        if self.transport is None or self.closing:
+            return
+        if not self.reading_paused:
+            self.transport.resume_reading()
+        if self.queue and not self.busy:
+            self._next()
 
     def eof_received(self) -> bool | None:
         # A half-closed client still gets the answers to what it sent.
@@ -211,7 +228,7 @@ class HttpServerProtocol(asyncio.Protocol):
     def _next(self) -> None:
         queue = self.queue
         groupable = self.groupable
-        while queue and not self.closing:
+        while queue and not self.closing and not self.writing_paused:
             request = queue.popleft()
             group = None
             if queue and groupable is not None and groupable(request) and groupable(queue[0]):
@@ -221,7 +238,8 @@ class HttpServerProtocol(asyncio.Protocol):
             if (self.reading_paused and self.failure is None
                     and len(queue) < MAX_PIPELINED // 2 and self.transport):
                 self.reading_paused = False
-                self.transport.resume_reading()
+                if not self.writing_paused:
+                    self.transport.resume_reading()
             self.busy = True
             self._disarm()
             if group is not None:
@@ -239,6 +257,8 @@ class HttpServerProtocol(asyncio.Protocol):
             future = asyncio.ensure_future(result)
             future.add_done_callback(lambda f, r=request: self._on_handled(r, f))
             return
+        if queue:
+            return  # resume_writing goes on
         if self.failure is not None:
             self._fail(self.failure)
         elif not self.closing and self.request is None:

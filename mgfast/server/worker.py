@@ -15,6 +15,7 @@ from typing import Callable
 
 from mgfast.config.model import ServerConfig
 from mgfast.http.server_protocol import HttpServerProtocol
+from mgfast.memory import HeapTrimmer
 from mgfast.server.app import GatewayApp, Writer
 from mgfast.metrics import export
 from mgfast.server.listen import listen_socket
@@ -101,6 +102,8 @@ async def serve(config: ServerConfig, stop: asyncio.Event, writer: Writer, *,
     if sock is None:
         sock = listen_socket(config.ip, config.port)
     server = await loop.create_server(factory, sock=sock)
+    trimmer = HeapTrimmer()
+    trimmer.start()
     exporter = None
     if stats is not None:
         exporter = loop.create_task(export.run(export.worker_tick(stats, reloader), stop))
@@ -109,6 +112,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event, writer: Writer, *,
     try:
         await stop.wait()
     finally:
+        trimmer.stop()
         if reloader is not None:
             reloader.stop()
             if reload is not None:
