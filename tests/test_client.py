@@ -371,7 +371,8 @@ def test_a_consumer_stalled_20s_then_resumed_gets_everything_in_order(tmp_path):
     """The reader stops reading for 20 s: the out_stream fills, the server answers 504, the
     client backs off and resends; once it reads again, every message arrives in order."""
     where = endpoint("ipc", tmp_path, "out")
-    sent = plan(sources=3, per_source=400)
+    # 32 KiB each: the buffers between writer and reader fill within the stall
+    sent = [(t, e + b"." * 32768) for t, e in plan(sources=3, per_source=400)]
 
     def stall(server, final):
         final.pause()
