@@ -14,7 +14,7 @@ import logging
 import zmq
 
 from mgfast._zmq_io import recv_multipart, send_multipart
-from mgfast.config.model import OutStreamConfig
+from mgfast.zmq.settings import OutStreamConfig
 from mgfast.fps_log import FpsLog
 from mgfast.server import egress_wire
 from mgfast.zmq.writer import OutStreamWriter

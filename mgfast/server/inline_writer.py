@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Sequence
 
-from mgfast.config.model import OutStreamConfig
+from mgfast.zmq.settings import OutStreamConfig
 from mgfast.fps_log import FpsLog
 from mgfast.zmq.writer import OutStreamWriter, WriteResult
 
