@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import re
 import socket
 import subprocess
 import time
@@ -215,6 +216,7 @@ def test_port_in_use_exits_2_with_a_clear_message(tmp_path):
         result = run_cli("server", str(path))
     assert result.returncode == 2
     assert "already in use" in result.stderr and "port" in result.stderr
+    assert str(path) in result.stderr  # names the config file to change
     assert "Traceback" not in result.stderr
 
 
@@ -263,20 +265,30 @@ def test_upstream_statistics_log_fps_lines(tmp_path):
                            statistics={"frame_period": 3})
     with GatewayProcess("server", config, tmp_path) as server:
         conn = http.client.HTTPConnection("127.0.0.1", config["port"], timeout=10)
-        for _ in range(2):
-            assert post(conn, media("cam-1", sp.video_frame("cam-1")))[0] == 200
-        assert post(conn, media("cam-1", sp.user_data("cam-1")))[0] == 200
-        assert "FPS counter" not in server.log()  # 2 frames of 3
         assert post(conn, media("cam-1", sp.video_frame("cam-1")))[0] == 200
+        assert post(conn, media("cam-1", sp.user_data("cam-1")))[0] == 200
+        assert "FPS counter" not in server.log()  # 2 messages of 3 (upstream: a frame each)
+        assert post(conn, media("cam-1", sp.end_of_stream("cam-1")))[0] == 200
         wait_until(lambda: "Frame-based FPS counter triggered" in server.log(),
                    what="the FPS line")
         line = next(l for l in server.log().splitlines() if "Frame-based" in l)
-        assert "frame_delta=3" in line and "message_delta=4" in line
+        assert re.search(r"Frame-based FPS counter triggered: FPS = [0-9.inf]+, OPS = "
+                         r"(0\.00|NaN), frame_delta = 3, time_delta = [0-9.]+ sec, "
+                         r"period=\[[0-9]+, [0-9]+\] ms", line), line
     config = server_config(f"pub+bind:{endpoint('tcp', tmp_path)}",
                            statistics={"timestamp_period": {"secs": 0, "nanos": 200_000_000}})
     with GatewayProcess("server", config, tmp_path) as server:
+        first_message_ms = time.time_ns() // 1_000_000
+        conn = http.client.HTTPConnection("127.0.0.1", config["port"], timeout=10)
+        assert post(conn, media("cam-1", sp.video_frame("cam-1")))[0] == 200
         wait_until(lambda: "Time-based FPS counter triggered" in server.log(),
                    what="a periodic FPS line")
+        line = next(l for l in server.log().splitlines() if "Time-based" in l)
+        match = re.search(r"frame_delta = 1, time_delta = [0-9.]+ sec , "
+                          r"period=\[([0-9]+), ([0-9]+)\] ms", line)
+        assert match, line
+        # Counting starts at the first message, not at process start.
+        assert int(match[1]) >= first_message_ms and int(match[2]) - int(match[1]) >= 200
 
 
 # ---- batch framing between mgfast peers -----------------------------------------------------

@@ -83,8 +83,7 @@ class Egress:
         writer = self.writer
         futures = [writer.submit_group(frames, eos) for frames, eos in runs]
         if self.fps is not None:
-            self.fps.add(sum(1 for _, flags in messages if flags & egress_wire.FRAME_BIT),
-                         len(messages))
+            self.fps.add(len(messages))
         if not futures:
             self._reply(routing_id, batch_id, futures, runs)
             return

@@ -25,14 +25,14 @@ class InlineWriter:
                ) -> asyncio.Future[WriteResult]:
         """Queue one message; the future's result is its WriteResult (no coroutine, no task)."""
         if self.fps is not None:
-            self.fps.add(1 if frame else 0, 1)
+            self.fps.add(1)
         return self.writer.submit(frames, eos)
 
     def submit_group(self, items: Sequence[tuple[Sequence, bool, bool]]
                      ) -> asyncio.Future[list[WriteResult]]:
         """As EgressClient.submit_group: in order, stopping at the first failure."""
         if self.fps is not None:
-            self.fps.add(sum(1 for _, _, frame in items if frame), len(items))
+            self.fps.add(len(items))
         return self.writer.submit_group([frames for frames, _, _ in items],
                                         [eos for _, eos, _ in items])
 
