@@ -47,6 +47,36 @@ def test_health(plain_server):
     assert (status, body) == (200, b'{"status":"healthy"}')
 
 
+def test_both_protobuf_media_types_and_an_empty_protocol_version_are_accepted(tmp_path):
+    """As upstream (actix-protobuf takes application/x-protobuf too; the protocol version is
+    the consuming Savant reader's check), and the message leaves as it came."""
+    import zmq
+    out = endpoint("ipc", tmp_path, "out")
+    context = zmq.Context()
+    sub = context.socket(zmq.SUB)  # raw ZeroMQ: a Savant reader would drop the versionless one
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    try:
+        with GatewayProcess("server", server_config(f"pub+bind:{out}"), tmp_path) as server:
+            sub.connect(out)
+            conn = http.client.HTTPConnection("127.0.0.1", server.config["port"], timeout=5)
+            warm = media("warm-up", sp.user_data("warm-up"))
+            wait_until(lambda: post(conn, warm)[0] == 200 and sub.poll(100),
+                       what="the subscription to be live")
+            while sub.poll(100):
+                sub.recv_multipart()
+            no_version = b"\x4a\x00"  # a Savant Message with only end_of_stream (field 9)
+            assert post(conn, media("cam-1", sp.user_data("cam-1")),
+                        "application/x-protobuf")[0] == 200
+            assert post(conn, encode_media(b"cam-2", no_version, []),
+                        "application/x-protobuf; charset=binary")[0] == 200
+            got = [sub.recv_multipart() for _ in range(2) if sub.poll(5000)]
+            assert [frames[0] for frames in got] == [b"cam-1", b"cam-2"]
+            assert got[1][1] == no_version
+    finally:
+        sub.close(0)
+        context.term()
+
+
 def test_unknown_path_and_wrong_method_keep_the_connection_usable(plain_server):
     conn = http.client.HTTPConnection("127.0.0.1", plain_server.config["port"], timeout=5)
     conn.request("GET", "/nope")
