@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import dataclasses
 import functools
 import http.client
@@ -305,8 +306,9 @@ def test_server_killed_and_restarted_mid_stream_loses_nothing(tmp_path, batch):
             with GatewayProcess("client", client_config(f"router+bind:{into}", server.url,
                                                         batch=batch), tmp_path) as client, \
                     sp.SavantWriter(f"dealer+connect:{into}") as writer:
-                feeder = threading.Thread(target=lambda: [
-                    writer.send(t, sp.user_data(t), e) for t, e in sent], daemon=True)
+                results: list[str] = []
+                feeder = threading.Thread(target=lambda: results.extend(
+                    writer.send(t, sp.user_data(t), e) for t, e in sent), daemon=True)
                 feeder.start()
                 final.wait_for(60, timeout=30)
                 kill_tree(server.proc.pid)
@@ -315,6 +317,7 @@ def test_server_killed_and_restarted_mid_stream_loses_nothing(tmp_path, batch):
                            what="the client to notice")
                 server = GatewayProcess("server", config, tmp_path)
                 feeder.join(30)
+                assert set(results) == {"success"}, collections.Counter(results)
                 received = wait_until(
                     lambda: _all_arrived(final, sent), timeout=40, what="every message")
                 stats = stop_client(client)
