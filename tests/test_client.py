@@ -361,9 +361,19 @@ def kill_tree(pid: int) -> None:
             pass
 
 
-def _all_arrived(final: sp.SavantReader, sent) -> list[tuple[bytes, bytes]] | None:
+def _all_arrived(final: sp.SavantReader, sent) -> list[tuple[bytes, bytes]]:
+    """What ``final`` received, once it holds every message of ``sent``; until then raises
+    with what is missing (per topic, the first one) and the consumer's own failures, so a
+    timeout says whether messages were lost or the consumer stopped."""
     received = [(m.topic, m.extra[0]) for m in list(final.messages)]
-    return received if {e for _, e in sent} <= {e for _, e in received} else None
+    missing = [(t, e) for t, e in sent if e not in {e for _, e in received}]
+    if not missing:
+        return received
+    first = {}
+    for t, e in missing:
+        first.setdefault(t, e)
+    raise AssertionError(f"{len(missing)} of {len(sent)} missing, first per topic {first}; "
+                         f"reader errors {final.errors!r}, other results {final.other[:5]!r}")
 
 
 # ---- the server rejects one message: the stream goes on ----------------------------------------
