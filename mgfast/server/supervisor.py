@@ -7,8 +7,9 @@ Signals only enqueue (through the wakeup fd); one loop dispatches them:
   kills what is left, except a SIGTERM within ``REPEAT_WINDOW`` of the first: ``timeout(1)``
   sends SIGTERM to the process and then to its whole group, which must not skip the drain.
 - During start-up, SIGTERM / SIGINT stop the start (the children started so far are stopped)
-  and the exit status is 0: a stop, not a crash. Children are born with SIGINT ignored, so a
-  Ctrl-C in the terminal (sent to the whole group) reaches only the supervisor.
+  and the exit status is 0: a stop, not a crash. Children are born with SIGINT blocked and
+  then ignore it, so a Ctrl-C in the terminal (sent to the whole group) reaches only the
+  supervisor.
 - SIGHUP: forwarded to every worker, which reloads its TLS material.
 
 A child that dies is restarted after a backoff that doubles per quick death (0.5 s up to 30 s)
@@ -114,13 +115,14 @@ class Supervisor:
         child.extra["conn"] = parent_end
         child.process = self.mp.Process(target=child.target, args=(*child.args, child_end),
                                         name=f"mgfast {child.name}", daemon=False)
-        # SIG_IGN survives exec, a handler does not: the child ignores SIGINT from its first
-        # instruction, so a Ctrl-C during its imports prints no traceback.
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # The signal mask survives exec: the child is born with SIGINT blocked (so a Ctrl-C
+        # during its imports prints no traceback) until it ignores SIGINT for good. Blocking,
+        # not ignoring, here keeps a SIGINT that arrives meanwhile pending for the supervisor.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             child.process.start()
         finally:
-            signal.signal(signal.SIGINT, previous)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         child_end.close()
         child.started = time.monotonic()
         log.info("started", extra={"child": child.name, "pid": child.process.pid})
