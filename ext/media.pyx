@@ -79,7 +79,6 @@ cdef enum:
     _E_DUP_MESSAGE
     _E_TOPIC_UTF8
     _E_TOO_MANY_PARTS
-    _E_NO_VERSION
     _E_VERSION_UTF8
     _E_TOO_MANY_ITEMS
     _E_TOO_MANY_BATCH_PARTS
@@ -268,9 +267,9 @@ cdef int _scan_message(const uint8_t* p, Py_ssize_t start, Py_ssize_t end, int* 
                 pv_end = f.end
             elif f.number >= _SAVANT_CONTENT_FIRST:
                 kind[0] = <int>f.number  # oneof: the last member wins
-    if pv_start < 0 or pv_end == pv_start:
-        return _fail(e, _E_NO_VERSION, start)
-    if not _utf8_ok(p + pv_start, pv_end - pv_start):
+    # An absent or empty protocol_version passes, as upstream's server lets it through (the
+    # consuming Savant reader is the one that checks the version); prost rejects bad UTF-8.
+    if pv_start >= 0 and not _utf8_ok(p + pv_start, pv_end - pv_start):
         return _fail(e, _E_VERSION_UTF8, pv_start)
     return 0
 
@@ -397,8 +396,6 @@ cdef str _describe(_Err* e):
         return "topic is not valid UTF-8"
     if code == _E_TOO_MANY_PARTS:
         return f"Media has more than {_MAX_DATA_PARTS} data parts"
-    if code == _E_NO_VERSION:
-        return "Savant message has no protocol_version"
     if code == _E_VERSION_UTF8:
         return "Savant message protocol_version is not valid UTF-8"
     if code == _E_TOO_MANY_ITEMS:

@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("server", "client"):
         sub = commands.add_parser(name, help=f"run the gateway {name}")
         sub.add_argument("config", nargs="?", help="upstream JSON config; embedded default if absent")
+        sub.add_argument("--strict", action="store_true",
+                         help="treat config warnings (unknown keys, ...) as errors; the same as "
+                              '"strict": true in the config')
         if name == "server":
             sub.add_argument("--workers", type=_positive, help="worker processes (default: the "
                              "config's `workers`, else the CPU count)")
@@ -60,7 +63,7 @@ def _server(args: argparse.Namespace) -> int:
     from mgfast.tls.context import TlsSetupError
 
     try:
-        config = load_server_config(args.config)
+        config = load_server_config(args.config, strict=args.strict)
         if args.config is None:
             log.info("no config file given: using the embedded default", extra={
                 "hint": "pass a JSON config path to change it"})
@@ -77,7 +80,7 @@ def _client(args: argparse.Namespace) -> int:
     from mgfast.tls.context import TlsSetupError
 
     try:
-        config = load_client_config(args.config)
+        config = load_client_config(args.config, strict=args.strict)
         if args.config is None:
             log.info("no config file given: using the embedded default", extra={
                 "hint": "pass a JSON config path to change it"})

@@ -25,7 +25,8 @@ decode_media(body) -> (topic, message, data, kind)
     - ``topic`` is valid UTF-8 (an absent topic is the empty topic).
     - the Savant message is well-formed protobuf at its top level; its known fields (1 to 11)
       have their schema's wire type (Savant's prost decoder rejects them otherwise); its
-      ``protocol_version`` (last one wins) is present, non-empty and UTF-8. Nested messages
+      ``protocol_version`` (last one wins), when present, is UTF-8 (an absent or empty one
+      passes, as upstream's server lets it through; Savant readers check it). Nested messages
       (the frame itself) are not parsed: the consumer does that.
 
 message_kind(message) -> int

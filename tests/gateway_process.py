@@ -14,10 +14,17 @@ from tests.util import free_port, wait_until
 
 
 class GatewayProcess:
-    """A running ``python -m mgfast KIND CONFIG``; ``url`` is its HTTP(S) base."""
+    """A running ``python -m mgfast KIND CONFIG``; ``url`` is its HTTP(S) base.
+
+    Every instance started during a test is listed in ``started`` (reset per test by
+    tests/conftest.py), so a failing test's report shows each gateway's log."""
+
+    started: list["GatewayProcess"] = []
 
     def __init__(self, kind: str, config: dict, workdir: Path, *, health_ready: bool = True,
-                 extra_args: tuple[str, ...] = (), env: dict | None = None) -> None:
+                 extra_args: tuple[str, ...] = (), env: dict | None = None,
+                 new_session: bool = False) -> None:
+        GatewayProcess.started.append(self)
         self.kind = kind
         self.config = config
         self.config_path = workdir / f"{kind}-{config['port']}.json"
@@ -29,7 +36,7 @@ class GatewayProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mgfast", kind, str(self.config_path), *extra_args],
             stdout=self.log_file, stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})})
+            env={**os.environ, **(env or {})}, start_new_session=new_session)
         if health_ready:
             self.wait_listening()
 

@@ -297,8 +297,14 @@ def test_repeated_protocol_version_and_content_last_one_wins():
     oracle = pb.Message.FromString(message)
     assert oracle.protocol_version == "0.2.0" and oracle.WhichOneof("content") == "video_frame"
     assert message_kind(message) == 5
-    with pytest.raises(MediaError, match="no protocol_version"):
-        message_kind(ld(1, b"0.2.0") + ld(1, b""))
+
+
+@pytest.mark.parametrize("message", [ld(9, b""), ld(1, b"") + ld(9, b""),
+                                     ld(1, b"0.2.0") + ld(1, b"") + ld(9, b"")],
+                         ids=["absent", "empty", "last_one_empty"])
+def test_missing_or_empty_protocol_version_passes_as_upstream(message):
+    assert message_kind(message) == 9
+    assert decode_all_types(b"\x0a" + varint(len(message)) + message)[1] == message
 
 
 def test_overlong_varints_are_accepted():
@@ -355,10 +361,6 @@ BAD = [
      "Savant message field 4 (seq_id) has wire type 2, expected 0"),
     ("savant_content_wrong_wire_type", media(ld(1, b"0.2.0") + tag(9, 0) + b"\x00"),
      "Savant message field 9 (end_of_stream) has wire type 0"),
-    ("no_protocol_version", media(ld(9, b"")), "Savant message has no protocol_version"),
-    ("empty_protocol_version", media(ld(1, b"") + ld(9, b"")),
-     "Savant message has no protocol_version"),
-    ("empty_message", media(b""), "Savant message has no protocol_version"),
     ("protocol_version_not_utf8", media(ld(1, b"0.2.\xff")),
      "protocol_version is not valid UTF-8"),
     ("too_many_data_parts", media(data=[b""] * (MAX_DATA_PARTS + 1)),
@@ -389,7 +391,7 @@ def test_media_error_is_a_value_error():
 
 
 def test_message_kind_rejects_what_decode_rejects():
-    for message, reason in [(EOS[:-1], "truncated length"), (ld(9, b""), "no protocol_version"),
+    for message, reason in [(EOS[:-1], "truncated length"), (ld(1, b"\xff"), "not valid UTF-8"),
                             (tag(1, 0) + b"\x01", "wire type 0"), (b"\x80", "truncated varint")]:
         for t in BODY_TYPES:
             with pytest.raises(MediaError, match=reason):
@@ -503,7 +505,7 @@ def test_topic_utf8_check_matches_python(topic):
     else:
         reject_all_types(body, "topic is not valid UTF-8")
     pv = ld(1, topic) + ld(9, b"")
-    if valid and topic:
+    if valid:  # an empty protocol_version passes too, as upstream
         assert message_kind(pv) == 9
     else:
         with pytest.raises(MediaError):

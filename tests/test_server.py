@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import re
 import socket
 import subprocess
 import time
@@ -46,6 +47,36 @@ def test_health(plain_server):
     assert (status, body) == (200, b'{"status":"healthy"}')
 
 
+def test_both_protobuf_media_types_and_an_empty_protocol_version_are_accepted(tmp_path):
+    """As upstream (actix-protobuf takes application/x-protobuf too; the protocol version is
+    the consuming Savant reader's check), and the message leaves as it came."""
+    import zmq
+    out = endpoint("ipc", tmp_path, "out")
+    context = zmq.Context()
+    sub = context.socket(zmq.SUB)  # raw ZeroMQ: a Savant reader would drop the versionless one
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    try:
+        with GatewayProcess("server", server_config(f"pub+bind:{out}"), tmp_path) as server:
+            sub.connect(out)
+            conn = http.client.HTTPConnection("127.0.0.1", server.config["port"], timeout=5)
+            warm = media("warm-up", sp.user_data("warm-up"))
+            wait_until(lambda: post(conn, warm)[0] == 200 and sub.poll(100),
+                       what="the subscription to be live")
+            while sub.poll(100):
+                sub.recv_multipart()
+            no_version = b"\x4a\x00"  # a Savant Message with only end_of_stream (field 9)
+            assert post(conn, media("cam-1", sp.user_data("cam-1")),
+                        "application/x-protobuf")[0] == 200
+            assert post(conn, encode_media(b"cam-2", no_version, []),
+                        "application/x-protobuf; charset=binary")[0] == 200
+            got = [sub.recv_multipart() for _ in range(2) if sub.poll(5000)]
+            assert [frames[0] for frames in got] == [b"cam-1", b"cam-2"]
+            assert got[1][1] == no_version
+    finally:
+        sub.close(0)
+        context.term()
+
+
 def test_unknown_path_and_wrong_method_keep_the_connection_usable(plain_server):
     conn = http.client.HTTPConnection("127.0.0.1", plain_server.config["port"], timeout=5)
     conn.request("GET", "/nope")
@@ -82,14 +113,6 @@ def test_non_utf8_topic_gets_400(plain_server):
     conn = http.client.HTTPConnection("127.0.0.1", plain_server.config["port"], timeout=5)
     status, text = post(conn, encode_media(b"\xff\xfe", sp.to_bytes(sp.end_of_stream()), []))
     assert status == 400 and b"UTF-8" in text
-
-
-def test_message_without_protocol_version_gets_400(plain_server):
-    from tests.savant_proto import savant_message, serialize
-    message = serialize(savant_message(protocol_version="", kind=9))
-    conn = http.client.HTTPConnection("127.0.0.1", plain_server.config["port"], timeout=5)
-    status, text = post(conn, encode_media(b"cam-1", message, []))
-    assert status == 400 and b"protocol_version" in text
 
 
 def test_malformed_http_gets_400_and_close(plain_server):
@@ -215,6 +238,7 @@ def test_port_in_use_exits_2_with_a_clear_message(tmp_path):
         result = run_cli("server", str(path))
     assert result.returncode == 2
     assert "already in use" in result.stderr and "port" in result.stderr
+    assert str(path) in result.stderr  # names the config file to change
     assert "Traceback" not in result.stderr
 
 
@@ -223,7 +247,7 @@ def test_config_error_exits_2_naming_file_and_field(tmp_path):
     config = server_config("pub+bind:tcp://127.0.0.1:1", bogus_key=1)
     path = tmp_path / "server.json"
     path.write_text(json.dumps(config))
-    result = run_cli("server", str(path))
+    result = run_cli("server", "--strict", str(path))  # an unknown key is a warning otherwise
     assert result.returncode == 2
     assert str(path) in result.stderr and "bogus_key" in result.stderr
     assert "Traceback" not in result.stderr
@@ -263,20 +287,30 @@ def test_upstream_statistics_log_fps_lines(tmp_path):
                            statistics={"frame_period": 3})
     with GatewayProcess("server", config, tmp_path) as server:
         conn = http.client.HTTPConnection("127.0.0.1", config["port"], timeout=10)
-        for _ in range(2):
-            assert post(conn, media("cam-1", sp.video_frame("cam-1")))[0] == 200
-        assert post(conn, media("cam-1", sp.user_data("cam-1")))[0] == 200
-        assert "FPS counter" not in server.log()  # 2 frames of 3
         assert post(conn, media("cam-1", sp.video_frame("cam-1")))[0] == 200
+        assert post(conn, media("cam-1", sp.user_data("cam-1")))[0] == 200
+        assert "FPS counter" not in server.log()  # 2 messages of 3 (upstream: a frame each)
+        assert post(conn, media("cam-1", sp.end_of_stream("cam-1")))[0] == 200
         wait_until(lambda: "Frame-based FPS counter triggered" in server.log(),
                    what="the FPS line")
         line = next(l for l in server.log().splitlines() if "Frame-based" in l)
-        assert "frame_delta=3" in line and "message_delta=4" in line
+        assert re.search(r"Frame-based FPS counter triggered: FPS = [0-9.inf]+, OPS = "
+                         r"(0\.00|NaN), frame_delta = 3, time_delta = [0-9.]+ sec, "
+                         r"period=\[[0-9]+, [0-9]+\] ms", line), line
     config = server_config(f"pub+bind:{endpoint('tcp', tmp_path)}",
                            statistics={"timestamp_period": {"secs": 0, "nanos": 200_000_000}})
     with GatewayProcess("server", config, tmp_path) as server:
+        first_message_ms = time.time_ns() // 1_000_000
+        conn = http.client.HTTPConnection("127.0.0.1", config["port"], timeout=10)
+        assert post(conn, media("cam-1", sp.video_frame("cam-1")))[0] == 200
         wait_until(lambda: "Time-based FPS counter triggered" in server.log(),
                    what="a periodic FPS line")
+        line = next(l for l in server.log().splitlines() if "Time-based" in l)
+        match = re.search(r"frame_delta = 1, time_delta = [0-9.]+ sec , "
+                          r"period=\[([0-9]+), ([0-9]+)\] ms", line)
+        assert match, line
+        # Counting starts at the first message, not at process start.
+        assert int(match[1]) >= first_message_ms and int(match[2]) - int(match[1]) >= 200
 
 
 # ---- batch framing between mgfast peers -----------------------------------------------------

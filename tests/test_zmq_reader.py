@@ -10,7 +10,7 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from mgfast.config.model import InStreamConfig, TopicPrefixSpec
+from mgfast.zmq.settings import InStreamConfig, TopicPrefixSpec
 from mgfast.zmq.reader import InStreamReader
 from mgfast.zmq.sockets import StreamClosed
 from mgfast.zmq.url import parse_socket_url

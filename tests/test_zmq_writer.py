@@ -14,7 +14,7 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from mgfast.config.model import OutStreamConfig
+from mgfast.zmq.settings import OutStreamConfig
 from mgfast.zmq.sockets import EndpointError, StreamClosed
 from mgfast.zmq.url import parse_socket_url
 from mgfast.zmq.writer import OutStreamWriter, WriteResult

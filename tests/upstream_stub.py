@@ -118,11 +118,9 @@ def parse_media(body: bytes) -> StubMedia:
     except UnicodeDecodeError:
         raise WireError("topic is not UTF-8") from None
     try:
-        parsed = savant_proto.Message.FromString(message)
+        savant_proto.Message.FromString(message)
     except Exception as exc:
         raise WireError(f"not a Savant message: {exc}") from None
-    if not parsed.protocol_version:
-        raise WireError("no protocol_version")
     return StubMedia(topic, message, tuple(data))
 
 

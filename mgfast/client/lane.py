@@ -66,10 +66,9 @@ from mgfast.config.model import RetryStrategy
 from mgfast.http.client_connection import (ClientResponse, ClosedByServer, ConnectionLost,
                                            HttpClientError)
 from mgfast.fps_log import FpsLog
-from mgfast.media import (MAX_BATCH_DATA_PARTS, MAX_BATCH_ITEMS, MAX_DATA_PARTS, Kind,
+from mgfast.media import (MAX_BATCH_DATA_PARTS, MAX_BATCH_ITEMS, MAX_DATA_PARTS,
                           MediaError, encode_media, encode_media_batch,
-                          encode_media_batch_pieces, encode_media_pieces,
-                          message_kind)
+                          encode_media_batch_pieces, encode_media_pieces)
 
 log = logging.getLogger("mgfast.client")
 
@@ -82,13 +81,6 @@ NOT_BATCH_CAPABLE = (400, 404, 405, 415)  # whole-batch answers of a server with
 # Transient statuses after which the message may have reached the consumer anyway: 502 is
 # upstream's AckTimeout (sent, unconfirmed), 500 an unknown failure.
 MAYBE_DELIVERED = (500, 502)
-
-
-def _is_video_frame(message) -> bool:
-    try:
-        return message_kind(message) == Kind.VIDEO_FRAME
-    except MediaError:
-        return False
 
 
 class Pending:
@@ -429,16 +421,11 @@ class Lane:
     def _delivered(self, count: int) -> None:
         stats = self.stats
         popleft = self.sent.popleft
-        size = frames = 0
-        if self.fps is None:
-            for _ in range(count):
-                size += popleft().size
-        else:
-            for _ in range(count):
-                item = popleft()
-                size += item.size
-                frames += _is_video_frame(item.message)
-            self.fps.add(frames, count)
+        size = 0
+        for _ in range(count):
+            size += popleft().size
+        if self.fps is not None:
+            self.fps.add(count)
         stats.forwarded_bytes += size
         stats.forwarded += count
         self._settled(count)

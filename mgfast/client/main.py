@@ -109,8 +109,9 @@ async def _main(config: ClientConfig, context: ssl.SSLContext | None) -> int:
             metrics_server.shutdown()  # type: ignore[union-attr]
         raise StartupError(f"{exc}; check `in_stream.url` in {config.source}") from None
 
+    port = health.sockets[0].getsockname()[1]  # the kernel's choice when the config says 0
     log.info("listening", extra={
-        "health": f"http://{config.ip}:{config.port}/health", "in_stream": str(config.in_stream.url),
+        "health": f"http://{config.ip}:{port}/health", "in_stream": str(config.in_stream.url),
         "server": config.url, "connections": config.connections, "batch": config.batch,
         "inflight_ops": config.in_stream.inflight_ops, "config": config.source,
         "metrics": (f"http://{config.metrics.ip}:{config.metrics.port}/metrics"

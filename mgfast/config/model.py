@@ -1,6 +1,7 @@
 """Typed, validated configuration objects built by ``mgfast.config.loader``.
 
-Durations are seconds as floats. Paths are resolved against the config file's directory.
+Durations are seconds as floats. Relative paths are resolved against the working directory,
+as upstream does.
 Keys marked "mgfast" are extensions; everything else mirrors upstream 0.2.0.
 """
 
@@ -10,47 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from mgfast.zmq.url import SocketUrl
+from mgfast.zmq.settings import InStreamConfig, OutStreamConfig
 
 KiB = 1024
 MiB = 1024 * KiB
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class OutStreamConfig:
-    url: SocketUrl
-    send_timeout: float = 1.0
-    send_retries: int = 3
-    receive_timeout: float = 1.0
-    receive_retries: int = 3
-    send_hwm: int = 1000
-    receive_hwm: int = 1000
-    fix_ipc_permissions: int | None = None
-    inflight_ops: int = 100
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class TopicPrefixSpec:
-    kind: Literal["none", "source_id", "prefix"] = "none"
-    value: bytes = b""
-
-    def accepts(self, topic: bytes) -> bool:
-        if self.kind == "none":
-            return True
-        if self.kind == "source_id":
-            return topic == self.value
-        return topic.startswith(self.value)
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class InStreamConfig:
-    url: SocketUrl
-    receive_timeout: float = 1.0
-    receive_hwm: int = 1000
-    topic_prefix_spec: TopicPrefixSpec = field(default_factory=TopicPrefixSpec)
-    source_cache_size: int = 1000
-    inflight_ops: int = 100
-    fix_ipc_permissions: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -29,6 +29,8 @@ from mgfast.zmq.writer import WriteResult
 log = logging.getLogger("mgfast.server")
 
 MEDIA_TYPE = b"application/protobuf"
+# Upstream's protobuf extractor (actix-protobuf) takes both names of the media type.
+MEDIA_TYPES = (MEDIA_TYPE, b"application/x-protobuf")
 BATCH_TYPE = b"application/x-mgfast-batch"
 BATCH_HEADER = (b"x-mgfast-batch", b"1")
 HEALTHY = Response(200, responses.HEALTHY_BODY, b"application/json", headers=(BATCH_HEADER,))
@@ -80,7 +82,7 @@ class GatewayApp:
     def groupable(request: Request) -> bool:
         """An upstream ``POST /`` with one Media: pipelined ones are handled together."""
         return (request.keep_alive and request.method == b"POST" and request.path == b"/"
-                and request.content_type.partition(b";")[0].strip().lower() == MEDIA_TYPE)
+                and request.content_type.partition(b";")[0].strip().lower() in MEDIA_TYPES)
 
     def handle_group(self, requests: list[Request]
                      ) -> list[Response] | asyncio.Future[list[Response]]:
@@ -132,7 +134,7 @@ class GatewayApp:
         content_type = request.content_type.partition(b";")[0].strip().lower()
         if content_type == BATCH_TYPE:
             return self._batch(request)
-        if content_type != MEDIA_TYPE:
+        if content_type not in MEDIA_TYPES:
             return responses.text(
                 400, f"Content-Type must be application/protobuf, "
                      f"not {responses.quote(request.content_type)}")

@@ -14,7 +14,7 @@ import logging
 import zmq
 
 from mgfast._zmq_io import recv_multipart, send_multipart
-from mgfast.config.model import OutStreamConfig
+from mgfast.zmq.settings import OutStreamConfig
 from mgfast.fps_log import FpsLog
 from mgfast.server import egress_wire
 from mgfast.zmq.writer import OutStreamWriter
@@ -83,8 +83,7 @@ class Egress:
         writer = self.writer
         futures = [writer.submit_group(frames, eos) for frames, eos in runs]
         if self.fps is not None:
-            self.fps.add(sum(1 for _, flags in messages if flags & egress_wire.FRAME_BIT),
-                         len(messages))
+            self.fps.add(len(messages))
         if not futures:
             self._reply(routing_id, batch_id, futures, runs)
             return

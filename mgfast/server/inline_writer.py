@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Sequence
 
-from mgfast.config.model import OutStreamConfig
+from mgfast.zmq.settings import OutStreamConfig
 from mgfast.fps_log import FpsLog
 from mgfast.server.pending_limit import PendingLimit
 from mgfast.zmq.writer import OutStreamWriter, WriteResult
@@ -28,14 +28,14 @@ class InlineWriter:
         """Queue one message; the future's result is its WriteResult (no coroutine, no task
         while there is room)."""
         if self.fps is not None:
-            self.fps.add(1 if frame else 0, 1)
+            self.fps.add(1)
         return self.limit.admit(1, lambda: self.writer.submit(frames, eos))
 
     def submit_group(self, items: Sequence[tuple[Sequence, bool, bool]]
                      ) -> asyncio.Future[list[WriteResult]]:
         """As EgressClient.submit_group: in order, stopping at the first failure."""
         if self.fps is not None:
-            self.fps.add(sum(1 for _, _, frame in items if frame), len(items))
+            self.fps.add(len(items))
         return self.limit.admit(len(items), lambda: self.writer.submit_group(
             [frames for frames, _, _ in items], [eos for _, eos, _ in items]))
 

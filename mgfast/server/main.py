@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
+import socket
 
 from mgfast.config.model import ServerConfig
 from mgfast.metrics import multiprocess as metrics
@@ -14,6 +16,22 @@ from mgfast.tls.context import server_context
 from mgfast.tls.startup_checks import check_peers
 
 log = logging.getLogger("mgfast.server")
+
+
+def _reserve_port(config: ServerConfig) -> tuple[socket.socket, ServerConfig]:
+    """``"port": 0``: let the kernel pick a port once, hold it (bound, not listening, with
+    SO_REUSEPORT so the workers can bind it too) and give every worker that port."""
+    family = socket.AF_INET6 if ":" in config.ip else socket.AF_INET
+    holder = socket.socket(family, socket.SOCK_STREAM)
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        holder.bind((config.ip, 0))
+    except OSError as exc:
+        holder.close()
+        raise StartupError(f"{config.source}: ip: cannot listen on {config.ip}: {exc.strerror}. "
+                           f"Fix: check `ip` in {config.source}") from None
+    return holder, dataclasses.replace(config, port=holder.getsockname()[1])
 
 
 def run(config: ServerConfig, workers: int | None = None) -> int:
@@ -29,9 +47,13 @@ def run(config: ServerConfig, workers: int | None = None) -> int:
         server_context(config.tls)  # fail now, naming the file, rather than in every worker
         if config.tls.peers is not None:
             check_peers(config.tls.peers)
-    check_port_free(config.ip, config.port)
+    reserved = None
+    if config.port == 0:  # upstream binds port 0 too; every worker must get the same one
+        reserved, config = _reserve_port(config)
+    else:
+        check_port_free(config.ip, config.port, config.source)
     if config.metrics is not None:
-        check_port_free(config.metrics.ip, config.metrics.port, "metrics.port")
+        check_port_free(config.metrics.ip, config.metrics.port, config.source, "metrics.port")
         values_dir = metrics.prepare()  # before any process imports the metric catalog
     count = workers or config.workers or os.cpu_count() or 1
     scheme = "https" if config.tls else "http"
@@ -47,6 +69,8 @@ def run(config: ServerConfig, workers: int | None = None) -> int:
     except ChildStartError as exc:
         raise StartupError(str(exc)) from None
     finally:
+        if reserved is not None:
+            reserved.close()
         if config.metrics is not None:
             shutil.rmtree(values_dir, ignore_errors=True)
     log.info("stopped")

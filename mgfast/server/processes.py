@@ -130,6 +130,7 @@ def _stop_event(reload: asyncio.Event | None) -> asyncio.Event:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the supervisor
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     if reload is not None:
         loop.add_signal_handler(signal.SIGHUP, reload.set)

@@ -4,7 +4,12 @@ Signals only enqueue (through the wakeup fd); one loop dispatches them:
 
 - SIGTERM / SIGINT: drain. Workers get SIGTERM (close the listener, answer requests in flight,
   at most ``worker DRAIN_TIMEOUT``), then the egress (flush the out_stream). A second signal
-  kills what is left.
+  kills what is left, except a SIGTERM within ``REPEAT_WINDOW`` of the first: ``timeout(1)``
+  sends SIGTERM to the process and then to its whole group, which must not skip the drain.
+- During start-up, SIGTERM / SIGINT stop the start (the children started so far are stopped)
+  and the exit status is 0: a stop, not a crash. Children are born with SIGINT blocked and
+  then ignore it, so a Ctrl-C in the terminal (sent to the whole group) reaches only the
+  supervisor.
 - SIGHUP: forwarded to every worker, which reloads its TLS material.
 
 A child that dies is restarted after a backoff that doubles per quick death (0.5 s up to 30 s)
@@ -34,11 +39,16 @@ log = logging.getLogger("mgfast.server")
 START_TIMEOUT = 30.0  # seconds a child may take to report ready
 EGRESS_STOP_TIMEOUT = 30.0  # after the workers: the writer's budgets to flush what is queued
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
+REPEAT_WINDOW = 1.0  # seconds in which a repeated SIGTERM is the same request (timeout(1))
 STABLE_AFTER = 30.0  # a child that lived this long restarts without backoff
 
 
 class ChildStartError(Exception):
     """A child process could not start; the message is the child's own explanation."""
+
+
+class StoppedDuringStartup(Exception):
+    """SIGTERM or SIGINT arrived before every child was ready."""
 
 
 @dataclass
@@ -70,6 +80,7 @@ class Supervisor:
         self.workers = [Child(f"worker-{i}", processes.worker_main, (config, i, endpoint))
                         for i in range(workers)]
         self.stopping = False
+        self.stop_signal_at: float | None = None  # monotonic time of the first stop signal
         self.wake_r, self.wake_w = socket.socketpair()
 
     @property
@@ -90,6 +101,9 @@ class Supervisor:
                 ready()
             self._supervise()
             return 0
+        except StoppedDuringStartup:
+            log.info("stopping during start-up")
+            return 0
         finally:
             self._stop_all()
             shutil.rmtree(self.tmpdir, ignore_errors=True)
@@ -101,7 +115,14 @@ class Supervisor:
         child.extra["conn"] = parent_end
         child.process = self.mp.Process(target=child.target, args=(*child.args, child_end),
                                         name=f"mgfast {child.name}", daemon=False)
-        child.process.start()
+        # The signal mask survives exec: the child is born with SIGINT blocked (so a Ctrl-C
+        # during its imports prints no traceback) until it ignores SIGINT for good. Blocking,
+        # not ignoring, here keeps a SIGINT that arrives meanwhile pending for the supervisor.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            child.process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         child_end.close()
         child.started = time.monotonic()
         log.info("started", extra={"child": child.name, "pid": child.process.pid})
@@ -110,11 +131,17 @@ class Supervisor:
 
     def _await_ready(self, child: Child) -> None:
         conn: Connection = child.extra["conn"]
-        if not conn.poll(START_TIMEOUT):
-            raise ChildStartError(f"{child.name} did not start within {START_TIMEOUT:.0f}s")
+        deadline = time.monotonic() + START_TIMEOUT
+        while not conn.poll(0):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ChildStartError(f"{child.name} did not start within {START_TIMEOUT:.0f}s")
+            if self.wake_r in wait([conn, self.wake_r], remaining):
+                self._stop_requested()
         try:
             status, message = conn.recv()
         except EOFError:
+            self._stop_requested()  # killed by the same SIGTERM as we were: not a crash
             child.process.join(5)
             raise ChildStartError(f"{child.name} exited during start-up "
                                   f"(status {child.process.exitcode})") from None
@@ -214,7 +241,9 @@ class Supervisor:
     def _dispatch_signals(self) -> None:
         for signum in self._read_signals():
             if signum in (signal.SIGTERM, signal.SIGINT):
-                log.info("stopping", extra={"signal": signal.Signals(signum).name})
+                if self.stop_signal_at is None:
+                    log.info("stopping", extra={"signal": signal.Signals(signum).name})
+                    self.stop_signal_at = time.monotonic()
                 self.stopping = True
             elif signum == signal.SIGHUP:
                 log.info("reloading TLS material in every worker")
@@ -222,5 +251,18 @@ class Supervisor:
                     if worker.process is not None and worker.process.is_alive():
                         os.kill(worker.process.pid, signal.SIGHUP)
 
+    def _stop_requested(self) -> None:
+        """During start-up: raise StoppedDuringStartup if a stop signal is pending."""
+        if wait([self.wake_r], 0):
+            self._dispatch_signals()
+        if self.stopping:
+            raise StoppedDuringStartup()
+
     def _second_signal(self) -> bool:
-        return any(s in (signal.SIGTERM, signal.SIGINT) for s in self._read_signals())
+        """A stop signal after the first one, other than timeout(1)'s immediate repeat."""
+        first = self.stop_signal_at
+        repeat_ok = first is not None and time.monotonic() - first < REPEAT_WINDOW
+        for signum in self._read_signals():
+            if signum == signal.SIGINT or (signum == signal.SIGTERM and not repeat_ok):
+                return True
+        return False

@@ -34,8 +34,9 @@ class StartupError(Exception):
     """The server cannot start; the message says which setting to fix."""
 
 
-def check_port_free(ip: str, port: int, field: str = "port") -> None:
-    """Fail early if anything listens on ip:port: SO_REUSEPORT would otherwise share it silently."""
+def check_port_free(ip: str, port: int, source: str, field: str = "port") -> None:
+    """Fail early if anything listens on ip:port: SO_REUSEPORT would otherwise share it silently.
+    ``source`` (the config file) and ``field`` say where to change it."""
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         # SO_REUSEADDR: connections of a previous run in TIME_WAIT are no reason to refuse
@@ -45,10 +46,10 @@ def check_port_free(ip: str, port: int, field: str = "port") -> None:
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise StartupError(
-                    f"{ip}:{port} is already in use; stop the other process or change "
-                    f"`{field}` in the config") from None
-            raise StartupError(f"cannot listen on {ip}:{port}: {exc.strerror}; check "
-                               f"`{field}` in the config") from None
+                    f"{source}: {field}: {ip}:{port} is already in use. Fix: stop the other "
+                    f"process or change `{field}` in {source}") from None
+            raise StartupError(f"{source}: {field}: cannot listen on {ip}:{port}: "
+                               f"{exc.strerror}. Fix: check `{field}` in {source}") from None
 
 
 async def serve(config: ServerConfig, stop: asyncio.Event, writer: Writer, *,

@@ -44,7 +44,7 @@ import zmq.asyncio
 
 from mgfast._zmq_io import recv_many, recv_multipart, send_multipart
 from mgfast.cancellation import cancelling
-from mgfast.config.model import InStreamConfig
+from mgfast.zmq.settings import InStreamConfig
 from mgfast.zmq.sockets import CONFIRMATION, StreamClosed, open_socket
 
 ZERO_COPY_FROM = 64 * 1024  # frame bytes from which a received frame is not copied

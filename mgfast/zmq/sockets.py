@@ -8,19 +8,24 @@ options Savant applies are applied the same way everywhere:
 - extra integer options (e.g. ``REQ_RELAXED``) before bind/connect;
 - ``SUBSCRIBE`` for SUB sockets, from the topic prefix (``b""`` subscribes to everything);
 - bind or connect; for ``ipc://`` with bind, the parent directories of the socket path are
-  created first and ``fix_ipc_permissions`` is applied to the socket file afterwards.
+  created first and ``fix_ipc_permissions`` (Savant's default 0o777) is applied to the socket
+  file afterwards.
 
 Failures raise :class:`EndpointError`, whose message names the socket URL and the cause, so a
 start-up error reads e.g. ``cannot bind dealer+bind:tcp://127.0.0.1:5555: Address already in
 use``.
 
-Note: libzmq removes a stale file at an ``ipc://`` path before binding it, so a second bind of
-the same ipc path (in another process) silently takes the address over instead of failing.
+libzmq removes any file at an ``ipc://`` path before binding it, so a second process binding
+the same path would silently take the address over from the first. Before binding, mgfast
+connects to an existing socket file: if something answers, the bind is refused (a second server
+on the same out_stream); if nothing does, the file is stale and the bind goes ahead.
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import stat
 from collections.abc import Mapping
 
 import zmq
@@ -106,6 +111,10 @@ def _bind(sock, url: SocketUrl, fix_ipc_permissions: int | None) -> None:
     if path is not None:
         if os.path.isdir(path):
             raise EndpointError(url, "bind", "the ipc path is a directory, not a socket file")
+        if _ipc_in_use(path):
+            raise EndpointError(url, "bind", "another process is bound to this ipc socket (is a "
+                                "second gateway running with the same stream url?); stop it or "
+                                "give this one another path")
         parent = os.path.dirname(path)
         if parent:
             try:
@@ -118,9 +127,27 @@ def _bind(sock, url: SocketUrl, fix_ipc_permissions: int | None) -> None:
         raise EndpointError(url, "bind", exc) from exc
     if path is not None and fix_ipc_permissions is not None:
         try:
-            os.chmod(path, fix_ipc_permissions)
+            os.chmod(path, fix_ipc_permissions & 0o7777)  # as chmod(2): higher bits are not modes
         except OSError as exc:
             raise EndpointError(url, "apply fix_ipc_permissions to", exc) from exc
+
+
+def _ipc_in_use(path: str) -> bool:
+    """Whether a live process listens on the socket file at ``path`` (not a stale file)."""
+    try:
+        if not stat.S_ISSOCK(os.stat(path).st_mode):
+            return False
+    except OSError:
+        return False
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
 
 
 def _connect(sock, url: SocketUrl) -> None:

@@ -59,7 +59,7 @@ import zmq
 import zmq.asyncio
 
 from mgfast._zmq_io import recv_multipart, send_many, send_multipart
-from mgfast.config.model import OutStreamConfig
+from mgfast.zmq.settings import OutStreamConfig
 from mgfast.zmq.sockets import CONFIRMATION, StreamClosed, open_socket
 
 log = logging.getLogger(__name__)
