@@ -303,8 +303,8 @@ def test_server_killed_and_restarted_mid_stream_loses_nothing(tmp_path, batch):
     with sp.SavantReader(f"rep+bind:{out}") as final:
         server = GatewayProcess("server", config, tmp_path)
         try:
-            with GatewayProcess("client", client_config(f"router+bind:{into}", server.url,
-                                                        batch=batch), tmp_path) as client, \
+            with GatewayProcess("client", unblocking_client_config(
+                    into, server.url, len(sent), batch=batch), tmp_path) as client, \
                     sp.SavantWriter(f"dealer+connect:{into}") as writer:
                 results: list[str] = []
                 feeder = threading.Thread(target=lambda: results.extend(
@@ -347,6 +347,17 @@ def assert_all_in_order(received: list[tuple[bytes, bytes]], sent: list[tuple[st
     assert stats["undelivered"] == 0
 
 
+def unblocking_client_config(into: str, server_url: str, messages: int, **overrides) -> dict:
+    """A client whose in_stream window holds a whole test stream, so the savant-rs producer
+    never blocks: savant-rs 0.3.0's BlockingWriter (dealer) reports success for messages it
+    then never delivers once it has been blocked for several seconds (1 of 1200 after 8 s, 4
+    after 20 s, against a plain pyzmq ROUTER; a pyzmq DEALER loses none), which would be
+    blamed on the gateway."""
+    config = client_config(f"router+bind:{into}", server_url, **overrides)
+    config["in_stream"]["inflight_ops"] = messages + 100
+    return config
+
+
 def stream_through(tmp_path, server_out: str, reader_url: str, sent, during, *,
                    send_hwm: int = 1000, batch: int = 1):
     """savant-rs writer -> mgfast client -> mgfast server (2 workers) -> savant-rs reader;
@@ -356,8 +367,8 @@ def stream_through(tmp_path, server_out: str, reader_url: str, sent, during, *,
     config["out_stream"]["send_hwm"] = send_hwm
     with sp.SavantReader(reader_url, receive_hwm=100) as final, \
             GatewayProcess("server", config, tmp_path) as server, \
-            GatewayProcess("client", client_config(f"router+bind:{into}", server.url,
-                                                   batch=batch), tmp_path) as client, \
+            GatewayProcess("client", unblocking_client_config(into, server.url, len(sent),
+                                                              batch=batch), tmp_path) as client, \
             sp.SavantWriter(f"dealer+connect:{into}") as writer:
         def feed() -> None:  # a producer that resends what its send timeout refused
             for t, e in sent:

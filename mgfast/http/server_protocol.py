@@ -16,6 +16,7 @@ import httptools
 
 from mgfast.config.model import HttpLimits
 from mgfast.http import responses
+from mgfast.http.deadlines import Deadline, Deadlines
 from mgfast.http.responses import Response
 
 log = logging.getLogger("mgfast.http")
@@ -62,7 +63,7 @@ class HttpServerProtocol(asyncio.Protocol):
         # per connection
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline: Deadline | None = None  # watched from connection_made on
         self.queue: deque[Request] = deque()
         self.busy = False  # a request is being handled
         self.reading_paused = False  # the pipeline queue is full, or a rejection waits
@@ -85,7 +86,10 @@ class HttpServerProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.connections.add(self)
-        self._arm(self.limits.header_timeout, self._on_idle_timeout)
+        limits = self.limits
+        self.deadline = Deadlines.of(self.loop).watch(
+            min(limits.header_timeout, limits.body_timeout, limits.idle_timeout))
+        self._arm(limits.header_timeout, self._on_idle_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self.closing or self.failure is not None:
@@ -135,7 +139,9 @@ class HttpServerProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
-        self._disarm()
+        if self.deadline is not None:
+            Deadlines.of(self.loop).forget(self.deadline)
+            self.deadline = None
         self.transport = None
         self.connections.discard(self)
         self._forget()
@@ -387,21 +393,19 @@ class HttpServerProtocol(asyncio.Protocol):
         self.parser = None  # type: ignore[assignment]
 
     def _arm(self, delay: float, callback) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = self.loop.call_later(delay, callback)
+        deadline = self.deadline
+        if deadline is not None:
+            deadline.at = self.loop.time() + delay
+            deadline.action = callback
 
     def _disarm(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        if self.deadline is not None:
+            self.deadline.action = None
 
     def _on_idle_timeout(self) -> None:
-        self.timer = None
         if not self.busy:
             self._close()
 
     def _on_request_timeout(self) -> None:
-        self.timer = None
         if not self.busy:
             self._fail(responses.text(408, "request not received in time", close=True))
