@@ -685,7 +685,8 @@ cdef int _scan(const uint8_t* p, Py_ssize_t start, Py_ssize_t end, int mi, int d
         if t == _T_MSG:
             if depth + 1 >= _MAX_DEPTH:
                 return _fail_in(e, _E_TOO_DEEP, at, mi, depth)
-            c.has_parent = False
+            if fs.flags & _F_OBJECTS:
+                c.has_parent = False  # set by the object's parent_id, wherever it is
             rc = _scan(p, f.start, f.end, fs.sub, depth + 1, c, e)
             if rc >= _E_CONVERSION_FIRST and fs.flags & _F_PERSISTED:
                 rc = _unless_dropped(p, f.start, f.end, fs.sub, depth + 1, c, e, rc)
@@ -718,7 +719,7 @@ cdef int _scan(const uint8_t* p, Py_ssize_t start, Py_ssize_t end, int mi, int d
             if c.semantic and (ev < 0 or ev > fs.sub):
                 e.value = f.value
                 return _fail_in(e, _E_ENUM, at, mi, depth)
-        elif f.wire == _WT_LEN:  # a packed list
+        elif t >= _T_PACKED_VARINT and f.wire == _WT_LEN:  # a packed list
             if t == _T_PACKED_I64:
                 if (f.end - f.start) % 8:
                     return _fail_in(e, _E_PACKED_TRUNCATED, f.start, mi, depth)
