@@ -14,7 +14,7 @@ the Python-facing functions. The error class, kind names and docs live in mgfast
 the stubs in mgfast/_media.pyi.
 """
 
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport bsearch, free, malloc, qsort
 from libc.string cimport memcmp, memcpy
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_IsContiguous, PyBuffer_Release, PyObject_GetBuffer
@@ -94,6 +94,7 @@ cdef enum:
     _E_ENUM
     _E_UUID
     _E_PARENT
+    _E_TAG_COUNT
 
 cdef enum:
     _E_PROTOBUF_LAST = _E_TOO_DEEP
@@ -294,6 +295,10 @@ cdef enum:
     _F_VERSION = 16     # Message.protocol_version
     _F_OBJECTS = 32     # VideoFrame.objects: their parent_ids must be ids of the frame's objects
     _F_PARENT = 64      # VideoObject.parent_id
+    _F_POINTS = 128     # PolygonalArea.points: if it has tags, one per point (else a panic)
+    _F_TAGS = 256       # PolygonalArea.tags
+    _F_TAG = 512        # PolygonalAreaTags.tags
+    _F_MAP = 1024       # a map of messages: a later entry with the same key replaces one
 
 cdef enum:
     _MAX_FIELD = 26     # the highest field number in the schema (VideoFrame.previous_keyframe)
@@ -305,7 +310,7 @@ cdef enum:
 
 cdef struct _FieldSpec:
     uint8_t type
-    uint8_t flags
+    uint16_t flags
     uint8_t req       # the message's required sets this field is a member of (bits)
     uint8_t sub       # _T_MSG: message index; _T_ENUM: the highest valid value
 
@@ -333,7 +338,7 @@ _SCHEMA = {
         (11, "shutdown", _T_MSG, _F_KIND, 0, "Shutdown"),
     )),
     "StringEntry": ({}, ((1, "key", _T_STRING, 0, 0, None), (2, "value", _T_STRING, 0, 0, None))),
-    "VideoFrameBatch": ({}, ((1, "batch", _T_MSG, _F_REPEATED, 0, "FrameEntry"),)),
+    "VideoFrameBatch": ({}, ((1, "batch", _T_MSG, _F_REPEATED | _F_MAP, 0, "FrameEntry"),)),
     # a map entry without a value is a default VideoFrame, which savant-rs cannot convert
     "FrameEntry": ({1: "value"}, (
         (1, "key", _T_VARINT, 0, 0, None), (2, "value", _T_MSG, 0, 1, "VideoFrame"))),
@@ -420,8 +425,10 @@ _SCHEMA = {
     "PointValue": ({1: "data"}, ((1, "data", _T_MSG, 0, 1, "Point"),)),
     "PointVectorValue": ({}, ((1, "data", _T_MSG, _F_REPEATED, 0, "Point"),)),
     "PolygonalArea": ({}, (
-        (1, "points", _T_MSG, _F_REPEATED, 0, "Point"), (2, "tags", _T_MSG, 0, 0, "AreaTags"))),
-    "AreaTags": ({}, ((1, "tags", _T_MSG, _F_REPEATED, 0, "AreaTag"),)),
+        (1, "points", _T_MSG, _F_REPEATED | _F_POINTS, 0, "Point"),
+        (2, "tags", _T_MSG, _F_TAGS, 0, "AreaTags"),
+    )),
+    "AreaTags": ({}, ((1, "tags", _T_MSG, _F_REPEATED | _F_TAG, 0, "AreaTag"),)),
     "AreaTag": ({}, ((1, "tag", _T_STRING, 0, 0, None),)),
     "PolygonValue": ({1: "data"}, ((1, "data", _T_MSG, 0, 1, "PolygonalArea"),)),
     "PolygonVectorValue": ({}, ((1, "data", _T_MSG, _F_REPEATED, 0, "PolygonalArea"),)),
@@ -511,6 +518,7 @@ cdef struct _Ctx:
     Py_ssize_t pv_end
     bint persistent        # Attribute: its last is_persistent
     bint has_parent        # VideoObject: it has a parent_id
+    Py_ssize_t n_tags      # PolygonalAreaTags: how many tags (counted on)
 
 
 cdef inline bint _hex(uint8_t c) noexcept nogil:
@@ -651,6 +659,9 @@ cdef int _scan(const uint8_t* p, Py_ssize_t start, Py_ssize_t end, int mi, int d
     cdef Py_ssize_t q
     cdef Py_ssize_t n_objects = 0
     cdef Py_ssize_t n_parents = 0
+    cdef Py_ssize_t n_points = 0
+    cdef Py_ssize_t n_tags = -1     # PolygonalArea: -1 while it has no tags
+    cdef Py_ssize_t tags_before = 0
     cdef uint64_t v
     cdef uint8_t seen = 0
     cdef int t
@@ -687,20 +698,32 @@ cdef int _scan(const uint8_t* p, Py_ssize_t start, Py_ssize_t end, int mi, int d
                 return _fail_in(e, _E_TOO_DEEP, at, mi, depth)
             if fs.flags & _F_OBJECTS:
                 c.has_parent = False  # set by the object's parent_id, wherever it is
+            tags_before = c.n_tags
             rc = _scan(p, f.start, f.end, fs.sub, depth + 1, c, e)
-            if rc >= _E_CONVERSION_FIRST and fs.flags & _F_PERSISTED:
-                rc = _unless_dropped(p, f.start, f.end, fs.sub, depth + 1, c, e, rc)
+            if rc >= _E_CONVERSION_FIRST and fs.flags & (_F_PERSISTED | _F_MAP):
+                rc = (_unless_dropped(p, f.start, f.end, fs.sub, depth + 1, c, e, rc)
+                      if fs.flags & _F_PERSISTED else
+                      _unless_replaced(p, f.start, f.end, pos, end, f.number, fs.sub, depth + 1,
+                                       c, e, rc))
             if rc:
                 e.msgs[depth] = <uint8_t>mi
                 e.fields[depth] = f.number
                 e.index[depth] = (_occurrence(p, start, at, f.number)
                                   if fs.flags & _F_REPEATED else 0)
                 return rc
-            if fs.flags & _F_OBJECTS:
+            if not fs.flags:
+                pass
+            elif fs.flags & _F_OBJECTS:
                 n_objects += 1
                 n_parents += c.has_parent
             elif fs.flags & _F_KIND:
                 c.kind = <int>f.number  # oneof: the last member wins
+            elif fs.flags & _F_POINTS:
+                n_points += 1
+            elif fs.flags & _F_TAGS:  # repeated occurrences merge: their tags add up
+                n_tags = (0 if n_tags < 0 else n_tags) + c.n_tags - tags_before
+            elif fs.flags & _F_TAG:
+                c.n_tags += 1
         elif t == _T_STRING or t == _T_UUID:
             if not _utf8_ok(p + f.start, f.end - f.start):
                 return _fail_in(e, _E_UTF8, f.start, mi, depth)
@@ -734,6 +757,10 @@ cdef int _scan(const uint8_t* p, Py_ssize_t start, Py_ssize_t end, int mi, int d
             e.value = m.required & ~seen
             e.field = 0
             return _fail_in(e, _E_REQUIRED, start, mi, depth)
+        if n_tags >= 0 and n_tags != n_points:
+            e.value = <uint64_t>n_points
+            e.remaining = n_tags
+            return _fail_in(e, _E_TAG_COUNT, start, mi, depth)
         if n_parents:
             return _check_parents(p, start, end, n_objects, mi, depth, e)
     return 0
@@ -757,6 +784,46 @@ cdef int _unless_dropped(const uint8_t* p, Py_ssize_t start, Py_ssize_t end, int
     return rc
 
 
+cdef int64_t _entry_key(const uint8_t* p, Py_ssize_t start, Py_ssize_t end) noexcept nogil:
+    """The key of a map entry with a varint key (the last one; 0 if none)."""
+    cdef Py_ssize_t pos = start
+    cdef int64_t key = 0
+    cdef _Field f
+    cdef _Err scratch
+    while pos < end:
+        if _next_field(p, &pos, end, &f, &scratch):
+            break
+        if f.number == 1 and f.wire == _WT_VARINT:
+            key = <int64_t>f.value
+    return key
+
+
+cdef int _unless_replaced(const uint8_t* p, Py_ssize_t start, Py_ssize_t end,
+                          Py_ssize_t rest, Py_ssize_t rest_end, uint32_t number, int mi,
+                          int depth, _Ctx* c, _Err* e, int rc) noexcept nogil:
+    """rc, a conversion-level failure in a map entry p[start:end]: 0 if a later entry (in
+    p[rest:rest_end]) has the same key, since savant-rs converts only the last one; the entry
+    must still decode as protobuf."""
+    cdef int again
+    cdef int64_t key
+    cdef _Err first = e[0]
+    cdef _Field f
+    cdef _Err scratch
+    c.semantic = False
+    again = _scan(p, start, end, mi, depth, c, e)
+    c.semantic = True
+    if again:
+        return again
+    key = _entry_key(p, start, end)
+    while rest < rest_end:
+        if _next_field(p, &rest, rest_end, &f, &scratch):
+            break  # the scan that goes on from here reports it
+        if f.number == number and f.wire == _WT_LEN and _entry_key(p, f.start, f.end) == key:
+            return 0
+    e[0] = first
+    return rc
+
+
 cdef int _scan_message(const uint8_t* p, Py_ssize_t start, Py_ssize_t end, int* kind,
                        _Err* e) noexcept nogil:
     """Check a Savant Message as savant-rs reads it; store its content field number."""
@@ -768,6 +835,7 @@ cdef int _scan_message(const uint8_t* p, Py_ssize_t start, Py_ssize_t end, int* 
     c.pv_end = -1
     c.persistent = False
     c.has_parent = False
+    c.n_tags = 0
     e.layer = _L_MESSAGE
     e.base = start
     e.depth = 0
@@ -945,6 +1013,9 @@ cdef str _describe_savant(_Err* e, Py_ssize_t at):
     if code == _E_PARENT:
         return (f"Savant message: {_savant_field(e)} {<int64_t>e.value} is not the id of an "
                 f"object of the frame")
+    if code == _E_TAG_COUNT:
+        return (f"Savant message: {_savant_path(e, e.depth)} has {e.value} points but "
+                f"{e.remaining} tags")
     if code == _E_NO_MEMORY:
         return "Savant message: out of memory while checking it"
     return f"malformed Savant message (error {code})"

@@ -96,6 +96,7 @@ def vi(field: int, value: int) -> bytes:
 
 UUID = b"01a23712-cf7e-70ca-8e44-e285c6e249d0"
 BOX = ld(6, b"")  # VideoObject.detection_box, all zero
+FRAME = ld(3, UUID) + ld(19, b"")  # the least VideoFrame savant-rs reads
 
 
 def message(*content: bytes) -> bytes:
@@ -230,12 +231,17 @@ POISON = [
      "video_frame.attributes[0].values[0].bounding_box has no data"),
     ("intersection_kind", frame(ld(24, ld(3, ld(17, ld(1, vi(1, 5)))))),
      "values[0].intersection.data.kind is 5, not a valid IntersectionKind"),
+    ("polygon_tags_not_one_per_point",
+     frame(ld(24, ld(3, ld(15, ld(1, ld(1, b"") + ld(1, b"") + ld(2, ld(1, b""))))))),
+     "values[0].polygon.data has 2 points but 1 tags"),
     ("packed_doubles_cut", frame(ld(24, ld(3, ld(8, ld(1, b"\x00" * 12))))),
      "packed doubles of field 1 are not a multiple of 8 bytes"),
     ("persistent_object_attribute", frame(ld(25, vi(1, 1) + BOX + ld(7, ld(3, b"") + vi(5, 1)))),
      "video_frame.objects[0].attributes[0].values[0] has no value"),
     ("batch_entry_without_frame", message(ld(6, ld(1, vi(1, 4)))),
      "video_frame_batch.batch[0] has no value"),
+    ("batch_entry_replaced_by_an_earlier_one", message(ld(6, ld(1, ld(2, FRAME)) + ld(1, b""))),
+     "video_frame_batch.batch[1] has no value"),
     ("batch_frame_without_content", message(ld(6, ld(1, ld(2, ld(3, UUID))))),
      "video_frame_batch.batch[0].value has no content"),
     ("update_policy", message(ld(7, vi(6, 3))),
@@ -276,6 +282,11 @@ DROPPED = [
     ("user_data_attribute_not_persistent", message(ld(8, ld(2, ld(3, ld(11, b"")) + vi(5, 0))))),
     ("frame_object_is_own_parent", frame(ld(25, vi(1, 3) + vi(2, 3) + BOX))),
     ("parent_listed_later", frame(ld(25, vi(1, 1) + vi(2, 2) + BOX), ld(25, vi(1, 2) + BOX))),
+    ("polygon_tags_merged", frame(ld(24, ld(3, ld(15, ld(1, ld(1, b"") + ld(1, b"") + ld(
+        2, ld(1, b"")) + ld(2, ld(1, ld(1, b"t"))))))))),  # two tags fields merge: 2 tags
+    ("polygon_without_tags", frame(ld(24, ld(3, ld(15, ld(1, ld(1, b"") + ld(1, b""))))))),
+    ("batch_entry_replaced", message(ld(6, ld(1, vi(1, 4)) + ld(1, vi(1, 5) + ld(2, FRAME))
+                                     + ld(1, vi(1, 4) + ld(2, FRAME))))),
     ("enum_low_32_bits", frame(vi(9, 2**32 + 1))),  # prost reads an enum as int32
     ("uuid_forms", message(ld(5, ld(3, UUID.upper()) + ld(18, ld(1, b"m")) + ld(26, b"{" + UUID + b"}")))),
     ("uuid_simple_and_urn", frame(ld(26, b"urn:uuid:" + UUID), uuid_=UUID.replace(b"-", b""))),
