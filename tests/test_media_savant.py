@@ -606,3 +606,22 @@ def test_server_answers_400_to_poison_and_forwards_only_readable_messages(tmp_pa
             received = reader.wait_for(2)
             assert [m.message for m in received] == good  # nothing before them, in order
             assert not reader.errors
+
+
+UTF8_EDGES = st.sampled_from([b"\x80", b"\xc2", b"\xc3\xa9", b"\xe2\x82", b"\xe2\x82\xac",
+                              b"\xed\xa0\x80", b"\xf0\x9f\x98\x80", b"\xf4\x90\x80\x80", b"\xff"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.integers(0, 20).map(lambda n: b"a" * n), UTF8_EDGES), max_size=6)
+       .map(b"".join))
+def test_strings_are_checked_as_strict_utf8_across_ascii_runs(text):
+    """The UTF-8 check skips ASCII eight bytes at a time; a multi-byte sequence may start or
+    end anywhere around those words."""
+    try:
+        text.decode("utf-8")
+        valid = True
+    except UnicodeDecodeError:
+        valid = False
+    raw = message(ld(10, ld(1, text)))
+    assert (codec_failure(raw) is None) == valid == (savant_failure(raw) is None)
