@@ -8,10 +8,17 @@ Decoding never copies and never re-encodes: it checks the protobuf framing and r
 memoryview slices of the body, which become the ZeroMQ frames ``[topic, message, *data]``.
 Encoding writes tag/length prefixes around the frames into one output ``bytes``.
 
-Layout: tunables, wire constants and error codes; the C scanners (varint, field, UTF-8,
-Savant message, Media, MediaBatch), which return error codes and never raise; the error texts;
-the Python-facing functions. The error class, kind names and docs live in mgfast/media.py and
-the stubs in mgfast/_media.pyi.
+The Savant message inside is checked whole, as a Savant consumer (savant-rs 0.3.0) will read
+it: decoded with its schema (wire types, UTF-8, nested messages) and converted (content
+present, required sub-messages, enum values, UUIDs, object parents, polygon tags), so a body
+that passes cannot make a consumer fail or panic. One table (_SCHEMA) describes the messages;
+one recursive nogil scanner (_scan) walks them by it. Bytes fields (a frame's ``internal``
+content, attribute blobs) and the Media's data parts are never read.
+
+Layout: tunables, wire constants and error codes; the C scanners (varint, field, UTF-8); the
+Savant schema and its scanner; the envelope scanners (Media, MediaBatch), which return error
+codes and never raise; the error texts; the Python-facing functions. The error class, kind
+names and docs live in mgfast/media.py and the stubs in mgfast/_media.pyi.
 """
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
