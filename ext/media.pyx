@@ -45,8 +45,11 @@ cdef enum:
     # Nesting of Savant messages. The schema is acyclic and 11 deep at most, so this only
     # bounds the C stack and the error path if the table ever changes.
     _MAX_DEPTH = 16
-    # Object ids of one frame sorted on the stack for the parent check; more are malloc'ed.
-    _STACK_IDS = 64
+    # Objects of one frame whose ids the parent check keeps as it scans them and searches
+    # linearly (a typical frame); a frame with more is walked again, its ids sorted.
+    _FEW_OBJECTS = 64
+    # Object ids sorted on the stack in that walk; more are malloc'ed.
+    _STACK_IDS = 256
 
 MAX_VARINT_LEN = _MAX_VARINT_LEN
 MAX_DATA_PARTS = _MAX_DATA_PARTS
@@ -312,6 +315,7 @@ cdef enum:
     _F_TAGS = 256       # PolygonalArea.tags
     _F_TAG = 512        # PolygonalAreaTags.tags
     _F_MAP = 1024       # a map of messages: a later entry with the same key replaces one
+    _F_OBJECT_ID = 2048  # VideoObject.id
 
 cdef enum:
     _MAX_FIELD = 26     # the highest field number in the schema (VideoFrame.previous_keyframe)
@@ -456,7 +460,7 @@ _SCHEMA = {
         (2, "attributes", _T_MSG, _F_REPEATED | _F_PERSISTED, 0, "Attribute"),
     )),
     "VideoObject": ({1: "detection_box"}, (
-        (1, "id", _T_VARINT, 0, 0, None),
+        (1, "id", _T_VARINT, _F_OBJECT_ID, 0, None),
         (2, "parent_id", _T_VARINT, _F_PARENT, 0, None),
         (3, "namespace", _T_STRING, 0, 0, None),
         (4, "label", _T_STRING, 0, 0, None),
@@ -531,6 +535,10 @@ cdef struct _Ctx:
     Py_ssize_t pv_end
     bint persistent        # Attribute: its last is_persistent
     bint has_parent        # VideoObject: it has a parent_id
+    int64_t object_id      # VideoObject: its id (the last one; 0 if none)
+    int64_t parent_id      # VideoObject: its parent_id (the last one)
+    int64_t ids[_FEW_OBJECTS]      # VideoFrame: its first objects' ids
+    int64_t parents[_FEW_OBJECTS]  # VideoFrame: their parent_ids
     Py_ssize_t n_tags      # PolygonalAreaTags: how many tags (counted on)
 
 
@@ -711,6 +719,7 @@ cdef int _scan(const uint8_t* p, Py_ssize_t start, Py_ssize_t end, int mi, int d
                 return _fail_in(e, _E_TOO_DEEP, at, mi, depth)
             if fs.flags & _F_OBJECTS:
                 c.has_parent = False  # set by the object's parent_id, wherever it is
+                c.object_id = 0
             tags_before = c.n_tags
             rc = _scan(p, f.start, f.end, fs.sub, depth + 1, c, e)
             if rc >= _E_CONVERSION_FIRST and fs.flags & (_F_PERSISTED | _F_MAP):
@@ -726,7 +735,11 @@ cdef int _scan(const uint8_t* p, Py_ssize_t start, Py_ssize_t end, int mi, int d
                 return rc
             if not fs.flags:
                 pass
-            elif fs.flags & _F_OBJECTS:
+            elif fs.flags & _F_OBJECTS:  # frames do not nest: c.ids is this frame's
+                if n_objects < _FEW_OBJECTS:
+                    c.ids[n_objects] = c.object_id
+                    if c.has_parent:
+                        c.parents[n_parents] = c.parent_id
                 n_objects += 1
                 n_parents += c.has_parent
             elif fs.flags & _F_KIND:
@@ -750,6 +763,9 @@ cdef int _scan(const uint8_t* p, Py_ssize_t start, Py_ssize_t end, int mi, int d
                 c.persistent = f.value != 0
             elif fs.flags & _F_PARENT:
                 c.has_parent = True
+                c.parent_id = <int64_t>f.value
+            elif fs.flags & _F_OBJECT_ID:
+                c.object_id = <int64_t>f.value
         elif t == _T_ENUM:
             ev = <int32_t>f.value  # prost reads an enum as int32: the low 32 bits
             if c.semantic and (ev < 0 or ev > fs.sub):
@@ -766,7 +782,7 @@ cdef int _scan(const uint8_t* p, Py_ssize_t start, Py_ssize_t end, int mi, int d
                     if rc:
                         return _fail_in(e, rc, q, mi, depth)
     if c.semantic:
-        if seen & m.required != m.required:
+        if (seen & m.required) != m.required:
             e.value = m.required & ~seen
             e.field = 0
             return _fail_in(e, _E_REQUIRED, start, mi, depth)
@@ -774,9 +790,25 @@ cdef int _scan(const uint8_t* p, Py_ssize_t start, Py_ssize_t end, int mi, int d
             e.value = <uint64_t>n_points
             e.remaining = n_tags
             return _fail_in(e, _E_TAG_COUNT, start, mi, depth)
-        if n_parents:
+        if n_parents and not _parents_found(c, n_objects, n_parents):
             return _check_parents(p, start, end, n_objects, mi, depth, e)
     return 0
+
+
+cdef bint _parents_found(_Ctx* c, Py_ssize_t n_objects, Py_ssize_t n_parents) noexcept nogil:
+    """Whether every parent_id of a frame with few objects is one of their ids (False also
+    when it has too many to tell: _check_parents tells then, and says which one is not)."""
+    cdef Py_ssize_t i
+    cdef Py_ssize_t j
+    if n_objects > _FEW_OBJECTS:
+        return False
+    for i in range(n_parents):
+        for j in range(n_objects):
+            if c.ids[j] == c.parents[i]:
+                break
+        else:
+            return False
+    return True
 
 
 cdef int _unless_dropped(const uint8_t* p, Py_ssize_t start, Py_ssize_t end, int mi, int depth,
@@ -784,11 +816,12 @@ cdef int _unless_dropped(const uint8_t* p, Py_ssize_t start, Py_ssize_t end, int
     """rc, a conversion-level failure in an Attribute that savant-rs converts only if it is
     persistent: 0 if it is not (it must still decode as protobuf), else rc as it was."""
     cdef int again
+    cdef bint semantic = c.semantic
     cdef _Err first = e[0]
     c.semantic = False
     c.persistent = False
     again = _scan(p, start, end, mi, depth, c, e)
-    c.semantic = True
+    c.semantic = semantic
     if again:
         return again
     if not c.persistent:
@@ -819,12 +852,13 @@ cdef int _unless_replaced(const uint8_t* p, Py_ssize_t start, Py_ssize_t end,
     must still decode as protobuf."""
     cdef int again
     cdef int64_t key
+    cdef bint semantic = c.semantic
     cdef _Err first = e[0]
     cdef _Field f
     cdef _Err scratch
     c.semantic = False
     again = _scan(p, start, end, mi, depth, c, e)
-    c.semantic = True
+    c.semantic = semantic
     if again:
         return again
     key = _entry_key(p, start, end)
@@ -1002,7 +1036,6 @@ cdef str _describe_savant(_Err* e, Py_ssize_t at):
         return (f"Savant message is not valid protobuf: {_protobuf_what(e)} at byte {at}"
                 + (f" (in {path})" if path else ""))
     if code == _E_WRONG_WIRE:
-        _, flags, _ = _MSG_FIELDS[e.msgs[e.depth]][e.field]
         packed = _MSGS[e.msgs[e.depth]].fields[e.field].type >= _T_PACKED_VARINT
         return (f"Savant message field {e.field} ({_savant_field(e)}) has wire type {e.wire}, "
                 f"expected {e.value}{' or 2' if packed else ''}")
@@ -1021,7 +1054,7 @@ cdef str _describe_savant(_Err* e, Py_ssize_t at):
         return f"Savant message: {_savant_field(e)} is {ev}, not a valid {enum}"
     if code == _E_REQUIRED:
         required = _MSG_REQUIRED[e.msgs[e.depth]]
-        missing = " or ".join(text for bit, text in required.items() if e.value & bit)
+        missing = " and no ".join(text for bit, text in required.items() if e.value & bit)
         return f"Savant message: {_savant_path(e, e.depth)} has no {missing}"
     if code == _E_PARENT:
         return (f"Savant message: {_savant_field(e)} {<int64_t>e.value} is not the id of an "

@@ -214,6 +214,8 @@ POISON = [
     ("no_content", message(), "Savant message has no content"),
     ("empty_video_frame", message(ld(5, b"")), "Savant message: video_frame has no content"),
     ("frame_without_uuid", frame(uuid_=None), "video_frame has no uuid"),
+    ("frame_without_anything", message(ld(5, ld(2, b"cam-1"))),
+     "video_frame has no content (internal, external or none) and no uuid"),
     ("frame_bad_uuid", frame(uuid_=UUID[:-1] + b"g"), "video_frame.uuid is not a UUID"),
     ("frame_bad_previous_keyframe", frame(ld(26, b"")), "previous_keyframe is not a UUID"),
     ("frame_transcoding_method", frame(vi(9, 2)),
@@ -300,6 +302,19 @@ DROPPED = [
 def test_what_savant_rs_reads_is_accepted(raw):
     assert savant_failure(raw) is None
     assert codec_failure(raw) is None
+
+
+@pytest.mark.parametrize("n", [3, 64, 65, 300])  # ids kept while scanning up to 64, then sorted
+def test_object_parents_in_small_and_large_frames(n):
+    objects = [ld(25, vi(1, i * 7) + BOX + (vi(2, (i - 1) * 7) if i else b"")) for i in range(n)]
+    raw = frame(*objects[::-1])  # parents listed after their children, too
+    assert savant_failure(raw) is None and codec_failure(raw) is None
+    bad = list(objects)
+    bad[n // 2] = ld(25, vi(1, n // 2 * 7) + vi(2, 5) + BOX)  # 5 is no object's id
+    raw = frame(*bad)
+    assert savant_failure(raw) == "InvalidVideoFrameParentObject(5)"
+    assert codec_failure(raw) == (f"Savant message: video_frame.objects[{n // 2}].parent_id 5 "
+                                  f"is not the id of an object of the frame")
 
 
 def test_a_large_internal_frame_is_not_scanned_and_costs_nothing_special():
