@@ -327,6 +327,7 @@ cdef enum:
 
 cdef struct _FieldSpec:
     uint8_t type
+    uint8_t wire      # the wire type prost wants (packed lists also take _WT_LEN)
     uint16_t flags
     uint8_t req       # the message's required sets this field is a member of (bits)
     uint8_t sub       # _T_MSG: message index; _T_ENUM: the highest valid value
@@ -515,6 +516,9 @@ cdef void _load_schema() except *:
                 raise RuntimeError(f"{name}.{fname}: field number {number} over _MAX_FIELD")
             fs = &m.fields[number]
             fs.type = ftype
+            fs.wire = (_WT_VARINT if ftype in (_T_VARINT, _T_ENUM, _T_PACKED_VARINT) else
+                       _WT_I32 if ftype == _T_I32 else
+                       _WT_I64 if ftype in (_T_I64, _T_PACKED_I64) else _WT_LEN)
             fs.flags = flags
             fs.req = req
             fs.sub = index[target] if ftype == _T_MSG else (target[1] if ftype == _T_ENUM else 0)
@@ -686,7 +690,6 @@ cdef int _scan(const uint8_t* p, Py_ssize_t start, Py_ssize_t end, int mi, int d
     cdef uint64_t v
     cdef uint8_t seen = 0
     cdef int t
-    cdef int expect
     cdef int rc
     cdef int32_t ev
     cdef _Field f
@@ -703,16 +706,8 @@ cdef int _scan(const uint8_t* p, Py_ssize_t start, Py_ssize_t end, int mi, int d
             continue
         seen |= fs.req
         # prost refuses a known field with another wire type (packed lists take both)
-        if t <= _T_ENUM or t == _T_PACKED_VARINT:
-            expect = _WT_VARINT
-        elif t == _T_I32:
-            expect = _WT_I32
-        elif t == _T_I64 or t == _T_PACKED_I64:
-            expect = _WT_I64
-        else:
-            expect = _WT_LEN
-        if f.wire != expect and not (t >= _T_PACKED_VARINT and f.wire == _WT_LEN):
-            e.value = <uint64_t>expect
+        if f.wire != fs.wire and not (t >= _T_PACKED_VARINT and f.wire == _WT_LEN):
+            e.value = fs.wire
             return _fail_in(e, _E_WRONG_WIRE, at, mi, depth)
         if t == _T_MSG:
             if depth + 1 >= _MAX_DEPTH:
@@ -759,7 +754,9 @@ cdef int _scan(const uint8_t* p, Py_ssize_t start, Py_ssize_t end, int mi, int d
                 c.pv_start = f.start  # a repeated scalar: the last one wins
                 c.pv_end = f.end
         elif t == _T_VARINT:
-            if fs.flags & _F_PERSIST_FLAG:
+            if not fs.flags:
+                pass
+            elif fs.flags & _F_PERSIST_FLAG:
                 c.persistent = f.value != 0
             elif fs.flags & _F_PARENT:
                 c.has_parent = True
