@@ -8,14 +8,22 @@ Decoding never copies and never re-encodes: it checks the protobuf framing and r
 memoryview slices of the body, which become the ZeroMQ frames ``[topic, message, *data]``.
 Encoding writes tag/length prefixes around the frames into one output ``bytes``.
 
-Layout: tunables, wire constants and error codes; the C scanners (varint, field, UTF-8,
-Savant message, Media, MediaBatch), which return error codes and never raise; the error texts;
-the Python-facing functions. The error class, kind names and docs live in mgfast/media.py and
-the stubs in mgfast/_media.pyi.
+The Savant message inside is checked whole, as a Savant consumer (savant-rs 0.3.0) will read
+it: decoded with its schema (wire types, UTF-8, nested messages) and converted (content
+present, required sub-messages, enum values, UUIDs, object parents, polygon tags), so a body
+that passes cannot make a consumer fail or panic. One table (_SCHEMA) describes the messages;
+one recursive nogil scanner (_scan) walks them by it. Bytes fields (a frame's ``internal``
+content, attribute blobs) and the Media's data parts are never read.
+
+Layout: tunables, wire constants and error codes; the C scanners (varint, field, UTF-8); the
+Savant schema and its scanner; the envelope scanners (Media, MediaBatch), which return error
+codes and never raise; the error texts; the Python-facing functions. The error class, kind
+names and docs live in mgfast/media.py and the stubs in mgfast/_media.pyi.
 """
 
-from libc.stdint cimport uint8_t, uint32_t, uint64_t
-from libc.string cimport memcpy
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport bsearch, free, malloc, qsort
+from libc.string cimport memcmp, memcpy
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_IsContiguous, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.memoryview cimport PyMemoryView_Check, PyMemoryView_FromObject, PyMemoryView_GET_BUFFER
@@ -34,6 +42,14 @@ cdef enum:
     _MAX_BATCH_ITEMS = 4096
     # Data parts over a whole MediaBatch: the same allocation bound as above, per request.
     _MAX_BATCH_DATA_PARTS = 16384
+    # Nesting of Savant messages. The schema is acyclic and 11 deep at most, so this only
+    # bounds the C stack and the error path if the table ever changes.
+    _MAX_DEPTH = 16
+    # Objects of one frame whose ids the parent check keeps as it scans them and searches
+    # linearly (a typical frame); a frame with more is walked again, its ids sorted.
+    _FEW_OBJECTS = 64
+    # Object ids sorted on the stack in that walk; more are malloc'ed.
+    _STACK_IDS = 256
 
 MAX_VARINT_LEN = _MAX_VARINT_LEN
 MAX_DATA_PARTS = _MAX_DATA_PARTS
@@ -58,30 +74,40 @@ cdef enum:
     _TAG_DATA = 0x1A      # Media.data = 3
 
 cdef enum:
-    _SAVANT_PROTOCOL_VERSION = 1
-    _SAVANT_SEQ_ID = 4
-    _SAVANT_CONTENT_FIRST = 5     # video_frame
-    _SAVANT_CONTENT_LAST = 11     # shutdown
-
-cdef enum:
     # protobuf well-formedness
     _E_VARINT_TRUNCATED = 1
     _E_VARINT_TOO_LONG
+    _E_VARINT_OVERFLOW
     _E_TAG_TOO_BIG
     _E_FIELD_ZERO
     _E_GROUP
     _E_WIRE_TYPE
     _E_LEN_TRUNCATED
     _E_FIXED_TRUNCATED
-    # schema level
+    _E_PACKED_TRUNCATED
+    _E_TOO_DEEP
+    # schema level: what prost's decoding refuses
     _E_WRONG_WIRE
+    _E_UTF8
     _E_NO_MESSAGE
     _E_DUP_MESSAGE
     _E_TOPIC_UTF8
     _E_TOO_MANY_PARTS
-    _E_VERSION_UTF8
     _E_TOO_MANY_ITEMS
     _E_TOO_MANY_BATCH_PARTS
+    _E_NO_CONTENT
+    _E_NO_MEMORY
+    # conversion level: what savant-rs's TryFrom conversions refuse or panic on. Inside an
+    # attribute that savant-rs drops unconverted (not is_persistent) these do not count.
+    _E_REQUIRED
+    _E_ENUM
+    _E_UUID
+    _E_PARENT
+    _E_TAG_COUNT
+
+cdef enum:
+    _E_PROTOBUF_LAST = _E_TOO_DEEP
+    _E_CONVERSION_FIRST = _E_REQUIRED
 
 cdef enum:
     _L_MEDIA = 0
@@ -94,6 +120,7 @@ cdef struct _Field:
     int wire
     Py_ssize_t start      # payload span (for a scalar: its encoded value)
     Py_ssize_t end
+    uint64_t value        # a varint's value
 
 cdef struct _Err:
     int code
@@ -102,8 +129,14 @@ cdef struct _Err:
     Py_ssize_t base       # absolute offset where the layer starts; texts report pos - base
     uint32_t field
     int wire
-    uint64_t value        # declared length, or the expected wire type
+    uint64_t value        # declared length, expected wire type, missing set, bad value
     Py_ssize_t remaining  # bytes left after a length prefix
+    # where in a Savant message (layer _L_MESSAGE): the failing message is msgs[depth]; at
+    # each level below it, the field taken (fields) and its occurrence index (index)
+    int depth
+    uint8_t msgs[_MAX_DEPTH]
+    uint32_t fields[_MAX_DEPTH]
+    Py_ssize_t index[_MAX_DEPTH]
 
 cdef struct _Media:
     Py_ssize_t msg_start
@@ -139,9 +172,12 @@ cdef inline int _read_varint(const uint8_t* p, Py_ssize_t* pos, Py_ssize_t end,
             return _E_VARINT_TRUNCATED
         b = p[i]
         i += 1
-        # bits beyond 64 in the tenth byte are dropped, as upb and prost do
         result |= (<uint64_t>(b & 0x7F)) << shift
         if b < 0x80:
+            # a tenth byte above 1 overflows 64 bits: prost (Savant's and upstream's decoder)
+            # refuses it, so it is malformed here too
+            if k == _MAX_VARINT_LEN - 1 and b > 1:
+                return _E_VARINT_OVERFLOW
             out[0] = result
             pos[0] = i
             return 0
@@ -179,7 +215,7 @@ cdef inline int _next_field(const uint8_t* p, Py_ssize_t* pos, Py_ssize_t end, _
         f.end = pos[0] + <Py_ssize_t>v
         pos[0] = f.end
     elif f.wire == _WT_VARINT:
-        rc = _read_varint(p, pos, end, &v)
+        rc = _read_varint(p, pos, end, &f.value)
         if rc:
             return _fail(e, rc, at)
     elif f.wire == _WT_I64:
@@ -204,7 +240,13 @@ cdef bint _utf8_ok(const uint8_t* s, Py_ssize_t n) noexcept nogil:
     """Strict UTF-8, as bytes.decode('utf-8') accepts it: no overlongs, surrogates or > U+10FFFF."""
     cdef Py_ssize_t i = 0
     cdef uint8_t c, lo, hi
+    cdef uint64_t word
     while i < n:
+        if i + 8 <= n:  # ASCII eight bytes at a time: nearly every Savant string is ASCII
+            memcpy(&word, s + i, 8)
+            if not (word & 0x8080808080808080ULL):
+                i += 8
+                continue
         c = s[i]
         if c < 0x80:
             i += 1
@@ -238,41 +280,615 @@ cdef bint _utf8_ok(const uint8_t* s, Py_ssize_t n) noexcept nogil:
     return True
 
 
-cdef int _scan_message(const uint8_t* p, Py_ssize_t start, Py_ssize_t end, int* kind,
-                       _Err* e) noexcept nogil:
-    """Check the top level of a Savant Message; store its content field number (0 if none)."""
+# ---- the Savant schema ----------------------------------------------------------------------
+#
+# What savant-rs 0.3.0 decodes (its savant_protobuf 0.2.0 message.proto, read with prost) and
+# then converts (savant_core's TryFrom impls), as one table: per message, per field number, the
+# field's type and what savant-rs needs of it. One generic scanner (_scan) walks a message by
+# this table, recursing into nested messages. The Python form below is the source; at import
+# it fills the C array _MSGS that the nogil scanner reads, and keeps the names for error texts.
+
+cdef enum:
+    # field types (0: not in the schema, skipped as protobuf skips unknown fields)
+    _T_VARINT = 1     # int32, int64, uint64, bool: any varint (prost truncates, bool is != 0)
+    _T_ENUM           # varint whose low 32 bits, as int32, must be a listed value (0..max)
+    _T_I32            # float
+    _T_I64            # double
+    _T_BYTES
+    _T_STRING         # UTF-8
+    _T_UUID           # UTF-8 string that savant-rs parses as a UUID
+    _T_MSG            # embedded message
+    _T_PACKED_VARINT  # repeated varint scalar: packed (wire 2) or one by one (wire 0)
+    _T_PACKED_I64     # repeated double: packed (wire 2) or one by one (wire 1)
+
+cdef enum:
+    # field flags
+    _F_REPEATED = 1     # error texts index it: objects[3]
+    _F_PERSISTED = 2    # a list of Attribute that savant-rs converts only where is_persistent
+    _F_PERSIST_FLAG = 4  # Attribute.is_persistent
+    _F_KIND = 8         # Message.content member: the message's kind
+    # 16: unused (was protocol_version, which upstream does not check)
+    _F_OBJECTS = 32     # VideoFrame.objects: their parent_ids must be ids of the frame's objects
+    _F_PARENT = 64      # VideoObject.parent_id
+    _F_POINTS = 128     # PolygonalArea.points: if it has tags, one per point (else a panic)
+    _F_TAGS = 256       # PolygonalArea.tags
+    _F_TAG = 512        # PolygonalAreaTags.tags
+    _F_MAP = 1024       # a map of messages: a later entry with the same key replaces one
+    _F_OBJECT_ID = 2048  # VideoObject.id
+
+cdef enum:
+    _MAX_FIELD = 26     # the highest field number in the schema (VideoFrame.previous_keyframe)
+    _MAX_MSGS = 48
+    _M_MESSAGE = 0
+    _N_OBJECTS_FIELD = 25    # VideoFrame.objects
+    _N_OBJECT_ID = 1         # VideoObject.id
+    _N_OBJECT_PARENT = 2     # VideoObject.parent_id
+
+cdef struct _FieldSpec:
+    uint8_t type
+    uint8_t wire      # the wire type prost wants (packed lists also take _WT_LEN)
+    uint16_t flags
+    uint8_t req       # the message's required sets this field is a member of (bits)
+    uint8_t sub       # _T_MSG: message index; _T_ENUM: the highest valid value
+
+cdef struct _MsgSpec:
+    uint8_t required  # bits of the sets of which at least one member must be present
+    _FieldSpec fields[_MAX_FIELD + 1]
+
+cdef _MsgSpec _MSGS[_MAX_MSGS]
+cdef int _M_VIDEO_OBJECT = -1
+
+# field: (number, name, type, flags, required-set bits, message name or (enum name, max))
+_EMPTY = ()
+_SCHEMA = {
+    "Message": ({}, (
+        (1, "protocol_version", _T_STRING, 0, 0, None),
+        (2, "routing_labels", _T_STRING, _F_REPEATED, 0, None),
+        (3, "propagated_context", _T_MSG, _F_REPEATED, 0, "StringEntry"),
+        (4, "seq_id", _T_VARINT, 0, 0, None),
+        (5, "video_frame", _T_MSG, _F_KIND, 0, "VideoFrame"),
+        (6, "video_frame_batch", _T_MSG, _F_KIND, 0, "VideoFrameBatch"),
+        (7, "video_frame_update", _T_MSG, _F_KIND, 0, "VideoFrameUpdate"),
+        (8, "user_data", _T_MSG, _F_KIND, 0, "UserData"),
+        (9, "end_of_stream", _T_MSG, _F_KIND, 0, "EndOfStream"),
+        (10, "unknown", _T_MSG, _F_KIND, 0, "Unknown"),
+        (11, "shutdown", _T_MSG, _F_KIND, 0, "Shutdown"),
+    )),
+    "StringEntry": ({}, ((1, "key", _T_STRING, 0, 0, None), (2, "value", _T_STRING, 0, 0, None))),
+    "VideoFrameBatch": ({}, ((1, "batch", _T_MSG, _F_REPEATED | _F_MAP, 0, "FrameEntry"),)),
+    # a map entry without a value is a default VideoFrame, which savant-rs cannot convert
+    "FrameEntry": ({1: "value"}, (
+        (1, "key", _T_VARINT, 0, 0, None), (2, "value", _T_MSG, 0, 1, "VideoFrame"))),
+    "VideoFrame": ({1: "content (internal, external or none)", 2: "uuid"}, (
+        (1, "previous_frame_seq_id", _T_VARINT, 0, 0, None),
+        (2, "source_id", _T_STRING, 0, 0, None),
+        (3, "uuid", _T_UUID, 0, 2, None),
+        (4, "creation_timestamp_ns_high", _T_VARINT, 0, 0, None),
+        (5, "creation_timestamp_ns_low", _T_VARINT, 0, 0, None),
+        (6, "framerate", _T_STRING, 0, 0, None),
+        (7, "width", _T_VARINT, 0, 0, None),
+        (8, "height", _T_VARINT, 0, 0, None),
+        (9, "transcoding_method", _T_ENUM, 0, 0, ("VideoFrameTranscodingMethod", 1)),
+        (10, "codec", _T_STRING, 0, 0, None),
+        (11, "keyframe", _T_VARINT, 0, 0, None),
+        (12, "time_base_numerator", _T_VARINT, 0, 0, None),
+        (13, "time_base_denominator", _T_VARINT, 0, 0, None),
+        (14, "pts", _T_VARINT, 0, 0, None),
+        (15, "dts", _T_VARINT, 0, 0, None),
+        (16, "duration", _T_VARINT, 0, 0, None),
+        (17, "internal", _T_BYTES, 0, 1, None),   # not scanned: it may be the whole frame
+        (18, "external", _T_MSG, 0, 1, "ExternalFrame"),
+        (19, "none", _T_MSG, 0, 1, "Empty"),
+        (23, "transformations", _T_MSG, _F_REPEATED, 0, "VideoFrameTransformation"),
+        (24, "attributes", _T_MSG, _F_REPEATED, 0, "Attribute"),
+        (25, "objects", _T_MSG, _F_REPEATED | _F_OBJECTS, 0, "VideoObject"),
+        (26, "previous_keyframe", _T_UUID, 0, 0, None),
+    )),
+    "ExternalFrame": ({}, (
+        (1, "method", _T_STRING, 0, 0, None), (2, "location", _T_STRING, 0, 0, None))),
+    "Empty": ({}, _EMPTY),
+    "VideoFrameTransformation": (
+        {1: "transformation (initial_size, scale, padding or resulting_size)"}, (
+            (1, "initial_size", _T_MSG, 0, 1, "Size"),
+            (2, "scale", _T_MSG, 0, 1, "Size"),
+            (3, "padding", _T_MSG, 0, 1, "Padding"),
+            (4, "resulting_size", _T_MSG, 0, 1, "Size"),
+        )),
+    "Size": ({}, ((1, "width", _T_VARINT, 0, 0, None), (2, "height", _T_VARINT, 0, 0, None))),
+    "Padding": ({}, tuple((n, name, _T_VARINT, 0, 0, None) for n, name in enumerate(
+        ("padding_left", "padding_top", "padding_right", "padding_bottom"), 1))),
+    "Attribute": ({}, (
+        (1, "namespace", _T_STRING, 0, 0, None),
+        (2, "name", _T_STRING, 0, 0, None),
+        (3, "values", _T_MSG, _F_REPEATED, 0, "AttributeValue"),
+        (4, "hint", _T_STRING, 0, 0, None),
+        (5, "is_persistent", _T_VARINT, _F_PERSIST_FLAG, 0, None),
+        (6, "is_hidden", _T_VARINT, 0, 0, None),
+    )),
+    "AttributeValue": ({1: "value"}, (
+        (1, "confidence", _T_I32, 0, 0, None),
+        (2, "bytes", _T_MSG, 0, 1, "BytesValue"),
+        (3, "string", _T_MSG, 0, 1, "StringValue"),
+        (4, "string_vector", _T_MSG, 0, 1, "StringVectorValue"),
+        (5, "integer", _T_MSG, 0, 1, "VarintValue"),
+        (6, "integer_vector", _T_MSG, 0, 1, "VarintVectorValue"),
+        (7, "float", _T_MSG, 0, 1, "DoubleValue"),
+        (8, "float_vector", _T_MSG, 0, 1, "DoubleVectorValue"),
+        (9, "boolean", _T_MSG, 0, 1, "VarintValue"),
+        (10, "boolean_vector", _T_MSG, 0, 1, "VarintVectorValue"),
+        (11, "bounding_box", _T_MSG, 0, 1, "BoundingBoxValue"),
+        (12, "bounding_box_vector", _T_MSG, 0, 1, "BoundingBoxVectorValue"),
+        (13, "point", _T_MSG, 0, 1, "PointValue"),
+        (14, "point_vector", _T_MSG, 0, 1, "PointVectorValue"),
+        (15, "polygon", _T_MSG, 0, 1, "PolygonValue"),
+        (16, "polygon_vector", _T_MSG, 0, 1, "PolygonVectorValue"),
+        (17, "intersection", _T_MSG, 0, 1, "IntersectionValue"),
+        (18, "none", _T_MSG, 0, 1, "Empty"),
+        (19, "temporary", _T_MSG, 0, 1, "Empty"),
+    )),
+    "BytesValue": ({}, (
+        (1, "dims", _T_PACKED_VARINT, _F_REPEATED, 0, None), (2, "data", _T_BYTES, 0, 0, None))),
+    "StringValue": ({}, ((1, "data", _T_STRING, 0, 0, None),)),
+    "StringVectorValue": ({}, ((1, "data", _T_STRING, _F_REPEATED, 0, None),)),
+    "VarintValue": ({}, ((1, "data", _T_VARINT, 0, 0, None),)),
+    "VarintVectorValue": ({}, ((1, "data", _T_PACKED_VARINT, _F_REPEATED, 0, None),)),
+    "DoubleValue": ({}, ((1, "data", _T_I64, 0, 0, None),)),
+    "DoubleVectorValue": ({}, ((1, "data", _T_PACKED_I64, _F_REPEATED, 0, None),)),
+    "BoundingBoxValue": ({1: "data"}, ((1, "data", _T_MSG, 0, 1, "BoundingBox"),)),
+    "BoundingBoxVectorValue": ({}, ((1, "data", _T_MSG, _F_REPEATED, 0, "BoundingBox"),)),
+    "BoundingBox": ({}, tuple((n, name, _T_I32, 0, 0, None) for n, name in enumerate(
+        ("xc", "yc", "width", "height", "angle"), 1))),
+    "Point": ({}, ((1, "x", _T_I32, 0, 0, None), (2, "y", _T_I32, 0, 0, None))),
+    "PointValue": ({1: "data"}, ((1, "data", _T_MSG, 0, 1, "Point"),)),
+    "PointVectorValue": ({}, ((1, "data", _T_MSG, _F_REPEATED, 0, "Point"),)),
+    "PolygonalArea": ({}, (
+        (1, "points", _T_MSG, _F_REPEATED | _F_POINTS, 0, "Point"),
+        (2, "tags", _T_MSG, _F_TAGS, 0, "AreaTags"),
+    )),
+    "AreaTags": ({}, ((1, "tags", _T_MSG, _F_REPEATED | _F_TAG, 0, "AreaTag"),)),
+    "AreaTag": ({}, ((1, "tag", _T_STRING, 0, 0, None),)),
+    "PolygonValue": ({1: "data"}, ((1, "data", _T_MSG, 0, 1, "PolygonalArea"),)),
+    "PolygonVectorValue": ({}, ((1, "data", _T_MSG, _F_REPEATED, 0, "PolygonalArea"),)),
+    "Intersection": ({}, (
+        (1, "kind", _T_ENUM, 0, 0, ("IntersectionKind", 4)),
+        (2, "edges", _T_MSG, _F_REPEATED, 0, "IntersectionEdge"),
+    )),
+    "IntersectionEdge": ({}, ((1, "id", _T_VARINT, 0, 0, None), (2, "tag", _T_STRING, 0, 0, None))),
+    "IntersectionValue": ({1: "data"}, ((1, "data", _T_MSG, 0, 1, "Intersection"),)),
+    "UserData": ({}, (
+        (1, "source_id", _T_STRING, 0, 0, None),
+        (2, "attributes", _T_MSG, _F_REPEATED | _F_PERSISTED, 0, "Attribute"),
+    )),
+    "VideoObject": ({1: "detection_box"}, (
+        (1, "id", _T_VARINT, _F_OBJECT_ID, 0, None),
+        (2, "parent_id", _T_VARINT, _F_PARENT, 0, None),
+        (3, "namespace", _T_STRING, 0, 0, None),
+        (4, "label", _T_STRING, 0, 0, None),
+        (5, "draw_label", _T_STRING, 0, 0, None),
+        (6, "detection_box", _T_MSG, 0, 1, "BoundingBox"),
+        (7, "attributes", _T_MSG, _F_REPEATED | _F_PERSISTED, 0, "Attribute"),
+        (8, "confidence", _T_I32, 0, 0, None),
+        (9, "track_box", _T_MSG, 0, 0, "BoundingBox"),
+        (10, "track_id", _T_VARINT, 0, 0, None),
+    )),
+    "ObjectAttribute": ({1: "attribute"}, (
+        (1, "object_id", _T_VARINT, 0, 0, None), (2, "attribute", _T_MSG, 0, 1, "Attribute"))),
+    "ForeignObject": ({1: "object"}, (
+        (1, "object", _T_MSG, 0, 1, "VideoObject"), (2, "parent_id", _T_VARINT, 0, 0, None))),
+    "VideoFrameUpdate": ({}, (
+        (1, "frame_attributes", _T_MSG, _F_REPEATED, 0, "Attribute"),
+        (2, "object_attributes", _T_MSG, _F_REPEATED, 0, "ObjectAttribute"),
+        (3, "objects", _T_MSG, _F_REPEATED, 0, "ForeignObject"),
+        (4, "frame_attribute_policy", _T_ENUM, 0, 0, ("AttributeUpdatePolicy", 2)),
+        (5, "object_attribute_policy", _T_ENUM, 0, 0, ("AttributeUpdatePolicy", 2)),
+        (6, "object_policy", _T_ENUM, 0, 0, ("ObjectUpdatePolicy", 2)),
+    )),
+    "EndOfStream": ({}, ((1, "source_id", _T_STRING, 0, 0, None),)),
+    "Unknown": ({}, ((1, "message", _T_STRING, 0, 0, None),)),
+    "Shutdown": ({}, ((1, "auth", _T_STRING, 0, 0, None),)),
+}
+
+# for error texts: per message index, its name, {number: (name, flags, enum name)}, required
+cdef list _MSG_NAMES = []
+cdef list _MSG_FIELDS = []
+cdef list _MSG_REQUIRED = []
+
+
+cdef void _load_schema() except *:
+    """Fill _MSGS from _SCHEMA (once, at import)."""
+    global _M_VIDEO_OBJECT
+    cdef dict index = {name: i for i, name in enumerate(_SCHEMA)}
+    cdef _MsgSpec* m
+    cdef _FieldSpec* fs
+    if len(index) > _MAX_MSGS or index["Message"] != _M_MESSAGE:
+        raise RuntimeError("the Savant schema table does not fit")
+    for name, (required, fields) in _SCHEMA.items():
+        m = &_MSGS[index[name]]
+        m.required = 0
+        for bit in required:
+            m.required |= <uint8_t>bit
+        for n in range(_MAX_FIELD + 1):
+            m.fields[n].type = 0
+        names = {}
+        for number, fname, ftype, flags, req, target in fields:
+            if not 0 < number <= _MAX_FIELD:
+                raise RuntimeError(f"{name}.{fname}: field number {number} over _MAX_FIELD")
+            fs = &m.fields[number]
+            fs.type = ftype
+            fs.wire = (_WT_VARINT if ftype in (_T_VARINT, _T_ENUM, _T_PACKED_VARINT) else
+                       _WT_I32 if ftype == _T_I32 else
+                       _WT_I64 if ftype in (_T_I64, _T_PACKED_I64) else _WT_LEN)
+            fs.flags = flags
+            fs.req = req
+            fs.sub = index[target] if ftype == _T_MSG else (target[1] if ftype == _T_ENUM else 0)
+            names[number] = (fname, flags, target[0] if ftype == _T_ENUM else None)
+        _MSG_NAMES.append(name)
+        _MSG_FIELDS.append(names)
+        _MSG_REQUIRED.append(required)
+    _M_VIDEO_OBJECT = index["VideoObject"]
+
+
+_load_schema()
+
+
+cdef struct _Ctx:
+    bint semantic          # check what the conversion checks (off inside unconverted attributes)
+    int kind               # Message: the last content member's field number
+    bint persistent        # Attribute: its last is_persistent
+    bint has_parent        # VideoObject: it has a parent_id
+    int64_t object_id      # VideoObject: its id (the last one; 0 if none)
+    int64_t parent_id      # VideoObject: its parent_id (the last one)
+    int64_t ids[_FEW_OBJECTS]      # VideoFrame: its first objects' ids
+    int64_t parents[_FEW_OBJECTS]  # VideoFrame: their parent_ids
+    Py_ssize_t n_tags      # PolygonalAreaTags: how many tags (counted on)
+
+
+cdef inline bint _hex(uint8_t c) noexcept nogil:
+    return (48 <= c <= 57) or (97 <= c <= 102) or (65 <= c <= 70)
+
+
+cdef bint _uuid_ok(const uint8_t* s, Py_ssize_t n) noexcept nogil:
+    """The forms savant-rs's UUID parser takes: 32 hex digits, 8-4-4-4-12 with hyphens, that
+    in braces, or that after urn:uuid: (lower case). Hex digits in either case."""
+    cdef Py_ssize_t i
+    if n == 32:
+        for i in range(32):
+            if not _hex(s[i]):
+                return False
+        return True
+    if n == 38:
+        if s[0] != 123 or s[37] != 125:  # { }
+            return False
+        s += 1
+    elif n == 45:
+        if memcmp(s, b"urn:uuid:", 9) != 0:
+            return False
+        s += 9
+    elif n != 36:
+        return False
+    for i in range(36):
+        if i == 8 or i == 13 or i == 18 or i == 23:
+            if s[i] != 45:  # -
+                return False
+        elif not _hex(s[i]):
+            return False
+    return True
+
+
+cdef Py_ssize_t _occurrence(const uint8_t* p, Py_ssize_t start, Py_ssize_t at,
+                            uint32_t number) noexcept nogil:
+    """How many fields `number` precede offset at (error path: texts say objects[3])."""
+    cdef Py_ssize_t pos = start
+    cdef Py_ssize_t n = 0
+    cdef _Field f
+    cdef _Err scratch
+    while pos < at:
+        if _next_field(p, &pos, at, &f, &scratch):
+            break
+        if f.number == number:
+            n += 1
+    return n
+
+
+cdef inline int _fail_in(_Err* e, int code, Py_ssize_t pos, int mi, int depth) noexcept nogil:
+    """An error found in message mi at depth; the callers add the levels above it."""
+    e.code = code
+    e.pos = pos
+    e.depth = depth
+    e.msgs[depth] = <uint8_t>mi
+    return code
+
+
+cdef int _cmp_i64(const void* a, const void* b) noexcept nogil:
+    cdef int64_t x = (<const int64_t*>a)[0]
+    cdef int64_t y = (<const int64_t*>b)[0]
+    return (x > y) - (x < y)
+
+
+cdef int _check_parents(const uint8_t* p, Py_ssize_t start, Py_ssize_t end, Py_ssize_t n,
+                        int mi, int depth, _Err* e) noexcept nogil:
+    """savant-rs refuses a frame with an object whose parent_id is not the id of one of the
+    frame's n objects. The frame was scanned already, so the walks below cannot fail."""
+    cdef int64_t stack_ids[_STACK_IDS]
+    cdef int64_t* ids = stack_ids
+    cdef Py_ssize_t pos = start
+    cdef Py_ssize_t k = 0
+    cdef Py_ssize_t opos
+    cdef Py_ssize_t at
+    cdef int64_t key
+    cdef int64_t oid
+    cdef int64_t parent
+    cdef bint has_parent
+    cdef int rc = 0
+    cdef _Field f
+    cdef _Field g
+    cdef _Err scratch
+    if n > _STACK_IDS:
+        ids = <int64_t*>malloc(<size_t>n * sizeof(int64_t))
+        if ids == NULL:
+            return _fail_in(e, _E_NO_MEMORY, start, mi, depth)
+    for phase in range(2):
+        pos = start
+        k = 0
+        while pos < end and k < n:
+            at = pos
+            if _next_field(p, &pos, end, &f, &scratch):
+                break
+            if f.number != _N_OBJECTS_FIELD:
+                continue
+            opos = f.start
+            oid = 0
+            parent = 0
+            has_parent = False
+            while opos < f.end:  # the last id and parent_id win, as in protobuf
+                if _next_field(p, &opos, f.end, &g, &scratch):
+                    break
+                if g.wire == _WT_VARINT and g.number == _N_OBJECT_ID:
+                    oid = <int64_t>g.value
+                elif g.wire == _WT_VARINT and g.number == _N_OBJECT_PARENT:
+                    parent = <int64_t>g.value
+                    has_parent = True
+            if phase == 0:
+                ids[k] = oid
+            elif has_parent:
+                key = parent
+                if bsearch(&key, ids, <size_t>n, sizeof(int64_t), _cmp_i64) == NULL:
+                    e.value = <uint64_t>parent
+                    e.fields[depth] = _N_OBJECTS_FIELD
+                    e.index[depth] = k
+                    e.field = _N_OBJECT_PARENT
+                    rc = _fail_in(e, _E_PARENT, at, _M_VIDEO_OBJECT, depth + 1)
+                    e.msgs[depth] = <uint8_t>mi
+                    break
+            k += 1
+        if rc:
+            break
+        if phase == 0:
+            qsort(ids, <size_t>k, sizeof(int64_t), _cmp_i64)
+            n = k
+    if ids != stack_ids:
+        free(ids)
+    return rc
+
+
+cdef int _scan(const uint8_t* p, Py_ssize_t start, Py_ssize_t end, int mi, int depth,
+               _Ctx* c, _Err* e) noexcept nogil:
+    """Check p[start:end] as message mi of the schema, recursively; 0 or an error code."""
+    cdef const _MsgSpec* m = &_MSGS[mi]
+    cdef const _FieldSpec* fs
     cdef Py_ssize_t pos = start
     cdef Py_ssize_t at
-    cdef Py_ssize_t pv_start = -1
-    cdef Py_ssize_t pv_end = -1
-    cdef _Field f
+    cdef Py_ssize_t q
+    cdef Py_ssize_t n_objects = 0
+    cdef Py_ssize_t n_parents = 0
+    cdef Py_ssize_t n_points = 0
+    cdef Py_ssize_t n_tags = -1     # PolygonalArea: -1 while it has no tags
+    cdef Py_ssize_t tags_before = 0
+    cdef uint64_t v
+    cdef uint8_t seen = 0
+    cdef int t
     cdef int rc
-    cdef int expect
-    e.layer = _L_MESSAGE
-    e.base = start
-    kind[0] = 0
+    cdef int32_t ev
+    cdef _Field f
     while pos < end:
         at = pos
         rc = _next_field(p, &pos, end, &f, e)
         if rc:
-            return rc
-        if f.number <= _SAVANT_CONTENT_LAST:
-            # Savant decodes with prost, which rejects a known field with the wrong wire type.
-            expect = _WT_VARINT if f.number == _SAVANT_SEQ_ID else _WT_LEN
-            if f.wire != expect:
-                e.value = <uint64_t>expect
-                return _fail(e, _E_WRONG_WIRE, at)
-            if f.number == _SAVANT_PROTOCOL_VERSION:
-                pv_start = f.start  # a repeated scalar: the last one wins
-                pv_end = f.end
-            elif f.number >= _SAVANT_CONTENT_FIRST:
-                kind[0] = <int>f.number  # oneof: the last member wins
-    # An absent or empty protocol_version passes, as upstream's server lets it through (the
-    # consuming Savant reader is the one that checks the version); prost rejects bad UTF-8.
-    if pv_start >= 0 and not _utf8_ok(p + pv_start, pv_end - pv_start):
-        return _fail(e, _E_VERSION_UTF8, pv_start)
+            return _fail_in(e, rc, e.pos, mi, depth)
+        if f.number > _MAX_FIELD:
+            continue
+        fs = &m.fields[f.number]
+        t = fs.type
+        if t == 0:
+            continue
+        seen |= fs.req
+        # prost refuses a known field with another wire type (packed lists take both)
+        if f.wire != fs.wire and not (t >= _T_PACKED_VARINT and f.wire == _WT_LEN):
+            e.value = fs.wire
+            return _fail_in(e, _E_WRONG_WIRE, at, mi, depth)
+        if t == _T_MSG:
+            if depth + 1 >= _MAX_DEPTH:
+                return _fail_in(e, _E_TOO_DEEP, at, mi, depth)
+            if fs.flags & _F_OBJECTS:
+                c.has_parent = False  # set by the object's parent_id, wherever it is
+                c.object_id = 0
+            tags_before = c.n_tags
+            rc = _scan(p, f.start, f.end, fs.sub, depth + 1, c, e)
+            if rc >= _E_CONVERSION_FIRST and fs.flags & (_F_PERSISTED | _F_MAP):
+                rc = (_unless_dropped(p, f.start, f.end, fs.sub, depth + 1, c, e, rc)
+                      if fs.flags & _F_PERSISTED else
+                      _unless_replaced(p, f.start, f.end, pos, end, f.number, fs.sub, depth + 1,
+                                       c, e, rc))
+            if rc:
+                e.msgs[depth] = <uint8_t>mi
+                e.fields[depth] = f.number
+                e.index[depth] = (_occurrence(p, start, at, f.number)
+                                  if fs.flags & _F_REPEATED else 0)
+                return rc
+            if not fs.flags:
+                pass
+            elif fs.flags & _F_OBJECTS:  # frames do not nest: c.ids is this frame's
+                if n_objects < _FEW_OBJECTS:
+                    c.ids[n_objects] = c.object_id
+                    if c.has_parent:
+                        c.parents[n_parents] = c.parent_id
+                n_objects += 1
+                n_parents += c.has_parent
+            elif fs.flags & _F_KIND:
+                c.kind = <int>f.number  # oneof: the last member wins
+            elif fs.flags & _F_POINTS:
+                n_points += 1
+            elif fs.flags & _F_TAGS:  # repeated occurrences merge: their tags add up
+                n_tags = (0 if n_tags < 0 else n_tags) + c.n_tags - tags_before
+            elif fs.flags & _F_TAG:
+                c.n_tags += 1
+        elif t == _T_STRING or t == _T_UUID:
+            if not _utf8_ok(p + f.start, f.end - f.start):
+                return _fail_in(e, _E_UTF8, f.start, mi, depth)
+            if t == _T_UUID and c.semantic and not _uuid_ok(p + f.start, f.end - f.start):
+                return _fail_in(e, _E_UUID, f.start, mi, depth)
+        elif t == _T_VARINT:
+            if not fs.flags:
+                pass
+            elif fs.flags & _F_PERSIST_FLAG:
+                c.persistent = f.value != 0
+            elif fs.flags & _F_PARENT:
+                c.has_parent = True
+                c.parent_id = <int64_t>f.value
+            elif fs.flags & _F_OBJECT_ID:
+                c.object_id = <int64_t>f.value
+        elif t == _T_ENUM:
+            ev = <int32_t>f.value  # prost reads an enum as int32: the low 32 bits
+            if c.semantic and (ev < 0 or ev > fs.sub):
+                e.value = f.value
+                return _fail_in(e, _E_ENUM, at, mi, depth)
+        elif t >= _T_PACKED_VARINT and f.wire == _WT_LEN:  # a packed list
+            if t == _T_PACKED_I64:
+                if (f.end - f.start) % 8:
+                    return _fail_in(e, _E_PACKED_TRUNCATED, f.start, mi, depth)
+            else:
+                q = f.start
+                while q < f.end:
+                    rc = _read_varint(p, &q, f.end, &v)
+                    if rc:
+                        return _fail_in(e, rc, q, mi, depth)
+    if c.semantic:
+        if (seen & m.required) != m.required:
+            e.value = m.required & ~seen
+            e.field = 0
+            return _fail_in(e, _E_REQUIRED, start, mi, depth)
+        if n_tags >= 0 and n_tags != n_points:
+            e.value = <uint64_t>n_points
+            e.remaining = n_tags
+            return _fail_in(e, _E_TAG_COUNT, start, mi, depth)
+        if n_parents and not _parents_found(c, n_objects, n_parents):
+            return _check_parents(p, start, end, n_objects, mi, depth, e)
     return 0
 
+
+cdef bint _parents_found(_Ctx* c, Py_ssize_t n_objects, Py_ssize_t n_parents) noexcept nogil:
+    """Whether every parent_id of a frame with few objects is one of their ids (False also
+    when it has too many to tell: _check_parents tells then, and says which one is not)."""
+    cdef Py_ssize_t i
+    cdef Py_ssize_t j
+    if n_objects > _FEW_OBJECTS:
+        return False
+    for i in range(n_parents):
+        for j in range(n_objects):
+            if c.ids[j] == c.parents[i]:
+                break
+        else:
+            return False
+    return True
+
+
+cdef int _unless_dropped(const uint8_t* p, Py_ssize_t start, Py_ssize_t end, int mi, int depth,
+                         _Ctx* c, _Err* e, int rc) noexcept nogil:
+    """rc, a conversion-level failure in an Attribute that savant-rs converts only if it is
+    persistent: 0 if it is not (it must still decode as protobuf), else rc as it was."""
+    cdef int again
+    cdef bint semantic = c.semantic
+    cdef _Err first = e[0]
+    c.semantic = False
+    c.persistent = False
+    again = _scan(p, start, end, mi, depth, c, e)
+    c.semantic = semantic
+    if again:
+        return again
+    if not c.persistent:
+        return 0
+    e[0] = first
+    return rc
+
+
+cdef int64_t _entry_key(const uint8_t* p, Py_ssize_t start, Py_ssize_t end) noexcept nogil:
+    """The key of a map entry with a varint key (the last one; 0 if none)."""
+    cdef Py_ssize_t pos = start
+    cdef int64_t key = 0
+    cdef _Field f
+    cdef _Err scratch
+    while pos < end:
+        if _next_field(p, &pos, end, &f, &scratch):
+            break
+        if f.number == 1 and f.wire == _WT_VARINT:
+            key = <int64_t>f.value
+    return key
+
+
+cdef int _unless_replaced(const uint8_t* p, Py_ssize_t start, Py_ssize_t end,
+                          Py_ssize_t rest, Py_ssize_t rest_end, uint32_t number, int mi,
+                          int depth, _Ctx* c, _Err* e, int rc) noexcept nogil:
+    """rc, a conversion-level failure in a map entry p[start:end]: 0 if a later entry (in
+    p[rest:rest_end]) has the same key, since savant-rs converts only the last one; the entry
+    must still decode as protobuf."""
+    cdef int again
+    cdef int64_t key
+    cdef bint semantic = c.semantic
+    cdef _Err first = e[0]
+    cdef _Field f
+    cdef _Err scratch
+    c.semantic = False
+    again = _scan(p, start, end, mi, depth, c, e)
+    c.semantic = semantic
+    if again:
+        return again
+    key = _entry_key(p, start, end)
+    while rest < rest_end:
+        if _next_field(p, &rest, rest_end, &f, &scratch):
+            break  # the scan that goes on from here reports it
+        if f.number == number and f.wire == _WT_LEN and _entry_key(p, f.start, f.end) == key:
+            return 0
+    e[0] = first
+    return rc
+
+
+cdef int _scan_message(const uint8_t* p, Py_ssize_t start, Py_ssize_t end, int* kind,
+                       _Err* e) noexcept nogil:
+    """Check a Savant Message as savant-rs reads it; store its content field number."""
+    cdef _Ctx c
+    cdef int rc
+    c.semantic = True
+    c.kind = 0
+    c.persistent = False
+    c.has_parent = False
+    c.n_tags = 0
+    e.layer = _L_MESSAGE
+    e.base = start
+    e.depth = 0
+    e.msgs[0] = _M_MESSAGE
+    kind[0] = 0
+    rc = _scan(p, start, end, _M_MESSAGE, 0, &c, e)
+    if rc:
+        return rc
+    # An absent or empty protocol_version passes, as upstream's server lets it through (the
+    # consuming Savant reader is the one that checks the version); bad UTF-8 does not.
+    if c.kind == 0:  # savant-rs panics: "Unexpected absense of message content"
+        return _fail_in(e, _E_NO_CONTENT, start, _M_MESSAGE, 0)
+    kind[0] = c.kind
+    return 0
+
+
+# ---- C scanners of the envelope ------------------------------------------------------------
 
 cdef int _scan_media(const uint8_t* p, Py_ssize_t start, Py_ssize_t end, _Media* m,
                      _Err* e) noexcept nogil:
@@ -352,38 +968,99 @@ cdef object _MediaError = None
 
 cdef tuple _LAYER_BODY = ("Media body", "Savant message", "MediaBatch body")
 cdef tuple _LAYER_NAME = ("Media", "Savant message", "MediaBatch")
-cdef tuple _FIELD_NAMES = (
-    {1: "message", 2: "topic", 3: "data"},
-    {1: "protocol_version", 2: "routing_labels", 3: "propagated_context", 4: "seq_id",
-     5: "video_frame", 6: "video_frame_batch", 7: "video_frame_update", 8: "user_data",
-     9: "end_of_stream", 10: "unknown", 11: "shutdown"},
-    {1: "items"},
-)
+cdef tuple _FIELD_NAMES = ({1: "message", 2: "topic", 3: "data"}, None, {1: "items"})
+
+
+cdef str _savant_path(_Err* e, int upto):
+    """Where in the Savant message: the fields taken down to level upto, e.g.
+    video_frame.objects[3].detection_box ("" at the top)."""
+    cdef list parts = []
+    cdef int i
+    for i in range(upto):
+        name, flags, _ = _MSG_FIELDS[e.msgs[i]][e.fields[i]]
+        parts.append(f"{name}[{e.index[i]}]" if flags & _F_REPEATED else name)
+    return ".".join(parts)
+
+
+cdef str _savant_field(_Err* e):
+    """The failing field's full name, e.g. video_frame.uuid."""
+    cdef str path = _savant_path(e, e.depth)
+    cdef tuple info = _MSG_FIELDS[e.msgs[e.depth]].get(e.field, ("field", 0, None))
+    return f"{path}.{info[0]}" if path else info[0]
+
+
+cdef str _protobuf_what(_Err* e):
+    cdef int code = e.code
+    if code == _E_VARINT_TRUNCATED:
+        return "truncated varint"
+    if code == _E_VARINT_TOO_LONG:
+        return f"varint longer than {_MAX_VARINT_LEN} bytes"
+    if code == _E_VARINT_OVERFLOW:
+        return "varint overflows 64 bits"
+    if code == _E_TAG_TOO_BIG:
+        return "field tag does not fit in 32 bits"
+    if code == _E_FIELD_ZERO:
+        return "field number 0"
+    if code == _E_GROUP:
+        return f"field {e.field} uses group wire type {e.wire}, which is not supported"
+    if code == _E_WIRE_TYPE:
+        return f"field {e.field} has invalid wire type {e.wire}"
+    if code == _E_LEN_TRUNCATED:
+        return (f"truncated length: field {e.field} declares {e.value} bytes "
+                f"but {e.remaining} remain")
+    if code == _E_FIXED_TRUNCATED:
+        return f"truncated {64 if e.wire == _WT_I64 else 32}-bit field {e.field}"
+    if code == _E_PACKED_TRUNCATED:
+        return f"packed doubles of field {e.field} are not a multiple of 8 bytes"
+    return f"nested more than {_MAX_DEPTH} deep"
+
+
+cdef str _describe_savant(_Err* e, Py_ssize_t at):
+    """Texts for the Savant-message layer: they name the field by its path."""
+    cdef int code = e.code
+    cdef str path
+    cdef int32_t ev
+    if code <= _E_PROTOBUF_LAST:
+        path = _savant_path(e, e.depth)
+        return (f"Savant message is not valid protobuf: {_protobuf_what(e)} at byte {at}"
+                + (f" (in {path})" if path else ""))
+    if code == _E_WRONG_WIRE:
+        packed = _MSGS[e.msgs[e.depth]].fields[e.field].type >= _T_PACKED_VARINT
+        return (f"Savant message field {e.field} ({_savant_field(e)}) has wire type {e.wire}, "
+                f"expected {e.value}{' or 2' if packed else ''}")
+    if code == _E_NO_CONTENT:
+        return ("Savant message has no content (video_frame, video_frame_batch, "
+                "video_frame_update, user_data, end_of_stream, unknown or shutdown)")
+    if code == _E_UTF8:
+        return f"Savant message: {_savant_field(e)} is not valid UTF-8"
+    if code == _E_UUID:
+        return f"Savant message: {_savant_field(e)} is not a UUID"
+    if code == _E_ENUM:
+        ev = <int32_t>e.value
+        enum = _MSG_FIELDS[e.msgs[e.depth]][e.field][2]
+        return f"Savant message: {_savant_field(e)} is {ev}, not a valid {enum}"
+    if code == _E_REQUIRED:
+        required = _MSG_REQUIRED[e.msgs[e.depth]]
+        missing = " and no ".join(text for bit, text in required.items() if e.value & bit)
+        return f"Savant message: {_savant_path(e, e.depth)} has no {missing}"
+    if code == _E_PARENT:
+        return (f"Savant message: {_savant_field(e)} {<int64_t>e.value} is not the id of an "
+                f"object of the frame")
+    if code == _E_TAG_COUNT:
+        return (f"Savant message: {_savant_path(e, e.depth)} has {e.value} points but "
+                f"{e.remaining} tags")
+    if code == _E_NO_MEMORY:
+        return "Savant message: out of memory while checking it"
+    return f"malformed Savant message (error {code})"
 
 
 cdef str _describe(_Err* e):
     cdef Py_ssize_t at = e.pos - e.base
     cdef int code = e.code
-    cdef str what
-    if code <= _E_FIXED_TRUNCATED:
-        if code == _E_VARINT_TRUNCATED:
-            what = "truncated varint"
-        elif code == _E_VARINT_TOO_LONG:
-            what = f"varint longer than {_MAX_VARINT_LEN} bytes"
-        elif code == _E_TAG_TOO_BIG:
-            what = "field tag does not fit in 32 bits"
-        elif code == _E_FIELD_ZERO:
-            what = "field number 0"
-        elif code == _E_GROUP:
-            what = f"field {e.field} uses group wire type {e.wire}, which is not supported"
-        elif code == _E_WIRE_TYPE:
-            what = f"field {e.field} has invalid wire type {e.wire}"
-        elif code == _E_LEN_TRUNCATED:
-            what = (f"truncated length: field {e.field} declares {e.value} bytes "
-                    f"but {e.remaining} remain")
-        else:
-            what = f"truncated {64 if e.wire == _WT_I64 else 32}-bit field {e.field}"
-        return f"{_LAYER_BODY[e.layer]} is not valid protobuf: {what} at byte {at}"
+    if e.layer == _L_MESSAGE:
+        return _describe_savant(e, at)
+    if code <= _E_PROTOBUF_LAST:
+        return f"{_LAYER_BODY[e.layer]} is not valid protobuf: {_protobuf_what(e)} at byte {at}"
     if code == _E_WRONG_WIRE:
         name = _FIELD_NAMES[e.layer].get(e.field, "")
         return (f"{_LAYER_NAME[e.layer]} field {e.field} ({name}) has wire type {e.wire}, "
@@ -396,8 +1073,6 @@ cdef str _describe(_Err* e):
         return "topic is not valid UTF-8"
     if code == _E_TOO_MANY_PARTS:
         return f"Media has more than {_MAX_DATA_PARTS} data parts"
-    if code == _E_VERSION_UTF8:
-        return "Savant message protocol_version is not valid UTF-8"
     if code == _E_TOO_MANY_ITEMS:
         return f"MediaBatch has more than {_MAX_BATCH_ITEMS} items"
     if code == _E_TOO_MANY_BATCH_PARTS:
@@ -420,6 +1095,7 @@ cdef object _limit_error(int code, int layer):
     e.layer = layer
     e.pos = 0
     e.base = 0
+    e.depth = 0
     return _error(&e)
 
 

@@ -1,7 +1,8 @@
 """The independent oracle for the envelope codec: the gateway and Savant schemas, built at run
 time with the ``protobuf`` runtime (no protoc), in a private descriptor pool.
 
-    savant.Message (excerpt of PROTOCOL.md section 4, content members as opaque messages)
+    savant.Message (excerpt of PROTOCOL.md section 4, content members as opaque messages,
+                    a video frame with just what savant-rs needs: uuid and content none)
     mgfast_test.Media { savant.Message message = 1; bytes topic = 2; repeated bytes data = 3; }
     mgfast_test.MediaBatch { repeated Media items = 1; }
 """
@@ -36,10 +37,14 @@ def _field(msg, name, number, ftype, label=F.LABEL_OPTIONAL, type_name=None, one
 def _savant_file() -> descriptor_pb2.FileDescriptorProto:
     fd = descriptor_pb2.FileDescriptorProto(name="mgfast_test/savant.proto", package="savant",
                                             syntax="proto3")
+    fd.message_type.add(name="NoneFrame")
     for number, (_, type_name) in CONTENT.items():
         m = fd.message_type.add(name=type_name)
         if number in (8, 9, 11):  # user_data, end_of_stream: source_id; shutdown: auth
             _field(m, "source_id" if number != 11 else "auth", 1, F.TYPE_STRING)
+        if number == 5:  # what a video frame needs to be readable by savant-rs: uuid, content
+            _field(m, "uuid", 3, F.TYPE_STRING)
+            _field(m, "none", 19, F.TYPE_MESSAGE, type_name=".savant.NoneFrame")
     msg = fd.message_type.add(name="Message")
     _field(msg, "protocol_version", 1, F.TYPE_STRING)
     _field(msg, "routing_labels", 2, F.TYPE_STRING, F.LABEL_REPEATED)
@@ -77,9 +82,13 @@ Media = message_factory.GetMessageClass(_pool.FindMessageTypeByName("mgfast_test
 MediaBatch = message_factory.GetMessageClass(_pool.FindMessageTypeByName("mgfast_test.MediaBatch"))
 
 
+FRAME_UUID = "01a23712-cf7e-70ca-8e44-e285c6e249d0"
+
+
 def savant_message(protocol_version: str = "0.2.0", kind: int = 9, *, labels=(), context=None,
                    seq_id: int = 0, source_id: str = "cam-1"):
-    """An oracle Savant Message with the given content member (0 = none)."""
+    """An oracle Savant Message with the given content member (0 = none), filled so that
+    savant-rs can read it (kind 0 it cannot: a Savant message needs content)."""
     m = Message(protocol_version=protocol_version, seq_id=seq_id)
     m.routing_labels.extend(labels)
     m.propagated_context.update(context or {})
@@ -88,6 +97,9 @@ def savant_message(protocol_version: str = "0.2.0", kind: int = 9, *, labels=(),
         member.SetInParent()
         if kind in (8, 9):
             member.source_id = source_id
+        elif kind == 5:
+            member.uuid = FRAME_UUID
+            member.none.SetInParent()
     return m
 
 

@@ -87,7 +87,7 @@ def media(message: bytes = EOS, topic: bytes = b"cam-1", data=()) -> bytes:
 
 # ---- strategies -----------------------------------------------------------------------------
 
-kinds = st.sampled_from([0, *pb.CONTENT])
+kinds = st.sampled_from([*pb.CONTENT])  # a Savant message without content is refused
 short_text = st.text(max_size=16)
 
 
@@ -125,8 +125,7 @@ def test_decode_matches_oracle(msg, topic, data):
     assert got_message == pb.serialize(msg)
     assert got_data == data
     content = msg.WhichOneof("content")
-    expected_kind = 0 if content is None else next(
-        n for n, (name, _) in pb.CONTENT.items() if name == content)
+    expected_kind = next(n for n, (name, _) in pb.CONTENT.items() if name == content)
     assert kind == expected_kind
     assert message_kind(got_message) == kind
 
@@ -293,7 +292,8 @@ def test_repeated_topic_last_one_wins():
 
 
 def test_repeated_protocol_version_and_content_last_one_wins():
-    message = ld(1, b"9.9") + ld(9, b"") + ld(1, b"0.2.0") + ld(5, b"")
+    frame = ld(3, pb.FRAME_UUID.encode()) + ld(19, b"")
+    message = ld(1, b"9.9") + ld(9, b"") + ld(1, b"0.2.0") + ld(5, frame)
     oracle = pb.Message.FromString(message)
     assert oracle.protocol_version == "0.2.0" and oracle.WhichOneof("content") == "video_frame"
     assert message_kind(message) == 5
@@ -308,17 +308,29 @@ def test_missing_or_empty_protocol_version_passes_as_upstream(message):
 
 
 def test_overlong_varints_are_accepted():
-    # a length written in three bytes, a tag in two, a ten-byte varint with high bits dropped
-    message = b"\x8a\x00" + b"\x85\x80\x00" + b"0.2.0" + b"\x20" + b"\xff" * 9 + b"\x7f"
+    # a length written in three bytes, a tag in two, a ten-byte varint (2**64 - 1)
+    message = (b"\x8a\x00" + b"\x85\x80\x00" + b"0.2.0" + b"\x20" + b"\xff" * 9 + b"\x01"
+               + ld(9, b""))
     body = b"\x0a" + varint(len(message)) + message
     assert pb.Message.FromString(message).protocol_version == "0.2.0"
-    assert decode_all_types(body) == (b"", message, [], 0)
+    assert decode_all_types(body) == (b"", message, [], 9)
+    assert sm.load_message_from_bytes(message).is_end_of_stream()
 
 
-def test_message_without_content_has_kind_zero():
+def test_tenth_varint_byte_above_one_is_refused_as_prost_does():
+    # upb drops the bits beyond 64; prost (savant-rs, upstream) refuses them
+    message = ld(1, b"0.2.0") + b"\x20" + b"\xff" * 9 + b"\x02" + ld(9, b"")
+    assert "invalid varint" in sm.load_message_from_bytes(message).as_unknown()
+    reject_all_types(media(message), "varint overflows 64 bits at byte 8")
+    reject_all_types(tag(4, 0) + b"\xff" * 9 + b"\x7f" + media(), "Media body is not valid "
+                     "protobuf: varint overflows 64 bits at byte 1")
+
+
+def test_message_without_content_is_refused():
     raw = pb.serialize(pb.savant_message(kind=0, seq_id=7))
-    assert message_kind(raw) == Kind.NONE == 0
-    assert decode_all_types(media(raw))[3] == 0
+    with pytest.raises(MediaError, match="Savant message has no content"):
+        message_kind(raw)
+    reject_all_types(media(raw), "Savant message has no content")
 
 
 # ---- bad input: one test per case -----------------------------------------------------------
@@ -361,7 +373,8 @@ BAD = [
      "Savant message field 4 (seq_id) has wire type 2, expected 0"),
     ("savant_content_wrong_wire_type", media(ld(1, b"0.2.0") + tag(9, 0) + b"\x00"),
      "Savant message field 9 (end_of_stream) has wire type 0"),
-    ("protocol_version_not_utf8", media(ld(1, b"0.2.\xff")),
+    ("empty_message", media(b""), "Savant message has no content"),
+    ("protocol_version_not_utf8", media(ld(1, b"0.2.\xff") + ld(9, b"")),
      "protocol_version is not valid UTF-8"),
     ("too_many_data_parts", media(data=[b""] * (MAX_DATA_PARTS + 1)),
      f"more than {MAX_DATA_PARTS} data parts"),
