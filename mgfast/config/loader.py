@@ -27,9 +27,8 @@ mgfast uses it as the in-flight window). ``tls``: ``identity`` {``certificate``,
 (a list, or one string), ``tls`` {``root_certificate``, ``identity``}, ``credentials`` {``username``,
 ``password``}, ``path``, ``data_format`` (``json`` | ``yaml``), ``connect_timeout``,
 ``lease_timeout``, ``cache``}, ``cache`` {``size``, ``usage`` {``period``, ``evicted_threshold``}},
-``quarantine`` {``failed_attempt_limit``, ``period``}. mgfast does not implement etcd basic auth
-yet: the loader checks its shape and keeps it in ``ServerConfig.auth`` as a plain dict with the
-same keys, durations converted to float seconds and file paths to absolute ``Path`` objects.
+``quarantine`` {``failed_attempt_limit``, ``period``}. The loader checks its shape; ``mgfast.auth.config``
+adds the checks across fields and builds ``ServerConfig.auth``, a ``BasicAuthConfig``.
 ``statistics``: exactly one of ``frame_period`` (integer) or ``timestamp_period`` (duration), plus
 the optional ``history_size`` that upstream samples carry.
 
@@ -117,6 +116,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from mgfast.auth import config as auth_config
 from mgfast.config import defaults
 from mgfast.config.errors import ConfigError
 from mgfast.config.model import (
@@ -980,7 +980,9 @@ _SERVER_AUTH = _Obj({
             "period": _req(_POSITIVE),
         }, example='{"failed_attempt_limit": 3, "period": {"secs": 60, "nanos": 0}}')),
     }, example='{"etcd": {...}, "cache": {"size": 10}}')),
-}, example='{"basic": {"etcd": {...}, "cache": {"size": 10}}}')
+}, lambda basic: basic, post=lambda kw, ctx, path: kw.update(
+    basic=auth_config.build(kw["basic"], ctx.fail, path + ("basic",))),
+   example='{"basic": {"etcd": {...}, "cache": {"size": 10}}}')
 
 _CLIENT_AUTH = _Obj({
     "basic": _req(_Obj({

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from mgfast.auth.config import BasicAuthConfig
 from mgfast.zmq.url import SocketUrl
 
 MiB = 1024 * 1024
@@ -109,7 +110,7 @@ class ServerConfig:
     port: int
     out_stream: OutStreamConfig
     tls: ServerTls | None = None
-    auth: dict | None = None
+    auth: BasicAuthConfig | None = None  # auth.basic
     statistics: Statistics | None = None
     http: HttpLimits = field(default_factory=HttpLimits)
     workers: int | None = None  # mgfast: None means one per CPU
