@@ -51,6 +51,34 @@ RESTARTS = Counter(
     "mgfast_worker_restarts_total", "Child processes restarted by the supervisor.", ["child"])
 
 
+# -- server: basic authentication (auth.basic) ---------------------------------------------------
+AUTH_CHECKS = Counter(
+    "mgfast_auth_checks_total",
+    "POST / basic-auth verdicts by reason: ok, missing, malformed, unknown_user, wrong_password, "
+    "quarantined, labels_denied, not_synced, bad_record.", ["reason"])
+AUTH_QUARANTINED = Gauge(
+    "mgfast_auth_quarantined",
+    "(username, client address) pairs and addresses in quarantine now.",
+    multiprocess_mode="livesum")
+AUTH_STORE_SYNCED = Gauge(
+    "mgfast_auth_user_store_synced",
+    "1 when every worker has read the users from etcd at least once (until then POST / is 503).",
+    multiprocess_mode="livemin")
+AUTH_STORE_CONNECTED = Gauge(
+    "mgfast_auth_user_store_connected",
+    "1 when every worker's etcd watch is live; 0 while any is reconnecting.",
+    multiprocess_mode="livemin")
+AUTH_USERS = Gauge(
+    "mgfast_auth_users", "User records under auth.basic.etcd.path, as the workers see them.",
+    multiprocess_mode="livemax")
+AUTH_RESYNCS = Counter(
+    "mgfast_auth_user_store_resyncs_total",
+    "Full re-reads of the users after an etcd connection was lost.")
+AUTH_EVICTIONS = Counter(
+    "mgfast_auth_cache_evictions_total",
+    "Entries evicted from the authentication caches, by cache: user, auth check result, "
+    "auth failed attempt, auth quarantine.", ["cache"])
+
 
 def create_known_series() -> None:
     """Create every series whose labels are known in advance at 0, so that rate() and

@@ -18,13 +18,6 @@ log = logging.getLogger("mgfast.server")
 
 def run(config: ServerConfig, workers: int | None = None) -> int:
     """Serve until a signal asks to stop; return the process exit status."""
-    if config.auth is not None:
-        # Serving without the authentication the operator configured would be worse than not
-        # serving at all.
-        raise StartupError(
-            f"{config.source}: auth: etcd basic authentication is not implemented in mgfast "
-            f"yet. Fix: remove `auth` (and protect the server with client certificates, "
-            f"tls.peers) or run the upstream server for this deployment")
     if config.tls is not None:
         server_context(config.tls)  # fail now, naming the file, rather than in every worker
         if config.tls.peers is not None:
@@ -40,7 +33,8 @@ def run(config: ServerConfig, workers: int | None = None) -> int:
         log.info("listening", extra={
             "url": f"{scheme}://{config.ip}:{config.port}", "workers": count,
             "out_stream": str(config.out_stream.url), "config": config.source,
-            "client_certificates": "required" if config.tls and config.tls.peers else "no"})
+            "client_certificates": "required" if config.tls and config.tls.peers else "no",
+            "basic_auth": "etcd " + ",".join(config.auth.etcd.endpoints) if config.auth else "no"})
 
     try:
         status = Supervisor(config, count).run(ready)
