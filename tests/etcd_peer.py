@@ -17,10 +17,12 @@ ROOT_PASSWORD = "root-pw"
 class EtcdPeer:
     """``etcd`` as a child process; ``etcdctl(...)`` runs the CLI against it."""
 
-    def __init__(self, workdir: Path, *, tls=None, users: dict[str, str] | None = None) -> None:
+    def __init__(self, workdir: Path, *, tls=None, users: dict[str, str] | None = None,
+                 autostart: bool = True) -> None:
         """``tls``: a tests.seed_ca.SeedCa whose server certificate (IP 127.0.0.1) etcd serves
         and whose CA must have signed the client's certificate. ``users``: etcd users to create
-        (name -> password, each granted read and write under /), then auth is enabled."""
+        (name -> password, each granted read and write under /), then auth is enabled.
+        ``autostart=False``: ports are reserved in the config only; call ``start()`` later."""
         self.workdir = Path(workdir)
         self.data_dir = self.workdir / "etcd-data"
         self.tls = tls
@@ -31,6 +33,9 @@ class EtcdPeer:
         self.auth_enabled = False
         self.proc: subprocess.Popen | None = None
         self.log_path = self.workdir / f"etcd-{self.client_port}.log"
+        self.log_file = None
+        if not autostart:
+            return
         self.start()
         if users:
             self._enable_auth(users)
@@ -62,7 +67,8 @@ class EtcdPeer:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
-        self.log_file.close()
+        if self.log_file is not None:
+            self.log_file.close()
 
     def restart(self) -> None:
         self.kill()
@@ -76,7 +82,8 @@ class EtcdPeer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
-        self.log_file.close()
+        if self.log_file is not None:
+            self.log_file.close()
 
     def etcdctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         cmd = ["etcdctl", "--endpoints", self.url, "--command-timeout", "5s"]

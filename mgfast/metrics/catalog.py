@@ -60,14 +60,16 @@ AUTH_QUARANTINED = Gauge(
     "mgfast_auth_quarantined",
     "(username, client address) pairs and addresses in quarantine now.",
     multiprocess_mode="livesum")
+# Labelled by the etcd key prefix so that only the workers (which set them) have a value: the
+# supervisor's and egress's would be a 0 in the minimum.
 AUTH_STORE_SYNCED = Gauge(
     "mgfast_auth_user_store_synced",
     "1 when every worker has read the users from etcd at least once (until then POST / is 503).",
-    multiprocess_mode="livemin")
+    ["path"], multiprocess_mode="livemin")
 AUTH_STORE_CONNECTED = Gauge(
     "mgfast_auth_user_store_connected",
     "1 when every worker's etcd watch is live; 0 while any is reconnecting.",
-    multiprocess_mode="livemin")
+    ["path"], multiprocess_mode="livemin")
 AUTH_USERS = Gauge(
     "mgfast_auth_users", "User records under auth.basic.etcd.path, as the workers see them.",
     multiprocess_mode="livemax")

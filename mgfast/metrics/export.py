@@ -97,6 +97,8 @@ def _auth_tick(auth, delta: Deltas) -> Callable[[], None]:
     for cache in auth.caches():
         m.AUTH_EVICTIONS.labels(cache.name)
     guard, store = auth.guard, auth.store
+    synced = m.AUTH_STORE_SYNCED.labels(store.config.path)
+    connected = m.AUTH_STORE_CONNECTED.labels(store.config.path)
 
     def tick() -> None:
         for reason, count in list(guard.outcomes.items()):
@@ -108,8 +110,8 @@ def _auth_tick(auth, delta: Deltas) -> Callable[[], None]:
         if d := delta("resyncs", store.resyncs):
             m.AUTH_RESYNCS.inc(d)
         m.AUTH_QUARANTINED.set(guard.quarantine.count() if guard.quarantine is not None else 0)
-        m.AUTH_STORE_SYNCED.set(1 if store.synced else 0)
-        m.AUTH_STORE_CONNECTED.set(1 if store.connected else 0)
+        synced.set(1 if store.synced else 0)
+        connected.set(1 if store.connected else 0)
         m.AUTH_USERS.set(len(store.raw))
 
     return tick
