@@ -13,6 +13,28 @@ from tests.util import free_port, wait_until
 
 ROOT_PASSWORD = "root-pw"
 
+# The upstream guide's hashes (argon2i, m=12, t=3, p=1) of password, password1 and password2.
+HASH = "$argon2i$v=19$m=12,t=3,p=1$RzNHVVBjQXo4WUNBUUZYSnlOaGc$9Jmizcl1dv6maVzyIiuMV1OB1P9l6PKLbdmNjJDIgaU"
+HASH1 = "$argon2i$v=19$m=12,t=3,p=1$YXkzZmx1eTFwVW5hZ0R2S1dXazA$VxVMw2Omh1CeVqry8Cay+4OZ69OGvn4fma2M5rURZhI"
+HASH2 = "$argon2i$v=19$m=12,t=3,p=1$c0ZYQ1d3VWxabmx0ZUVmWDNIeVk$qHLr2T3xvedA5zZfTZhbNt3sXB9pa/xlFQ9dVmZG8DQ"
+
+
+def _secs(s: float) -> dict:
+    return {"secs": int(s), "nanos": int(round((s - int(s)) * 1e9))}
+
+
+def auth_section(etcd: "EtcdPeer", *, quarantine_period: float = 60.0) -> dict:
+    """The upstream guide's server ``auth`` (cache sizes 10, usage 60 s / 10, quarantine after
+    3 failures), pointed at ``etcd`` (with its TLS client certificate when it has TLS)."""
+    cache = {"size": 10, "usage": {"period": _secs(60), "evicted_threshold": 10}}
+    etcd_conf = {"urls": [etcd.url], "path": "/users", "data_format": "json",
+                 "lease_timeout": _secs(60), "connect_timeout": _secs(2), "cache": cache}
+    if etcd.tls is not None:
+        etcd_conf["tls"] = {"root_certificate": str(etcd.tls.ca_crt), "identity": {
+            "certificate": str(etcd.tls.client_crt), "key": str(etcd.tls.client_key)}}
+    return {"basic": {"etcd": etcd_conf, "cache": cache, "quarantine": {
+        "failed_attempt_limit": 3, "period": _secs(quarantine_period)}}}
+
 
 class EtcdPeer:
     """``etcd`` as a child process; ``etcdctl(...)`` runs the CLI against it."""

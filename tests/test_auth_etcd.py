@@ -80,7 +80,7 @@ def test_users_are_read_then_watched_and_an_outage_resyncs(etcd, caplog):
         assert line.key == "/users/broken" and "mgfast users put" in line.fix
         # etcd dies: the store keeps its users, says it is not connected, and comes back
         await asyncio.to_thread(etcd.kill)
-        await until(lambda: not store.connected, what="the loss to be noticed")
+        await until(lambda: not store.connected and store.failing, what="the loss to be noticed")
         assert store.synced and store.get("user1") is not None
         await asyncio.to_thread(etcd.start)
         await asyncio.to_thread(etcd.delete, "/users/user1")

@@ -15,32 +15,14 @@ import pytest
 
 from mgfast.media import encode_media
 from tests import savant_peers as sp
-from tests.etcd_peer import EtcdPeer
+from tests.etcd_peer import HASH, HASH1, HASH2, EtcdPeer, auth_section
 from tests.gateway_process import GatewayProcess, http_get, server_config
 from tests.seed_ca import SeedCa
 from tests.test_client import client_config, stop_client
 from tests.util import endpoint, free_port, wait_until
 
-# The upstream guide's hashes (argon2i, m=12, t=3, p=1) for password, password1, password2.
-HASH = "$argon2i$v=19$m=12,t=3,p=1$RzNHVVBjQXo4WUNBUUZYSnlOaGc$9Jmizcl1dv6maVzyIiuMV1OB1P9l6PKLbdmNjJDIgaU"
-HASH1 = "$argon2i$v=19$m=12,t=3,p=1$YXkzZmx1eTFwVW5hZ0R2S1dXazA$VxVMw2Omh1CeVqry8Cay+4OZ69OGvn4fma2M5rURZhI"
-HASH2 = "$argon2i$v=19$m=12,t=3,p=1$c0ZYQ1d3VWxabmx0ZUVmWDNIeVk$qHLr2T3xvedA5zZfTZhbNt3sXB9pa/xlFQ9dVmZG8DQ"
-
 SYNCED = 'mgfast_auth_user_store_synced{path="/users/"}'
 CONNECTED = 'mgfast_auth_user_store_connected{path="/users/"}'
-SECS = lambda s: {"secs": int(s), "nanos": int(round((s - int(s)) * 1e9))}  # noqa: E731
-
-
-def auth_section(etcd: EtcdPeer, *, quarantine_period: float = 60.0) -> dict:
-    """The guide's auth.basic (sizes 10, usage 60 s / 10, quarantine 3), pointed at ``etcd``."""
-    cache = {"size": 10, "usage": {"period": SECS(60), "evicted_threshold": 10}}
-    etcd_conf = {"urls": [etcd.url], "path": "/users", "data_format": "json",
-                 "lease_timeout": SECS(60), "connect_timeout": SECS(2), "cache": cache}
-    if etcd.tls is not None:
-        etcd_conf["tls"] = {"root_certificate": str(etcd.tls.ca_crt), "identity": {
-            "certificate": str(etcd.tls.client_crt), "key": str(etcd.tls.client_key)}}
-    return {"basic": {"etcd": etcd_conf, "cache": cache, "quarantine": {
-        "failed_attempt_limit": 3, "period": SECS(quarantine_period)}}}
 
 
 def curl_post(server: GatewayProcess, user: str | None = None) -> tuple[int, str]:

@@ -8,7 +8,8 @@ resyncs with a fresh read, so a change made while it was away is not missed.
 
 ``synced`` is False until the first full read: the guard answers 503 (retry) then, not 401,
 so clients keep their messages. After that a lost connection keeps the last known users
-(``connected`` says whether the watch is live; metrics and the alert use it).
+(``connected`` says whether the watch is live; ``failing`` that the last attempt to reach etcd
+failed, which is what the metric and the alert report: a worker still starting is not failing).
 
 Records are kept as bytes; parsed ones live in an LRU of ``auth.basic.etcd.cache.size``
 entries (named ``user``, as upstream's), keyed by (username, mod_revision).
@@ -41,6 +42,7 @@ class UserStore:
             "user", config.cache.size)
         self.synced = False  # a full read has completed at least once
         self.connected = False  # the watch is live now
+        self.failing = False  # the last attempt to reach etcd failed (cleared by a sync)
         self.revision = 0  # etcd revision the store reflects
         self.resyncs = 0  # full reads after the first
         self.updated = asyncio.Event()  # set after every change (tests wait on it)
@@ -92,6 +94,7 @@ class UserStore:
                 revision, entries = await self.client.range_prefix(self.prefix)
                 self._replace(revision, entries)
                 self.connected = True
+                self.failing = False
                 if outage_logged or self.resyncs == 0:
                     log.info("user store synced", extra={
                         "etcd": self.client.endpoint, "users": len(self.raw),
@@ -104,6 +107,7 @@ class UserStore:
                 raise
             except (WatchCanceled, *EtcdError) as exc:
                 self.connected = False
+                self.failing = True
                 if not outage_logged:
                     log.warning("etcd unavailable, retrying; the server keeps the users it has"
                                 if self.synced else
@@ -115,6 +119,7 @@ class UserStore:
                     outage_logged = True
             except Exception:  # a bug must not end authentication for the worker's lifetime
                 self.connected = False
+                self.failing = True
                 log.exception("user store sync failed; retrying")
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX)

@@ -68,7 +68,7 @@ AUTH_STORE_SYNCED = Gauge(
     ["path"], multiprocess_mode="livemin")
 AUTH_STORE_CONNECTED = Gauge(
     "mgfast_auth_user_store_connected",
-    "1 when every worker's etcd watch is live; 0 while any is reconnecting.",
+    "0 while any worker's connection to etcd is failing (it retries); 1 otherwise.",
     ["path"], multiprocess_mode="livemin")
 AUTH_USERS = Gauge(
     "mgfast_auth_users", "User records under auth.basic.etcd.path, as the workers see them.",

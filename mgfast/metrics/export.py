@@ -111,7 +111,7 @@ def _auth_tick(auth, delta: Deltas) -> Callable[[], None]:
             m.AUTH_RESYNCS.inc(d)
         m.AUTH_QUARANTINED.set(guard.quarantine.count() if guard.quarantine is not None else 0)
         synced.set(1 if store.synced else 0)
-        connected.set(1 if store.connected else 0)
+        connected.set(0 if store.failing else 1)
         m.AUTH_USERS.set(len(store.raw))
 
     return tick
