@@ -187,8 +187,10 @@ class GatewayApp:
         except MediaError as exc:
             return responses.text(400, str(exc))
         if rule is not None:  # basic auth: items whose labels the user may not send get 401
-            items = [item if item.__class__ is not tuple or _labels_ok(rule, item[1])
-                     else _DENIED for item in items]
+            for i, item in enumerate(items):
+                if item.__class__ is tuple and not _labels_ok(rule, item[1]):
+                    self.guard.labels_denied()
+                    items[i] = _DENIED
         return self._write_batch(items)
 
     # -- basic authentication (only with auth.basic; the path above pays one attribute test) --
