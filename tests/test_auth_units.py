@@ -148,7 +148,11 @@ def test_records_json_and_yaml_forms():
     (b'{"password_hash": "plain"}', "json", "argon2 PHC"),
     (b'{"allowed_routing_labels": {"set": "a"}}', "json", "password_hash"),
     (b'[1]', "json", "expected an object"),
-    (b'{"password_hash": "$argon2i$x", "allowed_routing_labels": {"x": 1}}', "json", "unknown rule"),
+    (b'{"password_hash": "$argon2i$x"}', "json", "not a well-formed argon2"),
+    (b'{"password_hash": "' + GUIDE["password1"].replace("m=12", "m=4194304").encode() + b'"}',
+     "json", "m=4194304, t=3, p=1 exceed"),
+    (b'{"password_hash": "' + GUIDE["password1"].encode() + b'", "allowed_routing_labels": '
+     b'{"x": 1}}', "json", "unknown rule"),
     (b'password_hash: !!python/object:os.system x', "yaml", "not valid YAML"),
 ])
 def test_bad_records(data, fmt, fragment):

@@ -11,13 +11,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import argon2
 import orjson
 import yaml
+from argon2.exceptions import InvalidHashError
 
 from mgfast.auth import rules
 from mgfast.auth.rules import Rule
 
 MAX_RECORD_BYTES = 64 * 1024  # a record is a few hundred bytes
+# Bounds on a hash's own parameters: each verification costs that much memory and time on the
+# worker, so a record with m=4 GiB must not be able to take the server down.
+MAX_MEMORY_KIB = 1024 * 1024  # 1 GiB; RFC 9106's first recommendation is 2 GiB, its second 64 MiB
+MAX_TIME_COST = 64
+MAX_PARALLELISM = 64
 
 
 class RecordError(ValueError):
@@ -46,12 +53,28 @@ def parse(data: bytes, data_format: Literal["json", "yaml"]) -> UserRecord:
     if not isinstance(password_hash, str) or not password_hash.startswith("$argon2"):
         raise RecordError("password_hash must be an argon2 PHC string ($argon2i$, $argon2d$ or "
                           "$argon2id$...); make one with `mgfast users hash`")
+    _check_parameters(password_hash)
     raw_rule = doc.get("allowed_routing_labels")
     try:
         rule = None if raw_rule is None else rules.parse(raw_rule)
     except rules.RuleError as exc:
         raise RecordError(str(exc)) from None
     return UserRecord(password_hash, rule)
+
+
+def _check_parameters(password_hash: str) -> None:
+    try:
+        params = argon2.extract_parameters(password_hash)
+    except (InvalidHashError, ValueError):
+        raise RecordError("password_hash is not a well-formed argon2 PHC string "
+                          "($argon2id$v=19$m=...,t=...,p=...$salt$hash); make one with "
+                          "`mgfast users hash`") from None
+    if (params.memory_cost > MAX_MEMORY_KIB or params.time_cost > MAX_TIME_COST
+            or params.parallelism > MAX_PARALLELISM):
+        raise RecordError(f"password_hash parameters m={params.memory_cost}, "
+                          f"t={params.time_cost}, p={params.parallelism} exceed what the "
+                          f"server verifies (m <= {MAX_MEMORY_KIB} KiB, t <= {MAX_TIME_COST}, "
+                          f"p <= {MAX_PARALLELISM}); hash the password again with smaller ones")
 
 
 def dump(record: UserRecord, data_format: Literal["json", "yaml"]) -> bytes:
