@@ -16,12 +16,9 @@ from mgfast.auth.config import CacheConfig, EtcdConfig, EtcdCredentials, EtcdTls
 from mgfast.auth.passwords import verify
 from mgfast.auth.records import RecordError, UserRecord
 from mgfast.auth.store import UserStore
-from tests.etcd_peer import EtcdPeer
+from tests.etcd_peer import HASH1, HASH2, EtcdPeer
 from tests.seed_ca import SeedCa
 from tests.util import arun
-
-HASH1 = "$argon2i$v=19$m=12,t=3,p=1$YXkzZmx1eTFwVW5hZ0R2S1dXazA$VxVMw2Omh1CeVqry8Cay+4OZ69OGvn4fma2M5rURZhI"
-HASH2 = "$argon2i$v=19$m=12,t=3,p=1$c0ZYQ1d3VWxabmx0ZUVmWDNIeVk$qHLr2T3xvedA5zZfTZhbNt3sXB9pa/xlFQ9dVmZG8DQ"
 
 
 def record(password_hash: str, **extra) -> str:

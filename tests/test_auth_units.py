@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-import threading
 import time
 from pathlib import Path
 
@@ -164,7 +163,8 @@ def test_bad_records(data, fmt, fragment):
 # ---- routing labels from the codec, against the protobuf oracle ----------------------------------
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.text(max_size=20), max_size=8), st.integers(0, 11).filter(lambda k: k not in range(1, 5)))
+@given(st.lists(st.text(max_size=20), max_size=8),
+       st.sampled_from([0, 5, 6, 7, 8, 9, 10, 11]))
 def test_routing_labels_match_the_oracle(labels, kind):
     raw = serialize(savant_message(labels=labels, kind=kind, context={"k": "v"}))
     assert routing_labels(raw) == [label.encode() for label in labels]
@@ -189,7 +189,8 @@ def test_lru_counts_evictions_and_warns_in_upstreams_words(caplog):
         assert eviction_check(cache, usage, 0.0, 0, time.monotonic() - 1.0)
         assert not eviction_check(cache, usage, 0.0, 1, time.monotonic() - 1.0)
     (line,) = [r.getMessage() for r in caplog.records]
-    assert line.startswith("Evicted entities threshold is exceeded for auth check result: 1 per 1.0")
+    assert line.startswith(
+        "Evicted entities threshold is exceeded for auth check result: 1 per 1.0")
     assert line.endswith(" seconds")
 
 

@@ -83,7 +83,8 @@ def build(basic: dict[str, Any], fail: Fail, path: tuple) -> BasicAuthConfig:
         tls = EtcdTls(root_certificate=raw.get("root_certificate"),
                       certificate=identity.get("certificate"), key=identity.get("key"))
         if not secure:
-            fail(epath + ("tls",), "tls is set but the etcd urls are http://, so it would go unused",
+            fail(epath + ("tls",),
+                 "tls is set but the etcd urls are http://, so it would go unused",
                  "write https:// in auth.basic.etcd.urls, or remove auth.basic.etcd.tls")
     prefix = etcd["path"]
     if not prefix.startswith("/"):

@@ -27,8 +27,8 @@ mgfast uses it as the in-flight window). ``tls``: ``identity`` {``certificate``,
 (a list, or one string), ``tls`` {``root_certificate``, ``identity``}, ``credentials`` {``username``,
 ``password``}, ``path``, ``data_format`` (``json`` | ``yaml``), ``connect_timeout``,
 ``lease_timeout``, ``cache``}, ``cache`` {``size``, ``usage`` {``period``, ``evicted_threshold``}},
-``quarantine`` {``failed_attempt_limit``, ``period``}. The loader checks its shape; ``mgfast.auth.config``
-adds the checks across fields and builds ``ServerConfig.auth``, a ``BasicAuthConfig``.
+``quarantine`` {``failed_attempt_limit``, ``period``}. The loader checks its shape;
+``mgfast.auth.config`` adds the checks across fields and builds ``ServerConfig.auth``.
 ``statistics``: exactly one of ``frame_period`` (integer) or ``timestamp_period`` (duration), plus
 the optional ``history_size`` that upstream samples carry.
 
