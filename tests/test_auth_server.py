@@ -228,3 +228,23 @@ def test_two_servers_share_one_etcd(tmp_path):
         finally:
             for server in servers:
                 server.stop()
+
+
+def test_upstream_sample_runs_and_says_what_is_wrong_while_etcd_is_unreachable(tmp_path):
+    """upstream's samples/configuration/server/basic_auth_config.json with the listener, the
+    out_stream and connect_timeout changed (its etcd host does not exist here): the server
+    starts, answers 503, keeps /health open and logs how to fix it."""
+    from pathlib import Path
+    sample = json.loads((Path(__file__).parent / "configs" /
+                         "upstream_server_basic_auth.json").read_text())
+    for name in ("etcd-ca.crt", "etcd-client.crt", "etcd-client.key"):  # next to the config
+        (tmp_path / name).write_text("not a PEM file\n")
+    sample["auth"]["basic"]["etcd"]["connect_timeout"] = {"secs": 1, "nanos": 0}  # not 30 s
+    sample.update(ip="127.0.0.1", port=free_port(), workers=1)
+    sample["out_stream"]["url"] = f"pub+bind:ipc://{tmp_path}/server"
+    with GatewayProcess("server", sample, tmp_path) as server:
+        assert status_of(server, "user1:password1") == 503
+        assert http_get(server.url + "/health")[0] == 200
+        wait_until(lambda: "etcd unavailable" in server.log(), what="the warning")
+    line = next(line for line in server.log().splitlines() if "etcd unavailable" in line)
+    assert "etcd:2379" in line and "auth.basic.etcd urls" in line
