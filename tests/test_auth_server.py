@@ -248,3 +248,20 @@ def test_upstream_sample_runs_and_says_what_is_wrong_while_etcd_is_unreachable(t
         wait_until(lambda: "etcd unavailable" in server.log(), what="the warning")
     line = next(line for line in server.log().splitlines() if "etcd unavailable" in line)
     assert "etcd:2379" in line and "auth.basic.etcd urls" in line
+
+
+def test_quarantine_counts_attempts_on_every_worker(tmp_path):
+    """Fresh connections land on either worker; three failures quarantine the pair on both."""
+    with EtcdPeer(tmp_path / "etcd") as etcd:
+        etcd.put("/users/user1", json.dumps({"password_hash": HASH1}))
+        metrics_port = free_port()
+        config = server_config(f"pub+bind:{endpoint('tcp', tmp_path)}", workers=2,
+                               auth=auth_section(etcd), metrics={"port": metrics_port})
+        with GatewayProcess("server", config, tmp_path) as server:
+            wait_until(lambda: metrics(metrics_port).get(SYNCED) == 1, what="both synced")
+            for _ in range(3):
+                assert status_of(server, "user1:password") == 401
+            # each worker holds the pair in quarantine (the gauge sums over workers)
+            wait_until(lambda: metrics(metrics_port).get("mgfast_auth_quarantined") == 2,
+                       what="the quarantine on both workers")
+            assert [status_of(server, "user1:password1") for _ in range(8)] == [401] * 8

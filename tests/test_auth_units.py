@@ -395,3 +395,46 @@ def test_unknown_users_cost_a_verification():
         guard.close()
 
     arun(body())
+
+
+# ---- failed attempts shared between workers ----------------------------------------------------
+
+def test_sibling_workers_apply_each_others_failures(tmp_path):
+    from mgfast.auth.peers import PeerEvents
+
+    async def body():
+        config = QuarantineConfig(failed_attempt_limit=3, period=60)
+        a, b = Quarantine(config, 10), Quarantine(config, 10)
+        # two "workers" in one process: give each socket its own name
+        import os
+        pid = os.getpid
+        os.getpid = lambda: 1
+        peer_a = PeerEvents(tmp_path, a.apply)
+        os.getpid = lambda: 2
+        peer_b = PeerEvents(tmp_path, b.apply)
+        os.getpid = pid
+        a.publish, b.publish = peer_a.publish, peer_b.publish
+        peer_a.start()
+        peer_b.start()
+        a.failure("user1", "10.0.0.1")
+        b.failure("user1", "10.0.0.1")
+        await asyncio.sleep(0.05)
+        a.success("user1", "10.0.0.1")  # resets both
+        await asyncio.sleep(0.05)
+        assert ("user1", "10.0.0.1") not in b.failures
+        a.failure("user1", "10.0.0.1")
+        b.failure("user1", "10.0.0.1")
+        a.failure("user1", "10.0.0.1")
+        await asyncio.sleep(0.05)
+        assert a.is_quarantined("user1", "10.0.0.1") and b.is_quarantined("user1", "10.0.0.1")
+        peer_b.close()  # a dead sibling's socket is dropped by the next sender
+        stale = tmp_path / "worker-3.sock"
+        import socket
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        s.bind(str(stale))
+        s.close()
+        a.failure("other", "10.0.0.2")
+        assert not stale.exists() and peer_a.sent == 4
+        peer_a.close()
+
+    arun(body())

@@ -16,7 +16,9 @@ failing for a few other names (which evicts it). Here:
   first (also counted).
 
 After ``failed_attempt_limit`` failures in a row the pair is quarantined for ``period``: every
-attempt is answered 401 without a password check. A success resets the pair's count.
+attempt is answered 401 without a password check. A success resets the pair's count. With
+several workers, each applies the failures and successes of all (``mgfast.auth.peers``), so
+the limit counts attempts on the whole server.
 """
 
 from __future__ import annotations
@@ -42,13 +44,30 @@ class Quarantine:
         self.failures: Lru[tuple[str, str], int] = Lru("auth failed attempt", entries)
         self.quarantined: Lru[tuple[str, str], float] = Lru("auth quarantine", entries)
         self.names: dict[str, set[str]] = {}  # address -> usernames with a failure counter
+        # set by AuthRuntime with several workers: tells the siblings (mgfast.auth.peers)
+        self.publish: Callable[[bool, str, str], None] | None = None
 
     def is_quarantined(self, username: str, address: str) -> bool:
         """True while (username, address), or the address as a whole, is quarantined."""
         return self._live((username, address)) or self._live((ANY_USER, address))
 
     def failure(self, username: str, address: str) -> None:
-        """One failed attempt; may start a quarantine."""
+        """One failed attempt here; may start a quarantine. Sibling workers are told."""
+        self.apply(True, username, address)
+        if self.publish is not None:
+            self.publish(True, username, address)
+
+    def success(self, username: str, address: str) -> None:
+        """A successful attempt here resets the pair's count (the siblings' too)."""
+        if self.publish is not None and (username, address) in self.failures:
+            self.publish(False, username, address)
+        self.apply(False, username, address)
+
+    def apply(self, failed: bool, username: str, address: str) -> None:
+        """One event, from this worker or a sibling (``mgfast.auth.peers``)."""
+        if not failed:
+            self._forget((username, address))
+            return
         key = (username, address)
         count = (self.failures.get(key) or 0) + 1
         if count >= self.limit:
@@ -65,9 +84,6 @@ class Quarantine:
         gone = self.failures.put(key, count)
         if gone is not None:
             self._forget(gone)
-
-    def success(self, username: str, address: str) -> None:
-        self._forget((username, address))
 
     def count(self) -> int:
         """Keys in quarantine now (expired ones are dropped on the way)."""

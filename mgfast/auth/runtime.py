@@ -3,6 +3,9 @@ started and stopped together."""
 
 from __future__ import annotations
 
+import os
+
+from mgfast.auth import peers
 from mgfast.auth.config import BasicAuthConfig
 from mgfast.auth.guard import Guard
 from mgfast.auth.lru import EvictionWatch
@@ -15,6 +18,7 @@ class AuthRuntime:
         self.store = UserStore(config.etcd)
         self.guard = Guard(config, self.store)
         self.watch = EvictionWatch()
+        self.peers: peers.PeerEvents | None = None
         self.watch.add(self.store.parsed, config.etcd.cache.usage)
         self.watch.add(self.guard.results, config.cache.usage)
         if self.guard.quarantine is not None:
@@ -29,11 +33,20 @@ class AuthRuntime:
         return found
 
     def start(self) -> None:
-        """Call on the worker's loop: starts syncing users from etcd."""
+        """Call on the worker's loop: starts syncing users from etcd (and, with sibling
+        workers, sharing failed attempts with them)."""
         self.store.start()
         self.watch.start()
+        directory = os.environ.get(peers.ENV)
+        quarantine = self.guard.quarantine
+        if directory and quarantine is not None:
+            self.peers = peers.PeerEvents(directory, quarantine.apply)
+            self.peers.start()
+            quarantine.publish = self.peers.publish
 
     async def stop(self) -> None:
+        if self.peers is not None:
+            self.peers.close()
         self.watch.stop()
         await self.store.stop()
         self.guard.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tempfile
 
 from mgfast.config.model import ServerConfig
 from mgfast.metrics import multiprocess as metrics
@@ -27,6 +28,11 @@ def run(config: ServerConfig, workers: int | None = None) -> int:
         check_port_free(config.metrics.ip, config.metrics.port, "metrics.port")
         values_dir = metrics.prepare()  # before any process imports the metric catalog
     count = workers or config.workers or os.cpu_count() or 1
+    peers_dir = None
+    if config.auth is not None and config.auth.quarantine is not None and count > 1:
+        # the workers share failed attempts through sockets here (mgfast.auth.peers)
+        peers_dir = tempfile.mkdtemp(prefix="mgfast-auth-")
+        os.environ["MGFAST_AUTH_PEERS_DIR"] = peers_dir
     scheme = "https" if config.tls else "http"
 
     def ready() -> None:
@@ -43,5 +49,7 @@ def run(config: ServerConfig, workers: int | None = None) -> int:
     finally:
         if config.metrics is not None:
             shutil.rmtree(values_dir, ignore_errors=True)
+        if peers_dir is not None:
+            shutil.rmtree(peers_dir, ignore_errors=True)
     log.info("stopped")
     return status
