@@ -8,6 +8,7 @@ import http.client
 import json
 import re
 import subprocess
+import sys
 import time
 from base64 import b64encode
 
@@ -230,15 +231,17 @@ def test_two_servers_share_one_etcd(tmp_path):
                 server.stop()
 
 
-def test_upstream_sample_runs_and_says_what_is_wrong_while_etcd_is_unreachable(tmp_path):
+def test_upstream_sample_runs_and_says_what_is_wrong_while_etcd_is_unreachable(seed, tmp_path):
     """upstream's samples/configuration/server/basic_auth_config.json with the listener, the
     out_stream and connect_timeout changed (its etcd host does not exist here): the server
     starts, answers 503, keeps /health open and logs how to fix it."""
     from pathlib import Path
     sample = json.loads((Path(__file__).parent / "configs" /
                          "upstream_server_basic_auth.json").read_text())
-    for name in ("etcd-ca.crt", "etcd-client.crt", "etcd-client.key"):  # next to the config
-        (tmp_path / name).write_text("not a PEM file\n")
+    import shutil
+    for name, source in (("etcd-ca.crt", seed.ca_crt), ("etcd-client.crt", seed.client_crt),
+                         ("etcd-client.key", seed.client_key)):  # next to the config
+        shutil.copy(source, tmp_path / name)
     sample["auth"]["basic"]["etcd"]["connect_timeout"] = {"secs": 1, "nanos": 0}  # not 30 s
     sample.update(ip="127.0.0.1", port=free_port(), workers=1)
     sample["out_stream"]["url"] = f"pub+bind:ipc://{tmp_path}/server"
@@ -265,3 +268,19 @@ def test_quarantine_counts_attempts_on_every_worker(tmp_path):
             wait_until(lambda: metrics(metrics_port).get("mgfast_auth_quarantined") == 2,
                        what="the quarantine on both workers")
             assert [status_of(server, "user1:password1") for _ in range(8)] == [401] * 8
+
+
+def test_unusable_etcd_tls_files_stop_the_start_naming_the_field(tmp_path):
+    etcd = EtcdPeer(tmp_path / "etcd", autostart=False)
+    etcd.tls = None
+    auth = auth_section(etcd)
+    (tmp_path / "ca.crt").write_text("not a PEM file\n")
+    auth["basic"]["etcd"]["urls"] = ["https://127.0.0.1:2379"]
+    auth["basic"]["etcd"]["tls"] = {"root_certificate": str(tmp_path / "ca.crt")}
+    path = tmp_path / "server.json"
+    path.write_text(json.dumps(server_config("pub+bind:tcp://127.0.0.1:1", auth=auth)))
+    result = subprocess.run([sys.executable, "-m", "mgfast", "server", str(path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "auth.basic.etcd.tls.root_certificate" in result.stderr
+    assert str(tmp_path / "ca.crt") in result.stderr and "give the CA" in result.stderr

@@ -23,7 +23,7 @@ import orjson
 
 from mgfast.auth import records, rules
 from mgfast.auth.config import BasicAuthConfig
-from mgfast.auth.etcd import EtcdClient, EtcdError, describe
+from mgfast.auth.etcd import EtcdClient, EtcdError, check_tls, describe
 from mgfast.auth.passwords import hash_password
 from mgfast.auth.records import RecordError, UserRecord
 
@@ -113,6 +113,10 @@ def _auth_config(path: str) -> BasicAuthConfig:
 
 
 async def _connected(auth: BasicAuthConfig) -> EtcdClient:
+    try:
+        check_tls(auth.etcd)
+    except ValueError as exc:
+        raise UsersError(str(exc)) from None
     client = EtcdClient(auth.etcd)
     try:
         await client.connect()

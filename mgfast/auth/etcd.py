@@ -151,6 +151,31 @@ class WatchCanceled(Exception):
     """etcd canceled the watch; resync from a fresh range."""
 
 
+def check_tls(config: EtcdConfig) -> None:
+    """Fail at start-up on etcd TLS files that cannot work (grpc would only report an
+    unavailable etcd, over and over). Raises ValueError naming the field and the fix."""
+    import ssl
+    tls = config.tls
+    if tls is None:
+        return
+    if tls.root_certificate is not None:
+        try:
+            ssl.create_default_context(cafile=str(tls.root_certificate))
+        except (ssl.SSLError, OSError) as exc:
+            raise ValueError(
+                f"auth.basic.etcd.tls.root_certificate: {tls.root_certificate} is not a PEM CA "
+                f"certificate ({exc}); give the CA that signed etcd's certificate") from None
+    if tls.certificate is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        try:
+            context.load_cert_chain(str(tls.certificate), str(tls.key))
+        except (ssl.SSLError, OSError) as exc:
+            raise ValueError(
+                f"auth.basic.etcd.tls.identity: {tls.certificate} and {tls.key} are not a PEM "
+                f"certificate and its private key ({exc}); give etcd's client certificate "
+                f"and the key it was issued for") from None
+
+
 def _credentials(config: EtcdConfig) -> grpc.ChannelCredentials:
     tls = config.tls
     if tls is None:

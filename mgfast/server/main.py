@@ -23,6 +23,12 @@ def run(config: ServerConfig, workers: int | None = None) -> int:
         server_context(config.tls)  # fail now, naming the file, rather than in every worker
         if config.tls.peers is not None:
             check_peers(config.tls.peers)
+    if config.auth is not None:
+        from mgfast.auth.etcd import check_tls
+        try:
+            check_tls(config.auth.etcd)
+        except ValueError as exc:
+            raise StartupError(f"{config.source}: {exc}") from None
     check_port_free(config.ip, config.port)
     if config.metrics is not None:
         check_port_free(config.metrics.ip, config.metrics.port, "metrics.port")
