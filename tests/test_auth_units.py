@@ -438,3 +438,23 @@ def test_sibling_workers_apply_each_others_failures(tmp_path):
         peer_a.close()
 
     arun(body())
+
+
+def test_a_flood_of_new_credentials_gets_503_while_cached_users_pass(monkeypatch):
+    from mgfast.auth import passwords
+    monkeypatch.setattr(passwords, "MAX_QUEUED", 4)
+
+    async def body():
+        slow = argon2.PasswordHasher(time_cost=3, memory_cost=16 * 1024).hash("pw")
+        guard = Guard(_basic_config(quarantine=False),
+                      FakeStore({"real": UserRecord(slow, None)}))
+        assert isinstance(await _verdict(guard, _header("real", "pw")), UserRecord)
+        flood = [guard.check(_header(f"ghost{i}", "x"), f"10.9.0.{i}") for i in range(10)]
+        assert sum(v is RESPONSES["busy"] for v in flood) == 6
+        assert RESPONSES["busy"].status == 503
+        assert isinstance(guard.check(_header("real", "pw"), "10.0.0.1"), UserRecord)  # cached
+        await asyncio.gather(*[v for v in flood if isinstance(v, asyncio.Future)])
+        assert guard.checker.queued == 0 and not guard.checker.busy()
+        guard.close()
+
+    arun(body())

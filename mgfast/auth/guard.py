@@ -32,7 +32,7 @@ log = logging.getLogger("mgfast.auth")
 
 # Outcome reasons (metric label values).
 REASONS = ("ok", "missing", "malformed", "unknown_user", "wrong_password", "quarantined",
-           "labels_denied", "not_synced", "bad_record")
+           "labels_denied", "not_synced", "bad_record", "busy")
 
 _CHALLENGE = ((b"www-authenticate", b'Basic realm="mgfast", charset="UTF-8"'),)
 
@@ -56,6 +56,8 @@ RESPONSES = {
     "not_synced": Response(503, b"users not loaded from etcd yet; retry\n",
                            headers=((b"retry-after", b"1"),)),
     "bad_record": Response(500, b"the user record cannot be used; see the server log\n"),
+    "busy": Response(503, b"too many password checks in progress; retry\n",
+                     headers=((b"retry-after", b"1"),)),
 }
 
 
@@ -104,6 +106,8 @@ class Guard:
             return self._deny("quarantined")
         record = self.store.get(username)
         if record is None:
+            if self.checker.busy():
+                return self._deny("busy")
             return self._unknown(username, password, address)
         if record.__class__ is RecordError:
             return self._deny("bad_record")
@@ -111,6 +115,8 @@ class Guard:
         cached = self.results.get(digest)
         if cached is not None and cached[1] == record.password_hash:
             return self._decide(cached[0], username, address, record)
+        if self.checker.busy():
+            return self._deny("busy")
         verified = self.checker.check(digest, record.password_hash, password)
         verdict = verified.get_loop().create_future()
         verified.add_done_callback(partial(self._verified, verdict, digest, username, address,

@@ -21,6 +21,10 @@ import argon2
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 THREADS = 2  # argon2 is CPU-bound: a couple of threads per worker, the loop keeps the rest
+# Verifications waiting for a thread, at most. A flood of new credentials (from many addresses,
+# past the quarantine) then gets 503 instead of queueing work and memory without bound; users
+# whose result is cached are not affected.
+MAX_QUEUED = 256
 
 _HASHER = argon2.PasswordHasher()  # verify() reads type and parameters from each hash
 
@@ -46,6 +50,21 @@ class PasswordChecker:
         self.key = os.urandom(32)
         self.pending: dict[tuple[bytes, str], asyncio.Future[bool]] = {}
         self.dummy_hash = _HASHER.hash(os.urandom(16))
+        self.queued = 0  # verifications submitted and not finished
+
+    def busy(self) -> bool:
+        """Whether a new verification should be refused for now (MAX_QUEUED reached)."""
+        return self.queued >= MAX_QUEUED
+
+    def _submit(self, password_hash: str, password: bytes) -> asyncio.Future[bool]:
+        future = asyncio.ensure_future(asyncio.get_running_loop().run_in_executor(
+            self.pool, verify, password_hash, password))
+        self.queued += 1
+        future.add_done_callback(self._finished)
+        return future
+
+    def _finished(self, _future: asyncio.Future) -> None:
+        self.queued -= 1
 
     def digest(self, username: str, password: bytes) -> bytes:
         """The cache key for these credentials: a keyed BLAKE2b, never the password itself."""
@@ -57,18 +76,14 @@ class PasswordChecker:
         key = (digest, password_hash)
         future = self.pending.get(key)
         if future is None:
-            loop = asyncio.get_running_loop()
-            future = asyncio.ensure_future(
-                loop.run_in_executor(self.pool, verify, password_hash, password))
+            future = self._submit(password_hash, password)
             self.pending[key] = future
             future.add_done_callback(lambda _f: self.pending.pop(key, None))
         return future
 
     def waste(self, password: bytes, like_hash: str | None) -> asyncio.Future[bool]:
         """A verification whose answer is ignored, for an unknown user: as slow as a real one."""
-        loop = asyncio.get_running_loop()
-        return asyncio.ensure_future(loop.run_in_executor(
-            self.pool, verify, like_hash or self.dummy_hash, password))
+        return self._submit(like_hash or self.dummy_hash, password)
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

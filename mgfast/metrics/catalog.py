@@ -55,7 +55,7 @@ RESTARTS = Counter(
 AUTH_CHECKS = Counter(
     "mgfast_auth_checks_total",
     "POST / basic-auth verdicts by reason: ok, missing, malformed, unknown_user, wrong_password, "
-    "quarantined, labels_denied, not_synced, bad_record.", ["reason"])
+    "quarantined, labels_denied, not_synced, bad_record, busy.", ["reason"])
 AUTH_QUARANTINED = Gauge(
     "mgfast_auth_quarantined",
     "(username, client address) pairs and addresses in quarantine now.",
