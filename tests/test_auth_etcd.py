@@ -106,6 +106,22 @@ def test_not_synced_while_etcd_is_unreachable(tmp_path):
     arun(body())
 
 
+def test_the_next_url_is_tried_when_one_is_down(etcd):
+    from tests.util import free_port
+    etcd.put("/users/user1", record(HASH1))
+    config = etcd_config(etcd, connect_timeout=0.3, endpoints=(
+        f"127.0.0.1:{free_port()}", f"127.0.0.1:{etcd.client_port}"))
+
+    async def body():
+        store = UserStore(config)
+        store.start()
+        await until(lambda: store.synced, what="sync through the second url")
+        assert store.client.endpoint == f"127.0.0.1:{etcd.client_port}"
+        await store.stop()
+
+    arun(body())
+
+
 @pytest.fixture
 def seed(tmp_path) -> SeedCa:
     return SeedCa.create(tmp_path / "pki")
