@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import shutil
 import time
 from pathlib import Path
@@ -458,3 +459,29 @@ def test_a_flood_of_new_credentials_gets_503_while_cached_users_pass(monkeypatch
         guard.close()
 
     arun(body())
+
+
+def test_the_eviction_watch_warns_each_period_it_is_exceeded(caplog):
+    from mgfast.auth.lru import EvictionWatch
+
+    async def body():
+        cache: Lru[int, int] = Lru("user", 1)
+        watch = EvictionWatch()
+        watch.add(cache, CacheUsage(period=0.05, evicted_threshold=1))
+        watch.add(Lru("auth quarantine", 1), None)  # no usage: not watched
+        watch.start()
+        assert len(watch.tasks) == 1
+        await asyncio.sleep(0)  # the watch task starts counting
+        for i in range(5):
+            cache.put(i, i)  # 4 evictions in the first period: over 1 per 0.05 s
+        for _ in range(100):
+            if caplog.records:
+                break
+            await asyncio.sleep(0.01)
+        watch.stop()
+
+    with caplog.at_level(logging.WARNING, "mgfast.auth"):
+        arun(body())
+    (record,) = caplog.records
+    assert re.fullmatch(r"Evicted entities threshold is exceeded for user: 4 per 0\.0\d\d "
+                        r"seconds", record.getMessage())
