@@ -51,8 +51,9 @@ RESPONSES = {
     "unknown_user": _FAILED,
     "wrong_password": _FAILED,
     "quarantined": _FAILED,
+    # marked, so that an mgfast client skips the message instead of retrying it forever
     "labels_denied": Response(401, b"routing labels of this message are not allowed for this "
-                                   b"user\n"),
+                                   b"user\n", headers=((b"x-mgfast-denied", b"routing-labels"),)),
     "not_synced": Response(503, b"users not loaded from etcd yet; retry\n",
                            headers=((b"retry-after", b"1"),)),
     "bad_record": Response(500, b"the user record cannot be used; see the server log\n"),
