@@ -204,23 +204,25 @@ def test_routing_labels_and_the_clients_credentials(tmp_path):
             stop_client(client)
             # as "north": the client skips what the user may not send (counted as rejected)
             # instead of retrying it forever, and the rest of the stream goes on in order
-            in_url = endpoint("ipc", tmp_path, "in2")
-            client = GatewayProcess("client", client_config(
-                f"router+bind:{in_url}", server.url,
-                auth={"basic": {"username": "north", "password": "password1"}}), tmp_path)
-            with client, sp.SavantWriter(f"dealer+connect:{in_url}") as writer:
-                for i in range(6):
-                    message = sp.user_data("cam-l")
-                    message.labels = ["north"] if i % 2 == 0 else ["south"]
-                    assert writer.send("cam-l", message, b"%d" % i) == "success"
-                received = reader.wait_for(3, where=lambda m: m.topic == b"cam-l")
-                assert [m.extra for m in received] == [(b"0",), (b"2",), (b"4",)]
-            assert stop_client(client)["rejected"] == 3
+            for mode, extra in (("single", {}), ("batch", {"batch": 8})):
+                in_url = endpoint("ipc", tmp_path, f"in-{mode}")
+                topic = f"cam-{mode}"
+                client = GatewayProcess("client", client_config(
+                    f"router+bind:{in_url}", server.url, **extra,
+                    auth={"basic": {"username": "north", "password": "password1"}}), tmp_path)
+                with client, sp.SavantWriter(f"dealer+connect:{in_url}") as writer:
+                    for i in range(6):
+                        message = sp.user_data(topic)
+                        message.labels = ["north"] if i % 2 == 0 else ["south"]
+                        assert writer.send(topic, message, b"%d" % i) == "success"
+                    received = reader.wait_for(3, where=lambda m: m.topic == topic.encode())
+                    assert [m.extra for m in received] == [(b"0",), (b"2",), (b"4",)]
+                assert stop_client(client)["rejected"] == 3, mode
             topics = [m.topic for m in reader.messages]
             assert b"cam-s" not in topics and b"p-no" not in topics
             assert {b"cam-n", b"p-ok", b"p-ok2"} <= set(topics)
             wait_until(lambda: metrics(metrics_port).get(
-                'mgfast_auth_checks_total{reason="labels_denied"}') == 5, what="the metric")
+                'mgfast_auth_checks_total{reason="labels_denied"}') == 8, what="the metric")
 
 
 def test_two_servers_share_one_etcd(tmp_path):
