@@ -393,6 +393,13 @@ def test_unknown_users_cost_a_verification():
         await _verdict(guard, _header("ghost", "wrong"))
         unknown = time.monotonic() - started
         assert unknown > known / 3, (known, unknown)
+        # repeats: both answered from the cache, at once (no oracle in the second try either)
+        assert guard.check(_header("real", "wrong"), "10.0.0.1") is RESPONSES["wrong_password"]
+        assert guard.check(_header("ghost", "wrong"), "10.0.0.1") is RESPONSES["unknown_user"]
+        # the ghost becomes a user: its cached miss does not stand in the way
+        fast = argon2.PasswordHasher(time_cost=1, memory_cost=64).hash("wrong")
+        guard.store.users["ghost"] = UserRecord(fast, None)
+        assert isinstance(await _verdict(guard, _header("ghost", "wrong")), UserRecord)
         guard.close()
 
     arun(body())

@@ -62,6 +62,9 @@ RESPONSES = {
 }
 
 
+_NO_USER = ""  # the "password hash" of a cached unknown-user result (no real hash is empty)
+
+
 def parse_basic(authorization: bytes) -> tuple[str, bytes] | None:
     """``Basic base64(user:password)`` -> (username, password); None if malformed."""
     scheme, _, token = authorization.strip().partition(b" ")
@@ -106,14 +109,18 @@ class Guard:
         if quarantine is not None and quarantine.is_quarantined(username, address):
             return self._deny("quarantined")
         record = self.store.get(username)
-        if record is None:
-            if self.checker.busy():
-                return self._deny("busy")
-            return self._unknown(username, password, address)
         if record.__class__ is RecordError:
             return self._deny("bad_record")
         digest = self.checker.digest(username, password)
         cached = self.results.get(digest)
+        if record is None:
+            # An unknown user is answered like a wrong password, cache included: a repeat is
+            # as fast as a repeated wrong password, the first as slow as a real check.
+            if cached is not None and cached[1] == _NO_USER:
+                return self._unknown_decided(username, address)
+            if self.checker.busy():
+                return self._deny("busy")
+            return self._unknown(digest, username, password, address)
         if cached is not None and cached[1] == record.password_hash:
             return self._decide(cached[0], username, address, record)
         if self.checker.busy():
@@ -156,18 +163,23 @@ class Guard:
         if not verdict.done():
             verdict.set_result(self._decide(valid, username, address, record))
 
-    def _unknown(self, username: str, password: bytes, address: str) -> asyncio.Future:
+    def _unknown(self, digest: bytes, username: str, password: bytes, address: str
+                 ) -> asyncio.Future:
         wasted = self.checker.waste(password, self.store.any_hash())
         verdict = wasted.get_loop().create_future()
 
         def done(_f: asyncio.Future) -> None:
-            if self.quarantine is not None:
-                self.quarantine.failure(username, address)
+            self.results.put(digest, (False, _NO_USER))
             if not verdict.done():
-                verdict.set_result(self._deny("unknown_user"))
+                verdict.set_result(self._unknown_decided(username, address))
 
         wasted.add_done_callback(done)
         return verdict
+
+    def _unknown_decided(self, username: str, address: str) -> Response:
+        if self.quarantine is not None:
+            self.quarantine.failure(username, address)
+        return self._deny("unknown_user")
 
     def close(self) -> None:
         self.checker.close()

@@ -46,7 +46,8 @@ def run(config: ServerConfig, workers: int | None = None) -> int:
             "url": f"{scheme}://{config.ip}:{config.port}", "workers": count,
             "out_stream": str(config.out_stream.url), "config": config.source,
             "client_certificates": "required" if config.tls and config.tls.peers else "no",
-            "basic_auth": "etcd " + ",".join(config.auth.etcd.endpoints) if config.auth else "no"})
+            "basic_auth": ("etcd " + ",".join(config.auth.etcd.endpoints)) if config.auth
+            else "no"})
 
     try:
         status = Supervisor(config, count).run(ready)
@@ -56,6 +57,7 @@ def run(config: ServerConfig, workers: int | None = None) -> int:
         if config.metrics is not None:
             shutil.rmtree(values_dir, ignore_errors=True)
         if peers_dir is not None:
+            os.environ.pop("MGFAST_AUTH_PEERS_DIR", None)
             shutil.rmtree(peers_dir, ignore_errors=True)
     log.info("stopped")
     return status
