@@ -45,7 +45,6 @@ class UserStore:
         self.failing = False  # the last attempt to reach etcd failed (cleared by a sync)
         self.revision = 0  # etcd revision the store reflects
         self.resyncs = 0  # full reads after the first
-        self.updated = asyncio.Event()  # set after every change (tests wait on it)
         self.task: asyncio.Task | None = None
 
     # -- lookups (on the request path) ----------------------------------------------------------
@@ -140,7 +139,6 @@ class UserStore:
             self.resyncs += 1
         self.synced = True
         self.revision = revision
-        self.updated.set()
 
     def _apply(self, changes) -> None:
         for change in changes:
@@ -153,7 +151,6 @@ class UserStore:
                 self.raw[username] = (change.entry.mod_revision, change.entry.value)
                 self._check(username)
             self.revision = max(self.revision, change.entry.mod_revision)
-        self.updated.set()
 
     def _check(self, username: str) -> None:
         """Parse a new record now, so a broken one is logged when it is written."""
