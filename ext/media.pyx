@@ -74,6 +74,10 @@ cdef enum:
     _TAG_DATA = 0x1A      # Media.data = 3
 
 cdef enum:
+    # Savant Message.routing_labels, read by basic authentication's label rules
+    _SAVANT_ROUTING_LABELS = 2
+
+cdef enum:
     # protobuf well-formedness
     _E_VARINT_TRUNCATED = 1
     _E_VARINT_TOO_LONG
@@ -1152,6 +1156,32 @@ def message_kind(message):
     if rc:
         raise _error(&e)
     return kind
+
+
+def routing_labels(message):
+    """A Savant message's routing_labels (field 2, in order) as bytes; MediaError if malformed.
+    Only basic authentication with a label rule asks for them, so decode_media does not."""
+    cdef Py_buffer v
+    cdef Py_ssize_t pos = 0
+    cdef const uint8_t* p
+    cdef list labels = []
+    cdef _Field f
+    cdef _Err e
+    cdef int rc = 0
+    PyObject_GetBuffer(message, &v, PyBUF_SIMPLE)
+    p = <const uint8_t*>v.buf
+    e.layer = _L_MESSAGE
+    e.base = 0
+    while pos < v.len:
+        rc = _next_field(p, &pos, v.len, &f, &e)
+        if rc:
+            break
+        if f.number == _SAVANT_ROUTING_LABELS and f.wire == _WT_LEN:
+            labels.append(PyBytes_FromStringAndSize(<const char*>p + f.start, f.end - f.start))
+    PyBuffer_Release(&v)
+    if rc:
+        raise _error(&e)
+    return labels
 
 
 def decode_media_batch(body):

@@ -1,4 +1,5 @@
-"""Command line: ``mgfast server [CONFIG]``, ``mgfast client [CONFIG]``, ``mgfast pki ...``."""
+"""Command line: ``mgfast server [CONFIG]``, ``mgfast client [CONFIG]``, ``mgfast pki ...``,
+``mgfast users ...``."""
 
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["pki"]:
         from mgfast.pki.cli import main as pki_main
         return pki_main(argv[1:])
+    if argv[:1] == ["users"]:
+        from mgfast.auth.cli import main as users_main
+        return users_main(argv[1:])
     parser = argparse.ArgumentParser(prog="mgfast", description=__doc__)
     parser.add_argument("--version", action="version", version=f"mgfast {__version__}")
     parser.add_argument("--log-level", help="debug, info (default), warning, error")
@@ -35,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
             sub.add_argument("--workers", type=_positive, help="worker processes (default: the "
                              "config's `workers`, else the CPU count)")
     commands.add_parser("pki", help="certificate authority and hash-directory tooling")
+    commands.add_parser("users", help="basic-authentication users in etcd")
     args = parser.parse_args(argv)
     if args.log_level:
         os.environ["MGFAST_LOG_LEVEL"] = args.log_level  # child processes read it too

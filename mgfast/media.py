@@ -58,6 +58,11 @@ message_kind(message) -> int
     (e.g. a ZeroMQ frame); returns ``kind``. ``Kind.END_OF_STREAM`` (9) marks end of stream.
     It costs about half a microsecond for savant-rs's ``gen_frame()`` message (500 bytes).
 
+routing_labels(message) -> list[bytes]
+    The ``routing_labels`` (field 2) of a serialized Savant message, in order, as bytes (what
+    basic authentication's label rules are checked against). MediaError if its top level is
+    not well-formed protobuf.
+
 encode_media(topic, message, data) -> bytes
     A Media body from bytes-like ``topic`` and ``message`` and a sequence ``data`` of bytes-like
     parts. Fields in field-number order and an empty topic left out, so the output is
@@ -114,6 +119,7 @@ from mgfast._media import (  # noqa: E402
     encode_media_batch_pieces,
     encode_media_pieces,
     message_kind,
+    routing_labels,
 )
 
 __all__ = [
@@ -130,4 +136,5 @@ __all__ = [
     "encode_media_batch_pieces",
     "encode_media_pieces",
     "message_kind",
+    "routing_labels",
 ]

@@ -6,12 +6,13 @@ cd "$(dirname "$0")/.."
 
 # Debian tools the tests drive as real peers.
 declare -A tool_package=([openssl]=openssl [curl]=curl [prometheus]=prometheus
-                           [promtool]=prometheus)
+                           [promtool]=prometheus [etcd]=etcd-server [etcdctl]=etcd-client)
 missing=()
 for tool in "${!tool_package[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("${tool_package[$tool]}")
 done
 if ((${#missing[@]})); then
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
   echo "installing Debian packages: ${missing[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi

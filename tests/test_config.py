@@ -166,15 +166,15 @@ def test_upstream_server_with_basic_auth_and_statistics_loads(certs: Path) -> No
     assert cfg.statistics is not None and cfg.statistics.timestamp_period == 1.0
     assert cfg.statistics.frame_period is None and cfg.statistics.history_size == 1000
     assert cfg.out_stream.fix_ipc_permissions == 511
-    etcd = cfg.auth["basic"]["etcd"]
-    assert etcd["urls"] == ["http://etcd:2379"]  # one string stands for a list of one
-    assert etcd["credentials"] == {"username": "root", "password": "pw"}
-    assert etcd["tls"]["identity"]["key"] == certs / "etcd-client.key"
-    assert etcd["connect_timeout"] == 30.0 and etcd["lease_timeout"] == 60.0
-    assert etcd["data_format"] == "json" and etcd["path"] == "/users"
-    assert cfg.auth["basic"]["cache"] == {"size": 10,
-                                          "usage": {"period": 60.0, "evicted_threshold": 10}}
-    assert cfg.auth["basic"]["quarantine"] == {"failed_attempt_limit": 3, "period": 60.0}
+    etcd = cfg.auth.etcd
+    assert etcd.endpoints == ("etcd:2379",) and etcd.secure  # one string stands for a list
+    assert (etcd.credentials.username, etcd.credentials.password) == ("root", "pw")
+    assert etcd.tls.key == certs / "etcd-client.key"
+    assert etcd.connect_timeout == 30.0 and etcd.lease_timeout == 60.0
+    assert etcd.data_format == "json" and etcd.path == "/users/"
+    assert (cfg.auth.cache.size, cfg.auth.cache.usage.period,
+            cfg.auth.cache.usage.evicted_threshold) == (10, 60.0, 10)
+    assert (cfg.auth.quarantine.failed_attempt_limit, cfg.auth.quarantine.period) == (3, 60.0)
 
 
 def test_mgfast_extension_keys(certs: Path) -> None:

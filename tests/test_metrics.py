@@ -31,6 +31,7 @@ from pathlib import Path
 import pytest
 
 from tests import savant_peers as sp
+from tests.etcd_peer import HASH2, EtcdPeer, auth_section
 from tests.gateway_process import GatewayProcess
 from tests.prometheus_peer import PrometheusPeer, binary, promtool
 from tests.seed_ca import SeedCa
@@ -167,17 +168,21 @@ def the_stack(workdir: Path, phases: list[tuple[str, float]]):
     mark("certificates")
     server_metrics = f"127.0.0.1:{free_port()}"
     sconfig = seed_server_config(seed, workdir, recheck_interval={"secs": 1, "nanos": 0})
-    sconfig.update(workers=2, http={"max_body_size": MAX_BODY},
+    processes: list = []
+    etcd = EtcdPeer(workdir / "etcd")  # basic auth: the client's user is in etcd
+    processes.append(etcd)
+    etcd.put("/users/edge", json.dumps({"password_hash": HASH2}))
+    sconfig.update(workers=2, http={"max_body_size": MAX_BODY}, auth=auth_section(etcd),
                    metrics={"ip": "127.0.0.1", "port": int(server_metrics.split(":")[1])})
     into = f"ipc://{workdir}/client-in"
     client_metrics = f"127.0.0.1:{free_port()}"
-    processes: list = []
     try:
         server = GatewayProcess("server", sconfig, workdir)
         processes.append(server)
         cconfig = client_config(f"router+bind:{into}", server.url, tls={
             "root_certificate": str(seed.ca_crt),
             "identity": {"certificate": str(seed.client_crt), "key": str(seed.client_key)}},
+            auth={"basic": {"username": "edge", "password": "password2"}},
             metrics={"ip": "127.0.0.1", "port": int(client_metrics.split(":")[1])})
         client = GatewayProcess("client", cconfig, workdir)
         processes.append(client)
@@ -238,7 +243,8 @@ def the_stack(workdir: Path, phases: list[tuple[str, float]]):
                  ("mgfast_messages_forwarded_total", MESSAGES),
                  ("mgfast_worker_restarts_total", 1),
                  ("mgfast_tls_revoked_rejections_total", 1),
-                 ("mgfast_tls_live_connections_closed_total", 1))
+                 ("mgfast_tls_live_connections_closed_total", 1),
+                 ("mgfast_auth_user_store_connected", 1))
         mark("everything seen by prometheus")
         prom.wait_scraped_after(time.time())  # one more scrape, so rates have two points
         mark("one more scrape")
@@ -362,7 +368,8 @@ def test_every_alert_rule_loaded_and_evaluates(stack):
     rules = [rule for group in groups for rule in group["rules"]]
     assert {r["name"] for r in rules} == {
         "MgfastCrlExpiringSoon", "MgfastCrlExpired", "MgfastCaCertificateExpiringSoon",
-        "MgfastRevokedCertificateHandshakes", "MgfastEgressTimeouts", "MgfastWorkerRestarts"}
+        "MgfastRevokedCertificateHandshakes", "MgfastEgressTimeouts", "MgfastWorkerRestarts",
+        "MgfastAuthEtcdDisconnected"}
     for rule in rules:
         assert rule["type"] == "alerting" and rule["health"] in ("ok", "unknown"), rule
         stack.prom.query(rule["query"])  # raises with Prometheus's message on an error
@@ -373,7 +380,7 @@ def test_every_alert_rule_loaded_and_evaluates(stack):
 def test_promtool_check_rules():
     result = promtool("check", "rules", "--lint=all", str(ALERTS))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 6 rules found" in result.stdout, result.stdout
+    assert "SUCCESS: 7 rules found" in result.stdout, result.stdout
 
 
 def test_promtool_check_metrics_on_both_scrapes(stack):
@@ -418,7 +425,7 @@ def test_alert_rules_unit_tests(tmp_path):
     healthy one (promtool's clock starts at Unix time 0)."""
     rules = tmp_path / "alerts.yml"
     rules.write_text(without_annotations(ALERTS.read_text()))
-    assert "annotations" not in rules.read_text() and rules.read_text().count("alert:") == 6
+    assert "annotations" not in rules.read_text() and rules.read_text().count("alert:") == 7
     srv = 'instance="gw:9100", job="mgfast-server"'
     tests = {
         "rule_files": [str(rules)],
@@ -448,6 +455,9 @@ def test_alert_rules_unit_tests(tmp_path):
                 # one worker restart at 3m, none after
                 {"series": f'mgfast_worker_restarts_total{{{srv}, child="worker"}}',
                  "values": "_x2 1x30"},
+                # etcd lost from 20m to 24m (a worker reconnecting): fires after its 1m "for"
+                {"series": f'mgfast_auth_user_store_connected{{{srv}, path="/users/"}}',
+                 "values": "1x19 0x4 1x40"},
             ],
             "alert_rule_test": [
                 {"eval_time": "2m", "alertname": "MgfastCrlExpiringSoon", "exp_alerts": []},
@@ -473,6 +483,13 @@ def test_alert_rules_unit_tests(tmp_path):
                     {"exp_labels": {"severity": "warning", "instance": "gw:9100",
                                     "child": "worker"}}]},
                 {"eval_time": "25m", "alertname": "MgfastWorkerRestarts", "exp_alerts": []},
+                {"eval_time": "20m", "alertname": "MgfastAuthEtcdDisconnected",
+                 "exp_alerts": []},  # for: 1m
+                {"eval_time": "22m", "alertname": "MgfastAuthEtcdDisconnected", "exp_alerts": [
+                    {"exp_labels": {"severity": "critical", "instance": "gw:9100",
+                                    "path": "/users/"}}]},
+                {"eval_time": "30m", "alertname": "MgfastAuthEtcdDisconnected",
+                 "exp_alerts": []},
             ],
         }],
     }

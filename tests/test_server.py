@@ -265,23 +265,6 @@ def test_certificate_not_matching_key_exits_2(tmp_path):
     assert "does not match" in result.stderr and str(seed.server_crt) in result.stderr
 
 
-def test_etcd_basic_auth_is_refused_rather_than_silently_ignored(tmp_path):
-    import json
-    config = server_config("pub+bind:tcp://127.0.0.1:1", auth={"basic": {"etcd": {
-        "urls": ["http://127.0.0.1:2379"], "path": "/users", "data_format": "json",
-        "connect_timeout": {"secs": 1, "nanos": 0}, "lease_timeout": {"secs": 60, "nanos": 0},
-        "cache": {"size": 100, "usage": {"period": {"secs": 60, "nanos": 0},
-                                         "evicted_threshold": 10}}},
-        "cache": {"size": 100, "usage": {"period": {"secs": 60, "nanos": 0},
-                                         "evicted_threshold": 10}},
-        "quarantine": {"failed_attempt_limit": 3, "period": {"secs": 60, "nanos": 0}}}})
-    path = tmp_path / "server.json"
-    path.write_text(json.dumps(config))
-    result = run_cli("server", str(path))
-    assert result.returncode == 2, result.stderr
-    assert "auth" in result.stderr and "not implemented" in result.stderr
-
-
 def test_upstream_statistics_log_fps_lines(tmp_path):
     config = server_config(f"pub+bind:{endpoint('tcp', tmp_path)}",
                            statistics={"frame_period": 3})

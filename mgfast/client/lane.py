@@ -19,6 +19,9 @@ Failures
   resent, in order, after the configured exponential backoff;
 - 400 and 413 are *permanent* for that message: logged with its topic and size, counted in
   ``rejected``, and skipped, so a poison message never blocks the stream; the pipeline goes on.
+  So is a 401 that an mgfast server marks ``x-mgfast-denied: routing-labels`` (the user may not
+  send this message's routing labels; in a batch, the only per-item 401): the credentials are
+  fine and retrying cannot change the answer, while any other 401 is retried.
 - a response with ``Connection: close``: what was written after it was not read by the server
   and is resent at once on a new connection.
 
@@ -67,7 +70,7 @@ from mgfast.http.client_connection import (ClientResponse, ClosedByServer, Conne
                                            HttpClientError)
 from mgfast.fps_log import FpsLog
 from mgfast.media import (MAX_BATCH_DATA_PARTS, MAX_BATCH_ITEMS, MAX_DATA_PARTS,
-                          MediaError, encode_media, encode_media_batch,
+                          encode_media, encode_media_batch,
                           encode_media_batch_pieces, encode_media_pieces)
 
 log = logging.getLogger("mgfast.client")
@@ -77,6 +80,8 @@ SMALL_WRITE = 64 * 1024  # body bytes of one write below which its requests are 
 LARGE_MESSAGE = 32 * 1024  # frame bytes from which a message's frames are written uncopied
 RETRY_LOG_INTERVAL = 10.0  # seconds between "still retrying" warnings of one lane
 REJECTED = (400, 413)  # statuses that reject a message for good
+# an mgfast server's 401 for routing labels the user may not send (mgfast.auth.guard)
+DENIED_HEADER, DENIED_LABELS = b"x-mgfast-denied", b"routing-labels"
 NOT_BATCH_CAPABLE = (400, 404, 405, 415)  # whole-batch answers of a server without batch framing
 # Transient statuses after which the message may have reached the consumer anyway: 502 is
 # upstream's AckTimeout (sent, unconfirmed), 500 an unknown failure.
@@ -307,7 +312,8 @@ class Lane:
         if count == 1:
             if 200 <= status < 300:
                 self._delivered(1)
-            elif status in REJECTED:
+            elif status in REJECTED or (
+                    status == 401 and response.headers.get(DENIED_HEADER) == DENIED_LABELS):
                 self._rejected(self.sent.popleft(), _reason(response.body), status)
             else:
                 self._fail(f"HTTP {status}: {_reason(response.body)}", head=1,
@@ -371,7 +377,7 @@ class Lane:
             if accepted:
                 self._delivered(accepted)
                 accepted = 0
-            if status in REJECTED:
+            if status in REJECTED or status == 401:  # 401 per item: routing labels denied
                 self._rejected(self.sent.popleft(), "rejected in a batch", status)
             else:
                 self._fail(f"HTTP {status} for batch item {done + 1} of {count}",

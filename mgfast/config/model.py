@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from mgfast.auth.config import BasicAuthConfig
 from mgfast.zmq.settings import InStreamConfig, OutStreamConfig
 
 KiB = 1024
@@ -76,7 +77,7 @@ class ServerConfig:
     port: int
     out_stream: OutStreamConfig
     tls: ServerTls | None = None
-    auth: dict | None = None
+    auth: BasicAuthConfig | None = None  # auth.basic
     statistics: Statistics | None = None
     http: HttpLimits = field(default_factory=HttpLimits)
     workers: int | None = None  # mgfast: None means one per CPU

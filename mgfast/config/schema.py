@@ -8,6 +8,7 @@ Every key is documented once, in README.md's "Configuration reference" table
 
 from __future__ import annotations
 
+from mgfast.auth import config as auth_config
 from mgfast.config import checks
 from mgfast.config.model import (
     BasicAuth,
@@ -198,7 +199,9 @@ _SERVER_AUTH = Obj({
             "period": req(_POSITIVE),
         }, example='{"failed_attempt_limit": 3, "period": {"secs": 60, "nanos": 0}}')),
     }, example='{"etcd": {...}, "cache": {"size": 10}}')),
-}, example='{"basic": {"etcd": {...}, "cache": {"size": 10}}}')
+}, lambda basic: basic, post=lambda kw, ctx, path: kw.update(
+    basic=auth_config.build(kw["basic"], ctx.fail, path + ("basic",))),
+   example='{"basic": {"etcd": {...}, "cache": {"size": 10}}}')
 
 _CLIENT_AUTH = Obj({
     "basic": req(Obj({

@@ -51,6 +51,36 @@ RESTARTS = Counter(
     "mgfast_worker_restarts_total", "Child processes restarted by the supervisor.", ["child"])
 
 
+# -- server: basic authentication (auth.basic) ---------------------------------------------------
+AUTH_CHECKS = Counter(
+    "mgfast_auth_checks_total",
+    "POST / basic-auth verdicts by reason: ok, missing, malformed, unknown_user, wrong_password, "
+    "quarantined, labels_denied, not_synced, bad_record, busy.", ["reason"])
+AUTH_QUARANTINED = Gauge(
+    "mgfast_auth_quarantined",
+    "(username, client address) pairs and addresses in quarantine now.",
+    multiprocess_mode="livesum")
+# Labelled by the etcd key prefix so that only the workers (which set them) have a value: the
+# supervisor's and egress's would be a 0 in the minimum.
+AUTH_STORE_SYNCED = Gauge(
+    "mgfast_auth_user_store_synced",
+    "1 when every worker has read the users from etcd at least once (until then POST / is 503).",
+    ["path"], multiprocess_mode="livemin")
+AUTH_STORE_CONNECTED = Gauge(
+    "mgfast_auth_user_store_connected",
+    "0 while any worker's connection to etcd is failing (it retries); 1 otherwise.",
+    ["path"], multiprocess_mode="livemin")
+AUTH_USERS = Gauge(
+    "mgfast_auth_users", "User records under auth.basic.etcd.path, as the workers see them.",
+    multiprocess_mode="livemax")
+AUTH_RESYNCS = Counter(
+    "mgfast_auth_user_store_resyncs_total",
+    "Full re-reads of the users after an etcd connection was lost.")
+AUTH_EVICTIONS = Counter(
+    "mgfast_auth_cache_evictions_total",
+    "Entries evicted from the authentication caches, by cache: user, auth check result, "
+    "auth failed attempt, auth quarantine.", ["cache"])
+
 
 def create_known_series() -> None:
     """Create every series whose labels are known in advance at 0, so that rate() and

@@ -55,9 +55,10 @@ async def run(tick: Callable[[], None], stop: asyncio.Event) -> None:
         tick()
 
 
-def worker_tick(stats, reloader=None) -> Callable[[], None]:
+def worker_tick(stats, reloader=None, auth=None) -> Callable[[], None]:
     from mgfast.metrics import catalog as m
     delta = Deltas()
+    auth_tick = _auth_tick(auth, delta) if auth is not None else None
 
     def tick() -> None:
         for status, count in list(stats.statuses.items()):
@@ -81,6 +82,37 @@ def worker_tick(stats, reloader=None) -> Callable[[], None]:
             for reason, count in list(reloader.closed_by_reason.items()):
                 if d := delta(("live", reason), count):
                     m.TLS_LIVE_CLOSED.labels(reason).inc(d)
+        if auth_tick is not None:
+            auth_tick()
+
+    return tick
+
+
+def _auth_tick(auth, delta: Deltas) -> Callable[[], None]:
+    """Basic authentication's counts (an mgfast.auth.runtime.AuthRuntime)."""
+    from mgfast.auth.guard import REASONS
+    from mgfast.metrics import catalog as m
+    for reason in REASONS:
+        m.AUTH_CHECKS.labels(reason)
+    for cache in auth.caches():
+        m.AUTH_EVICTIONS.labels(cache.name)
+    guard, store = auth.guard, auth.store
+    synced = m.AUTH_STORE_SYNCED.labels(store.config.path)
+    connected = m.AUTH_STORE_CONNECTED.labels(store.config.path)
+
+    def tick() -> None:
+        for reason, count in list(guard.outcomes.items()):
+            if d := delta(("auth", reason), count):
+                m.AUTH_CHECKS.labels(reason).inc(d)
+        for cache in auth.caches():
+            if d := delta(("evicted", cache.name), cache.evicted):
+                m.AUTH_EVICTIONS.labels(cache.name).inc(d)
+        if d := delta("resyncs", store.resyncs):
+            m.AUTH_RESYNCS.inc(d)
+        m.AUTH_QUARANTINED.set(guard.quarantine.count() if guard.quarantine is not None else 0)
+        synced.set(1 if store.synced else 0)
+        connected.set(0 if store.failing else 1)
+        m.AUTH_USERS.set(len(store.raw))
 
     return tick
 

@@ -22,7 +22,7 @@ from typing import Awaitable, Protocol as TypingProtocol, Sequence
 from mgfast.http import responses
 from mgfast.http.responses import Response
 from mgfast.http.server_protocol import Request
-from mgfast.media import Kind, MediaError, decode_media, decode_media_batch
+from mgfast.media import Kind, MediaError, decode_media, decode_media_batch, routing_labels
 from mgfast.zmq.sockets import StreamClosed
 from mgfast.zmq.writer import WriteResult
 
@@ -59,15 +59,19 @@ class Writer(TypingProtocol):
 
 
 class GatewayApp:
-    def __init__(self, writer: Writer, stats=None) -> None:
+    def __init__(self, writer: Writer, stats=None, guard=None) -> None:
         self.writer = writer
         self.stats = stats  # a WorkerStats when metrics are on
+        # an mgfast.auth.guard.Guard with basic authentication on; then requests carry .peer
+        self.guard = guard
 
     def handle(self, request: Request) -> Response | Awaitable[Response]:
         path = request.path.partition(b"?")[0]
         if path == b"/":
             if request.method != b"POST":
                 return Response(405, b"use POST\n", headers=((b"allow", b"POST"),))
+            if self.guard is not None:
+                return self._guarded(request)
             return self._media(request)
         if path == b"/health":
             if request.method not in (b"GET", b"HEAD"):
@@ -89,6 +93,8 @@ class GatewayApp:
         """The answers to pipelined requests of one connection, in order. Their messages go to
         the writer as one group, which stops at the first failed write: the protocol closes
         the connection after answering that one, so nothing behind it is forwarded first."""
+        if self.guard is not None:
+            return self._guarded_group(requests)
         answers: list[Response | None] = [None] * len(requests)
         writes = []
         where = []  # the request index of each write
@@ -100,6 +106,10 @@ class GatewayApp:
                 continue
             writes.append(([topic, message, *data], kind == _EOS, kind == _FRAME))
             where.append(i)
+        return self._submit_group(answers, writes, where)
+
+    def _submit_group(self, answers: list, writes: list, where: list[int]
+                      ) -> list[Response] | asyncio.Future[list[Response]]:
         if not writes:
             return answers  # type: ignore[return-value]
         started = time.perf_counter()
@@ -174,12 +184,80 @@ class GatewayApp:
                 stats.forwarded += 1
                 stats.forwarded_bytes += sum(map(len, frames))
 
-    def _batch(self, request: Request) -> Response | Awaitable[Response]:
+    def _batch(self, request: Request, rule=None) -> Response | Awaitable[Response]:
         try:
             items = decode_media_batch(request.body)
         except MediaError as exc:
             return responses.text(400, str(exc))
+        if rule is not None:  # basic auth: items whose labels the user may not send get 401
+            for i, item in enumerate(items):
+                if item.__class__ is tuple and not _labels_ok(rule, item[1]):
+                    self.guard.labels_denied()
+                    items[i] = _DENIED
         return self._write_batch(items)
+
+    # -- basic authentication (only with auth.basic; the path above pays one attribute test) --
+
+    def _guarded(self, request: Request) -> Response | Awaitable[Response]:
+        verdict = self.guard.check(request.authorization, request.peer)
+        if verdict.__class__ is Response:
+            return verdict
+        if isinstance(verdict, asyncio.Future):
+            return self._guarded_later(request, verdict)
+        return self._authorized(request, verdict)
+
+    async def _guarded_later(self, request: Request, verdict: asyncio.Future) -> Response:
+        record = await verdict
+        if record.__class__ is Response:
+            return record
+        result = self._authorized(request, record)
+        return result if result.__class__ is Response else await result
+
+    def _authorized(self, request: Request, record) -> Response | Awaitable[Response]:
+        """An authenticated request: the plain path, plus the user's routing-label rule."""
+        rule = record.rule
+        if rule is None:
+            return self._media(request)
+        content_type = request.content_type.partition(b";")[0].strip().lower()
+        if content_type == BATCH_TYPE:
+            return self._batch(request, rule)
+        if content_type != MEDIA_TYPE:
+            return self._media(request)  # answers the 400
+        try:
+            topic, message, data, kind = decode_media(request.body)
+        except MediaError as exc:
+            return responses.text(400, str(exc))
+        if not _labels_ok(rule, message):
+            return self.guard.labels_denied()
+        return self._write([topic, message, *data], kind)
+
+    async def _guarded_group(self, requests: list[Request]) -> list[Response]:
+        """Pipelined requests with basic auth: each is checked (the same credentials share one
+        verification), then the allowed ones are written as one group, as without auth."""
+        guard = self.guard
+        verdicts = [guard.check(r.authorization, r.peer) for r in requests]
+        for i, verdict in enumerate(verdicts):
+            if isinstance(verdict, asyncio.Future):
+                verdicts[i] = await verdict
+        answers: list[Response | None] = [None] * len(requests)
+        writes = []
+        where = []
+        for i, (request, record) in enumerate(zip(requests, verdicts)):
+            if record.__class__ is Response:
+                answers[i] = record
+                continue
+            try:
+                topic, message, data, kind = decode_media(request.body)
+            except MediaError as exc:
+                answers[i] = responses.text(400, str(exc))
+                continue
+            if record.rule is not None and not _labels_ok(record.rule, message):
+                answers[i] = guard.labels_denied()
+                continue
+            writes.append(([topic, message, *data], kind == _EOS, kind == _FRAME))
+            where.append(i)
+        result = self._submit_group(answers, writes, where)
+        return result if isinstance(result, list) else await result
 
     async def _write_batch(self, items: list) -> Response:
         """All valid items go to the writer at once as one group; the answer lists a status per
@@ -217,7 +295,7 @@ class GatewayApp:
         outcomes = iter(zip(writes, results))
         for item in items:
             if item.__class__ is not tuple:  # a MediaError: that item alone is malformed
-                statuses.append(400)
+                statuses.append(401 if item is _DENIED else 400)
                 continue
             write, result = next(outcomes)
             if result is WriteResult.NOT_ATTEMPTED:
@@ -231,6 +309,17 @@ class GatewayApp:
 # An earlier message of its group failed: it was not sent (its connection closes before this
 # is written; answered only for completeness).
 _NOT_ATTEMPTED = responses.text(503, "not attempted after an earlier failure; retry", close=True)
+
+
+# A batch item whose routing labels the authenticated user may not send.
+_DENIED = object()
+
+
+def _labels_ok(rule, message) -> bool:
+    try:
+        return rule.allows(routing_labels(message))
+    except MediaError:
+        return False  # unreachable: decode_media checked the message's framing
 
 
 def _unavailable(exc: BaseException) -> Response:

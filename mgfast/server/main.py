@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import socket
+import tempfile
 
 from mgfast.config.model import ServerConfig
 from mgfast.metrics import multiprocess as metrics
@@ -36,17 +37,16 @@ def _reserve_port(config: ServerConfig) -> tuple[socket.socket, ServerConfig]:
 
 def run(config: ServerConfig, workers: int | None = None) -> int:
     """Serve until a signal asks to stop; return the process exit status."""
-    if config.auth is not None:
-        # Serving without the authentication the operator configured would be worse than not
-        # serving at all.
-        raise StartupError(
-            f"{config.source}: auth: etcd basic authentication is not implemented in mgfast "
-            f"yet. Fix: remove `auth` (and protect the server with client certificates, "
-            f"tls.peers) or run the upstream server for this deployment")
     if config.tls is not None:
         server_context(config.tls)  # fail now, naming the file, rather than in every worker
         if config.tls.peers is not None:
             check_peers(config.tls.peers)
+    if config.auth is not None:
+        from mgfast.auth.etcd import check_tls
+        try:
+            check_tls(config.auth.etcd)
+        except ValueError as exc:
+            raise StartupError(f"{config.source}: {exc}") from None
     reserved = None
     if config.port == 0:  # upstream binds port 0 too; every worker must get the same one
         reserved, config = _reserve_port(config)
@@ -56,13 +56,20 @@ def run(config: ServerConfig, workers: int | None = None) -> int:
         check_port_free(config.metrics.ip, config.metrics.port, config.source, "metrics.port")
         values_dir = metrics.prepare()  # before any process imports the metric catalog
     count = workers or config.workers or os.cpu_count() or 1
+    peers_dir = None
+    if config.auth is not None and config.auth.quarantine is not None and count > 1:
+        # the workers share failed attempts through sockets here (mgfast.auth.peers)
+        peers_dir = tempfile.mkdtemp(prefix="mgfast-auth-")
+        os.environ["MGFAST_AUTH_PEERS_DIR"] = peers_dir
     scheme = "https" if config.tls else "http"
 
     def ready() -> None:
         log.info("listening", extra={
             "url": f"{scheme}://{config.ip}:{config.port}", "workers": count,
             "out_stream": str(config.out_stream.url), "config": config.source,
-            "client_certificates": "required" if config.tls and config.tls.peers else "no"})
+            "client_certificates": "required" if config.tls and config.tls.peers else "no",
+            "basic_auth": ("etcd " + ",".join(config.auth.etcd.endpoints)) if config.auth
+            else "no"})
 
     try:
         status = Supervisor(config, count).run(ready)
@@ -73,5 +80,8 @@ def run(config: ServerConfig, workers: int | None = None) -> int:
             reserved.close()
         if config.metrics is not None:
             shutil.rmtree(values_dir, ignore_errors=True)
+        if peers_dir is not None:
+            os.environ.pop("MGFAST_AUTH_PEERS_DIR", None)
+            shutil.rmtree(peers_dir, ignore_errors=True)
     log.info("stopped")
     return status

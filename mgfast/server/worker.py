@@ -14,7 +14,7 @@ import socket
 from typing import Callable
 
 from mgfast.config.model import ServerConfig
-from mgfast.http.server_protocol import HttpServerProtocol
+from mgfast.http.server_protocol import AddressedHttpServerProtocol, HttpServerProtocol
 from mgfast.memory import HeapTrimmer
 from mgfast.server.app import GatewayApp, Writer
 from mgfast.metrics import export
@@ -58,13 +58,20 @@ async def serve(config: ServerConfig, stop: asyncio.Event, writer: Writer, *,
                 ready: Callable[[], None] | None = None) -> None:
     """Serve until ``stop`` is set; setting ``reload`` re-reads the TLS material at once.
     With ``stats`` (metrics on), counts go there and are exported once a second."""
-    app = GatewayApp(writer, stats)
+    auth = None
+    protocol_class = HttpServerProtocol
+    if config.auth is not None:
+        from mgfast.auth.runtime import AuthRuntime  # grpc and argon2 load only when used
+        auth = AuthRuntime(config.auth)
+        auth.start()
+        protocol_class = AddressedHttpServerProtocol  # the quarantine keys by client address
+    app = GatewayApp(writer, stats, auth.guard if auth is not None else None)
     connections: set[HttpServerProtocol] = set()
     limits = config.http
     statuses = stats.statuses if stats is not None else None
 
     def http_protocol() -> HttpServerProtocol:
-        return HttpServerProtocol(app, limits, connections, statuses)
+        return protocol_class(app, limits, connections, statuses)
 
     reloader: TlsReloader | None = None
     if config.tls is None:
@@ -107,7 +114,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event, writer: Writer, *,
     trimmer.start()
     exporter = None
     if stats is not None:
-        exporter = loop.create_task(export.run(export.worker_tick(stats, reloader), stop))
+        exporter = loop.create_task(export.run(export.worker_tick(stats, reloader, auth), stop))
     if ready is not None:
         ready()
     try:
@@ -128,3 +135,5 @@ async def serve(config: ServerConfig, stop: asyncio.Event, writer: Writer, *,
             connection.abort()
         if exporter is not None:
             await exporter
+        if auth is not None:
+            await auth.stop()
