@@ -38,12 +38,12 @@ class RecordingWriter:
         future.set_result(value)
         return future
 
-    def submit(self, frames, *, eos, frame):
+    def submit(self, frames, *, eos):
         self.topics.append(bytes(frames[0]))
         return self._done(WriteResult.SUCCESS)
 
     def submit_group(self, items):
-        self.topics.extend(bytes(frames[0]) for frames, _, _ in items)
+        self.topics.extend(bytes(frames[0]) for frames, _ in items)
         return self._done([WriteResult.SUCCESS] * len(items))
 
 

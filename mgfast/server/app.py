@@ -36,7 +36,6 @@ BATCH_HEADER = (b"x-mgfast-batch", b"1")
 HEALTHY = Response(200, responses.HEALTHY_BODY, b"application/json", headers=(BATCH_HEADER,))
 
 _EOS = int(Kind.END_OF_STREAM)
-_FRAME = int(Kind.VIDEO_FRAME)
 
 # Writer result -> HTTP status, as upstream maps them. A failed write closes the connection
 # (here and below): a pipelining client resends the message and all it wrote after it, so
@@ -51,10 +50,9 @@ _RESULT_RESPONSES = {
 
 
 class Writer(TypingProtocol):
-    def submit(self, frames: Sequence, *, eos: bool, frame: bool
-               ) -> asyncio.Future[WriteResult]: ...
+    def submit(self, frames: Sequence, *, eos: bool) -> asyncio.Future[WriteResult]: ...
 
-    def submit_group(self, items: Sequence[tuple[Sequence, bool, bool]]
+    def submit_group(self, items: Sequence[tuple[Sequence, bool]]
                      ) -> asyncio.Future[list[WriteResult]]: ...
 
 
@@ -104,7 +102,7 @@ class GatewayApp:
             except MediaError as exc:
                 answers[i] = responses.text(400, str(exc))
                 continue
-            writes.append(([topic, message, *data], kind == _EOS, kind == _FRAME))
+            writes.append(([topic, message, *data], kind == _EOS))
             where.append(i)
         return self._submit_group(answers, writes, where)
 
@@ -130,7 +128,7 @@ class GatewayApp:
         if failure is not None:
             future.set_result([a or failure for a in answers])
             return
-        for (frames, _, _), i, result in zip(writes, where, written.result()):
+        for (frames, _), i, result in zip(writes, where, written.result()):
             if result is WriteResult.NOT_ATTEMPTED:
                 answers[i] = _NOT_ATTEMPTED
             else:
@@ -159,7 +157,7 @@ class GatewayApp:
         coroutine or task per request)."""
         started = time.perf_counter()
         try:
-            written = self.writer.submit(frames, eos=kind == _EOS, frame=kind == _FRAME)
+            written = self.writer.submit(frames, eos=kind == _EOS)
         except StreamClosed as exc:
             return _unavailable(exc)
         answer = written.get_loop().create_future()
@@ -254,7 +252,7 @@ class GatewayApp:
             if record.rule is not None and not _labels_ok(record.rule, message):
                 answers[i] = guard.labels_denied()
                 continue
-            writes.append(([topic, message, *data], kind == _EOS, kind == _FRAME))
+            writes.append(([topic, message, *data], kind == _EOS))
             where.append(i)
         result = self._submit_group(answers, writes, where)
         return result if isinstance(result, list) else await result
@@ -267,7 +265,7 @@ class GatewayApp:
         for item in items:
             if item.__class__ is tuple:
                 topic, message, data, kind = item
-                writes.append(([topic, message, *data], kind == _EOS, kind == _FRAME))
+                writes.append(([topic, message, *data], kind == _EOS))
         try:
             results = await self.writer.submit_group(writes) if writes else []
         except StreamClosed as exc:
@@ -283,7 +281,7 @@ class GatewayApp:
         if stats is not None:
             stats.latencies.append(time.perf_counter() - started)  # one POST
             stats.forwarded += len(written)
-            stats.forwarded_bytes += sum([sum(map(len, frames)) for frames, _, _ in written])
+            stats.forwarded_bytes += sum([sum(map(len, frames)) for frames, _ in written])
         return Response(200, orjson.dumps({"results": statuses}), b"application/json",
                         close=failed)
 

@@ -73,20 +73,18 @@ class EgressClient:
         self.monitor.close(linger=0)
         self.sock.close(linger=0)
 
-    def submit(self, frames: Sequence, *, eos: bool, frame: bool = False
-               ) -> asyncio.Future[WriteResult]:
-        """One message; the future's result is its WriteResult. ``frame`` marks a video frame,
-        for the egress's FPS statistics."""
-        return self._submit(((frames, eos, frame),), grouped=False)
+    def submit(self, frames: Sequence, *, eos: bool) -> asyncio.Future[WriteResult]:
+        """One message; the future's result is its WriteResult."""
+        return self._submit(((frames, eos),), grouped=False)
 
-    def submit_group(self, items: Sequence[tuple[Sequence, bool, bool]]
+    def submit_group(self, items: Sequence[tuple[Sequence, bool]]
                      ) -> asyncio.Future[list[WriteResult]]:
-        """(frames, eos, frame) items in order as one group: the first failure stops the rest
+        """(frames, eos) items in order as one group: the first failure stops the rest
         (WriteResult.NOT_ATTEMPTED), so what was written is a prefix. The future's result
         lists a WriteResult per item."""
         return self._submit(items, grouped=True)
 
-    def _submit(self, items: Sequence[tuple[Sequence, bool, bool]], grouped: bool
+    def _submit(self, items: Sequence[tuple[Sequence, bool]], grouped: bool
                 ) -> asyncio.Future:
         """Queue now unless the worker's bound on messages waiting for the egress is reached;
         then wait for room first."""
@@ -97,10 +95,8 @@ class EgressClient:
         future gets their result (``grouped``: the list of their results)."""
         append_count = self.counts.append
         extend_frames = self.frames.extend
-        for i, (frames, eos, frame) in enumerate(items):
+        for i, (frames, eos) in enumerate(items):
             flags = len(frames) | (egress_wire.EOS_BIT if eos else 0)
-            if frame:
-                flags |= egress_wire.FRAME_BIT
             if grouped:
                 flags |= egress_wire.GROUP_BIT | (egress_wire.GROUP_START_BIT if i == 0 else 0)
             extend_frames(frames)

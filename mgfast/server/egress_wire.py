@@ -6,7 +6,7 @@ A batch is one ZeroMQ multipart message, so many HTTP requests cost one send::
     egress -> worker   [batch id (u64), one result code per message (u8 each)]
 
 The header is the batch id (u64) followed by one u32 per message: its frame count and flags:
-end-of-stream, video frame (for the FPS statistics), and group membership: a group is a run of
+end-of-stream and group membership: a group is a run of
 messages, the first marked GROUP_START, of which only a prefix may be written (the egress stops
 the group at its first failure; see ``OutStreamWriter.submit_group``). The Savant frames themselves
 travel untouched.
@@ -20,7 +20,7 @@ from array import array
 from mgfast.zmq.writer import WriteResult
 
 EOS_BIT = 0x8000_0000
-FRAME_BIT = 0x4000_0000
+# 0x4000_0000: unused (once: video frame, when the statistics counted only frames)
 GROUP_BIT = 0x2000_0000
 GROUP_START_BIT = 0x1000_0000
 COUNT_MASK = 0x0FFF_FFFF
@@ -41,7 +41,7 @@ def encode_header(batch_id: int, counts: array) -> bytes:
 
 def decode_batch(parts: list) -> tuple[int, list[tuple[list, int]]]:
     """Split a received batch into (batch id, [(frames, flags), ...]) where flags holds EOS_BIT
-    and FRAME_BIT; ValueError if malformed."""
+    and the group bits; ValueError if malformed."""
     header = parts[0]
     if len(header) < _ID.size or (len(header) - _ID.size) % 4:
         raise ValueError("malformed egress batch header")

@@ -23,21 +23,20 @@ class InlineWriter:
     async def start(self) -> None:
         await self.writer.start()
 
-    def submit(self, frames: Sequence, *, eos: bool, frame: bool = False
-               ) -> asyncio.Future[WriteResult]:
+    def submit(self, frames: Sequence, *, eos: bool) -> asyncio.Future[WriteResult]:
         """Queue one message; the future's result is its WriteResult (no coroutine, no task
         while there is room)."""
         if self.fps is not None:
             self.fps.add(1)
         return self.limit.admit(1, lambda: self.writer.submit(frames, eos))
 
-    def submit_group(self, items: Sequence[tuple[Sequence, bool, bool]]
+    def submit_group(self, items: Sequence[tuple[Sequence, bool]]
                      ) -> asyncio.Future[list[WriteResult]]:
         """As EgressClient.submit_group: in order, stopping at the first failure."""
         if self.fps is not None:
             self.fps.add(len(items))
         return self.limit.admit(len(items), lambda: self.writer.submit_group(
-            [frames for frames, _, _ in items], [eos for _, eos, _ in items]))
+            [frames for frames, _ in items], [eos for _, eos in items]))
 
     async def close(self) -> None:
         await self.writer.close()
