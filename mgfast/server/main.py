@@ -53,7 +53,13 @@ def run(config: ServerConfig, workers: int | None = None) -> int:
     else:
         check_port_free(config.ip, config.port, config.source)
     if config.metrics is not None:
-        check_port_free(config.metrics.ip, config.metrics.port, config.source, "metrics.port")
+        try:
+            check_port_free(config.metrics.ip, config.metrics.port, config.source,
+                            "metrics.port")
+        except StartupError:
+            if reserved is not None:
+                reserved.close()
+            raise
         values_dir = metrics.prepare()  # before any process imports the metric catalog
     count = workers or config.workers or os.cpu_count() or 1
     peers_dir = None
