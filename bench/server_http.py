@@ -8,7 +8,8 @@ a savant-rs user-data message and one extra part, about 200 B or 100 KiB in all.
 out_stream is ``pub+bind`` over ipc with no subscriber, so ZeroMQ discards at once and only the
 HTTP side is measured.
 
-    python -m bench.server_http [--quick]     # this part alone; python -m bench runs everything
+    python -m bench.server_http [--quick] [--plain] [--workers N] [--size small]
+                                              # this part alone; python -m bench runs everything
 """
 
 from __future__ import annotations
@@ -100,28 +101,31 @@ def h2load(binary: str, url: str, body: Path, requests: int, connections: int) -
 
 
 def run(quick: bool, work: Path, certs: Certs | None = None, *, workers: int | None = None,
-        progress=print) -> list[dict]:
+        plain: bool = False, sizes: tuple[str, ...] | None = None, progress=print) -> list[dict]:
     binary = ensure_tool("h2load", "nghttp2-client")
     certs = certs or Certs.create(work / "pki")
     work.mkdir(parents=True, exist_ok=True)
     config = {
         "ip": "127.0.0.1",
         "port": free_port(),
-        "tls": {"identity": {"certificate": str(certs.server_crt),
-                             "key": str(certs.server_key)}},
+        **({} if plain else {"tls": {"identity": {"certificate": str(certs.server_crt),
+                                                  "key": str(certs.server_key)}}}),
         "out_stream": {"url": f"pub+bind:ipc://{work}/http-out", "send_hwm": 1000},
     }
     if workers is not None:
         config["workers"] = workers
-    url = f"https://127.0.0.1:{config['port']}/"
+    scheme = "http" if plain else "https"
+    url = f"{scheme}://127.0.0.1:{config['port']}/"
     results = []
     for size in HTTP_SIZES:
+        if sizes is not None and size.name not in sizes:
+            continue
         body = media_body(size.body_target)
         body_path = work / f"body-{size.name}.bin"
         body_path.write_bytes(body)
         requests = size.quick_requests if quick else size.requests
         progress(f"server_http: {requests} POSTs of {len(body)} B over {CONNECTIONS} "
-                 f"keep-alive HTTPS connections ...")
+                 f"keep-alive {scheme.upper()} connections ...")
         server = gateway("server", config, work, name=f"server-http-{size.name}")
         try:
             roots = [server.pid]
@@ -135,7 +139,7 @@ def run(quick: bool, work: Path, certs: Certs | None = None, *, workers: int | N
             server.stop()
         ok = run_["status_2xx"]
         result = {
-            "size": size.name, "body": len(body), "requests": requests,
+            "size": size.name, "scheme": scheme, "workers": workers, "body": len(body), "requests": requests,
             "connections": CONNECTIONS, "ok": ok,
             "not_ok": requests - ok,
             "req_per_s": run_["req_per_s"], "mb_per_s": run_["req_per_s"] * len(body) / 1e6,
@@ -157,9 +161,13 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer requests (smoke run)")
     parser.add_argument("--workers", type=int, help="server `workers` (default: its own)")
+    parser.add_argument("--plain", action="store_true", help="plain HTTP instead of HTTPS")
+    parser.add_argument("--size", action="append", choices=[s.name for s in HTTP_SIZES],
+                        help="only this body size (repeatable)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="mgfast-bench-") as tmp:
-        results = run(args.quick, Path(tmp), workers=args.workers)
+        results = run(args.quick, Path(tmp), workers=args.workers, plain=args.plain,
+                      sizes=tuple(args.size) if args.size else None)
     print(json.dumps(results, indent=1))
     return 0
 

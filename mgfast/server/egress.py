@@ -17,7 +17,7 @@ from mgfast._zmq_io import recv_multipart, send_multipart
 from mgfast.zmq.settings import OutStreamConfig
 from mgfast.fps_log import FpsLog
 from mgfast.server import egress_wire
-from mgfast.zmq.writer import OutStreamWriter
+from mgfast.zmq.writer import OutStreamWriter, WriteResult
 
 log = logging.getLogger("mgfast.egress")
 
@@ -26,6 +26,9 @@ class Egress:
     def __init__(self, out_stream: OutStreamConfig, endpoint: str,
                  fps: FpsLog | None = None) -> None:
         self.writer = OutStreamWriter(out_stream)
+        # A PUB send never fails (ZeroMQ drops at the high-water mark instead), so a whole
+        # batch can be one run whatever its groups: one submit, one future, one reply.
+        self.one_run = out_stream.url.socket_type == "pub"
         self.fps = fps  # upstream ``statistics``, when configured
         self.endpoint = endpoint
         self.context = zmq.Context()
@@ -79,7 +82,7 @@ class Egress:
             self.malformed += 1
             log.error("dropping a malformed batch from a worker", extra={"error": str(exc)})
             return
-        runs = _runs(messages)
+        runs = _one_run(messages) if self.one_run else _runs(messages)
         writer = self.writer
         futures = [writer.submit_group(frames, eos) for frames, eos in runs]
         if self.fps is not None:
@@ -110,10 +113,21 @@ class Egress:
                 log.error("out_stream write failed", exc_info=future.exception())
                 codes += bytes((egress_wire.ERROR,)) * len(messages)
             else:
-                codes += bytes(egress_wire.RESULT_CODES[r] for r in future.result())
+                results = future.result()
+                if results.count(WriteResult.SUCCESS) == len(results):
+                    codes += bytes(len(results))  # all SUCCESS (code 0): the pub case
+                else:
+                    codes += bytes(egress_wire.RESULT_CODES[r] for r in results)
         send_multipart(self.sock.underlying,
                        [routing_id, *egress_wire.encode_results(batch_id, codes)])
         self._receive()
+
+
+def _one_run(messages: list[tuple[list, int]]) -> list[tuple[list, list[bool]]]:
+    if not messages:
+        return []
+    return [([frames for frames, _ in messages],
+             [bool(flags & egress_wire.EOS_BIT) for _, flags in messages])]
 
 
 def _runs(messages: list[tuple[list, int]]) -> list[tuple[list, list[bool]]]:
