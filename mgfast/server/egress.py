@@ -1,19 +1,18 @@
 """The egress process: the one owner of the configured out_stream socket.
 
 Only one process can bind the out_stream endpoint, so workers hand their messages here in
-batches (``egress_wire``) over a ROUTER socket on a private ipc path, and get one writer result
-per message back. Batches are submitted to the writer in arrival order, so the messages of one
+batches (``egress_wire``) over a private Unix stream socket, and get one writer result per
+message back. Batches are submitted to the writer in arrival order, so the messages of one
 worker connection reach the out_stream in the order that connection sent them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 
-import zmq
-
-from mgfast._zmq_io import recv_multipart, send_multipart
 from mgfast.zmq.settings import OutStreamConfig
 from mgfast.fps_log import FpsLog
 from mgfast.server import egress_wire
@@ -30,9 +29,8 @@ class Egress:
         # batch can be one run whatever its groups: one submit, one future, one reply.
         self.one_run = out_stream.url.socket_type == "pub"
         self.fps = fps  # upstream ``statistics``, when configured
-        self.endpoint = endpoint
-        self.context = zmq.Context()
-        self.sock: zmq.Socket | None = None
+        self.path = endpoint.removeprefix("ipc://")
+        self.server: asyncio.AbstractServer | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.unanswered = 0  # batches received, not yet answered
         self.all_answered = asyncio.Event()
@@ -40,44 +38,26 @@ class Egress:
 
     async def start(self) -> None:
         await self.writer.start()  # raises EndpointError naming the out_stream URL
-        sock = self.context.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.SNDHWM, 0)  # workers bound what they send; never drop a reply
-        sock.setsockopt(zmq.RCVHWM, 0)
-        sock.setsockopt(zmq.LINGER, 1000)
-        sock.bind(self.endpoint)
-        self.sock = sock
         self.loop = asyncio.get_running_loop()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)  # a socket file left by a predecessor that was killed
+        self.server = await self.loop.create_unix_server(lambda: _WorkerConnection(self),
+                                                         self.path)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve batches until ``stop``; then answer what was received and close the writer."""
-        fd = self.sock.getsockopt(zmq.FD)
-        self.loop.add_reader(fd, self._receive)
-        self._receive()
         try:
             await stop.wait()
         finally:
-            self.loop.remove_reader(fd)
+            self.server.close()
             if self.unanswered:
                 self.all_answered.clear()
                 await self.all_answered.wait()
             await self.writer.close()
-            self.sock.close()
-            self.context.term()
 
-    def _receive(self) -> None:
-        """Take every batch waiting. ZeroMQ's fd is edge-triggered and any operation on the
-        socket may consume the edge, so this drains until EAGAIN, and runs after each reply."""
-        handle = self.sock.underlying
-        while True:
-            parts = recv_multipart(handle)
-            if parts is None:
-                return
-            self._submit(parts)
-
-    def _submit(self, parts: list) -> None:
-        routing_id = parts[0]
+    def _submit(self, connection: _WorkerConnection, record: memoryview) -> None:
         try:
-            batch_id, messages = egress_wire.decode_batch(parts[1:])
+            batch_id, messages = egress_wire.decode_batch(record)
         except ValueError as exc:
             self.malformed += 1
             log.error("dropping a malformed batch from a worker", extra={"error": str(exc)})
@@ -88,7 +68,7 @@ class Egress:
         if self.fps is not None:
             self.fps.add(len(messages))
         if not futures:
-            self._reply(routing_id, batch_id, futures, runs)
+            connection.reply(batch_id, futures, runs)
             return
         self.unanswered += 1
         remaining = len(futures)
@@ -98,15 +78,41 @@ class Egress:
             remaining -= 1
             if remaining == 0:
                 self.unanswered -= 1
-                self._reply(routing_id, batch_id, futures, runs)
+                connection.reply(batch_id, futures, runs)
                 if not self.unanswered:
                     self.all_answered.set()
 
         for future in futures:
             future.add_done_callback(one_done)
 
-    def _reply(self, routing_id: bytes, batch_id: int, futures: list[asyncio.Future],
-               runs: list) -> None:
+
+class _WorkerConnection(asyncio.Protocol):
+    """One worker's connection: batch records in, result records out."""
+
+    def __init__(self, egress: Egress) -> None:
+        self.egress = egress
+        self.reader = egress_wire.RecordReader()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            records = self.reader.feed(data)
+        except ValueError as exc:
+            self.egress.malformed += 1
+            log.error("dropping a worker connection that sent garbage",
+                      extra={"error": str(exc)})
+            self.transport.abort()  # type: ignore[union-attr]
+            return
+        for record in records:
+            self.egress._submit(self, record)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+    def reply(self, batch_id: int, futures: list[asyncio.Future], runs: list) -> None:
         codes = bytearray()
         for future, (messages, _) in zip(futures, runs):
             if future.exception() is not None:
@@ -118,9 +124,8 @@ class Egress:
                     codes += bytes(len(results))  # all SUCCESS (code 0): the pub case
                 else:
                     codes += bytes(egress_wire.RESULT_CODES[r] for r in results)
-        send_multipart(self.sock.underlying,
-                       [routing_id, *egress_wire.encode_results(batch_id, codes)])
-        self._receive()
+        if self.transport is not None:  # else the worker is gone, and so is its waiter
+            self.transport.write(egress_wire.encode_results(batch_id, codes))
 
 
 def _one_run(messages: list[tuple[list, int]]) -> list[tuple[list, list[bool]]]:

@@ -1,6 +1,7 @@
 """The worker's side of the egress hand-off: a writer that batches per event-loop iteration.
 
-Every ``write`` made during one loop iteration goes out as one ZeroMQ message at the end of it,
+Every ``write`` made during one loop iteration goes out as one record (``egress_wire``, over
+the egress's Unix socket) at the end of it,
 so under load a batch carries as many messages as there are requests ready, and the cost of the
 hop is paid per batch. At most ``max_pending`` messages wait for their results
 (``PendingLimit``).
@@ -14,15 +15,14 @@ import logging
 from array import array
 from typing import Sequence
 
-import zmq
-
-from mgfast._zmq_io import recv_multipart, send_multipart
 from mgfast.server import egress_wire
 from mgfast.server.pending_limit import PendingLimit
 from mgfast.zmq.sockets import StreamClosed
 from mgfast.zmq.writer import WriteResult
 
 log = logging.getLogger("mgfast.egress")
+
+RECONNECT_INTERVAL = 0.05  # seconds between attempts to reach a (re)starting egress
 
 
 class EgressUnavailable(StreamClosed):
@@ -31,47 +31,31 @@ class EgressUnavailable(StreamClosed):
 
 class EgressClient:
     def __init__(self, endpoint: str, *, max_pending: int, reply_timeout: float) -> None:
-        self.endpoint = endpoint
+        self.path = endpoint.removeprefix("ipc://")  # the egress's Unix socket
         self.reply_timeout = reply_timeout
         self.loop = asyncio.get_running_loop()
-        self.context = zmq.Context()
-        self.sock: zmq.Socket | None = None
         self.ids = itertools.count(1)
+        self.transport: asyncio.Transport | None = None  # None while not connected
+        self.reader = egress_wire.RecordReader()
+        self.connecting: asyncio.Task | None = None
+        self.ever_connected = False
+        self.closing = False
         # the batch being gathered in this loop iteration
         self.frames: list = []
         self.counts = array("I")
         self.waiters: list[_Waiter] = []  # one per submit / submit_group call
         self.flush_scheduled = False
-        self.monitor: zmq.Socket | None = None  # the socket's disconnect events
-        # batches sent, awaiting results: id -> (waiters, timer, frames to send again)
+        # batches sent (or waiting for a connection), awaiting results:
+        # id -> (waiters, timer, record pieces to send again)
         self.inflight: dict[int, tuple[list[_Waiter], asyncio.TimerHandle, list]] = {}
         self.limit = PendingLimit(max_pending)
         self.resent = 0  # batches sent again to a restarted egress
 
     async def start(self) -> None:
-        self._open()
-
-    def _open(self) -> None:
-        sock = self.context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.SNDHWM, 0)  # bounded by max_pending instead
-        sock.setsockopt(zmq.RCVHWM, 0)
-        sock.setsockopt(zmq.LINGER, 0)
-        self.monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-        sock.connect(self.endpoint)
-        self.sock = sock
-        # ZeroMQ's fd is edge-triggered and any operation on the socket may consume the edge:
-        # drain replies until EAGAIN on every wake-up and after every send.
-        self.loop.add_reader(sock.getsockopt(zmq.FD), self._read_results)
-        self.loop.add_reader(self.monitor.getsockopt(zmq.FD), self._on_monitor)
-        self._on_monitor()  # a read that finds nothing arms the edge for the first event
-
-    def _shut(self) -> None:
-        """Close the socket and its monitor, with whatever libzmq still queues in them."""
-        self.loop.remove_reader(self.sock.getsockopt(zmq.FD))
-        self.loop.remove_reader(self.monitor.getsockopt(zmq.FD))
-        self.sock.disable_monitor()
-        self.monitor.close(linger=0)
-        self.sock.close(linger=0)
+        """Connect now if the egress listens, else keep trying in the background (what is
+        submitted meanwhile waits for the connection, bounded by the reply timeout)."""
+        if not await self._connect_once():
+            self.connecting = self.loop.create_task(self._reconnect())
 
     def submit(self, frames: Sequence, *, eos: bool) -> asyncio.Future[WriteResult]:
         """One message; the future's result is its WriteResult."""
@@ -109,13 +93,16 @@ class EgressClient:
         return future
 
     async def close(self) -> None:
+        self.closing = True
+        if self.connecting is not None:
+            self.connecting.cancel()
         for waiters, timer, _ in self.inflight.values():
             timer.cancel()
             _fail(waiters, "the worker is stopping")
         self.inflight.clear()
-        if self.sock is not None:
-            self._shut()
-        self.context.term()
+        if self.transport is not None:
+            self.transport.abort()
+            self.transport = None
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -124,52 +111,60 @@ class EgressClient:
         frames, counts, waiters = self.frames, self.counts, self.waiters
         self.frames, self.counts, self.waiters = [], array("I"), []
         batch_id = next(self.ids)
-        frames.insert(0, egress_wire.encode_header(batch_id, counts))
-        if not send_multipart(self.sock.underlying, frames):  # no egress connected right now
-            _fail(waiters, "the egress process is not connected")
-            return
+        record = egress_wire.encode_batch(batch_id, counts, frames)
         timer = self.loop.call_later(self.reply_timeout, self._expire, batch_id)
-        self.inflight[batch_id] = (waiters, timer, frames)
-        self._read_results()
+        self.inflight[batch_id] = (waiters, timer, record)
+        if self.transport is not None:
+            self.transport.writelines(record)
 
-    def _on_monitor(self) -> None:
-        """The egress process went away (it died, or is being replaced): what it had not
-        answered is sent again, in order, on a new socket, so the sources stall only for the
-        restart, not for the reply timeout. The new socket starts empty: nothing queued for
-        the dead egress can arrive after (and out of order with) what is sent again; a
-        message the dead egress had written may arrive twice (at least once)."""
-        disconnected = False
-        while True:
-            try:
-                self.monitor.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            disconnected = True
-        if not disconnected:
-            return
-        self._shut()
-        self._open()
-        if self.inflight:
+    async def _connect_once(self) -> bool:
+        try:
+            await self.loop.create_unix_connection(lambda: _EgressConnection(self), self.path)
+        except OSError:
+            return False
+        return True
+
+    async def _reconnect(self) -> None:
+        while not self.closing and not await self._connect_once():
+            await asyncio.sleep(RECONNECT_INTERVAL)
+
+    def _connected(self, transport: asyncio.Transport) -> None:
+        """(Re)connected: what the egress had not answered is sent again, in order, so the
+        sources stall only for its restart, not for the reply timeout; a message the dead
+        egress had written may arrive twice (at least once)."""
+        self.transport = transport
+        self.reader = egress_wire.RecordReader()
+        self.connecting = None
+        if self.ever_connected and self.inflight:
             log.warning("the egress process went away; sending again what it had not answered",
                         extra={"batches": len(self.inflight)})
+            self.resent += len(self.inflight)
+        self.ever_connected = True
         for batch_id in sorted(self.inflight):
-            send_multipart(self.sock.underlying, self.inflight[batch_id][2])
-            self.resent += 1
-        self._read_results()
+            transport.writelines(self.inflight[batch_id][2])
+
+    def _lost(self) -> None:
+        """The egress process went away (it died, or is being replaced): reconnect at once."""
+        self.transport = None
+        if not self.closing and self.connecting is None:
+            self.connecting = self.loop.create_task(self._reconnect())
 
     def _expire(self, batch_id: int) -> None:
         entry = self.inflight.pop(batch_id, None)
         if entry is not None:
             _fail(entry[0], "no answer from the egress process in time")
 
-    def _read_results(self) -> None:
-        handle = self.sock.underlying
-        while True:
-            parts = recv_multipart(handle)
-            if parts is None:
-                return
+    def _on_data(self, data: bytes) -> None:
+        try:
+            records = self.reader.feed(data)
+        except ValueError as exc:
+            log.error("malformed data from the egress process", extra={"error": str(exc)})
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        for record in records:
             try:
-                batch_id, codes = egress_wire.decode_results(parts)
+                batch_id, codes = egress_wire.decode_results(record)
             except ValueError:
                 log.error("malformed reply from the egress process")
                 continue
@@ -186,6 +181,22 @@ class EgressClient:
             for waiter in waiters:
                 waiter.settle(codes[at:at + waiter.count])
                 at += waiter.count
+
+
+class _EgressConnection(asyncio.Protocol):
+    """The worker's connection to the egress: hands everything to its EgressClient."""
+
+    def __init__(self, client: EgressClient) -> None:
+        self.client = client
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.client._connected(transport)  # type: ignore[arg-type]
+
+    def data_received(self, data: bytes) -> None:
+        self.client._on_data(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client._lost()
 
 
 class _Waiter:
