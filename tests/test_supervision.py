@@ -314,3 +314,39 @@ def test_sigterm_delivers_what_was_answered_200_to_a_consumer_that_is_slow(tmp_p
         got = wait_until(lambda: _arrived(reader, "cam", accepted), timeout=10,
                          what="every message answered 200")
     assert [e for e in got if e in set(accepted)] == accepted
+
+
+def test_with_pub_a_message_is_answered_once_the_egress_has_it_up_to_inflight_ops(tmp_path):
+    """PUB writes cannot fail, so a worker answers 200 as soon as it handed a message to the
+    egress, without waiting for the egress's confirmation, for up to inflight_ops messages
+    not yet confirmed; past that, requests wait. Here the egress is frozen (SIGSTOP): three
+    messages are answered, the fourth waits, and once the egress runs again all four reach
+    the subscriber in order."""
+    where = f"tcp://127.0.0.1:{free_port()}"
+    config = server_config(f"pub+bind:{where}", workers=2)
+    config["out_stream"]["inflight_ops"] = 3
+    with GatewayProcess("server", config, tmp_path) as server, \
+            sp.SavantReader(f"sub+connect:{where}") as reader:
+        wait_until(lambda: post(config["port"], "warm-up", sp.user_data("warm-up")) == 200
+                   and reader.messages, what="the subscription")
+        egress = live_children(server)["egress"]
+        conn = http.client.HTTPConnection("127.0.0.1", config["port"], timeout=1.0)
+        os.kill(egress, signal.SIGSTOP)
+        try:
+            for seq in range(4):
+                body = encode_media(b"cam", sp.to_bytes(sp.user_data("cam")),
+                                    [seq.to_bytes(4, "big")])
+                conn.request("POST", "/", body=body,
+                             headers={"Content-Type": "application/protobuf"})
+                if seq < 3:
+                    response = conn.getresponse()
+                    response.read()
+                    assert response.status == 200
+                else:
+                    with pytest.raises(TimeoutError):
+                        conn.getresponse()
+            assert not any(m.topic == b"cam" for m in reader.messages)
+        finally:
+            os.kill(egress, signal.SIGCONT)
+        got = reader.wait_for(4, where=lambda m: m.topic == b"cam", timeout=10)
+        assert [int.from_bytes(m.extra[0], "big") for m in got] == [0, 1, 2, 3]

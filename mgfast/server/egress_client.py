@@ -30,8 +30,15 @@ class EgressUnavailable(StreamClosed):
 
 
 class EgressClient:
-    def __init__(self, endpoint: str, *, max_pending: int, reply_timeout: float) -> None:
+    def __init__(self, endpoint: str, *, max_pending: int, reply_timeout: float,
+                 confirm: bool = True) -> None:
         self.path = endpoint.removeprefix("ipc://")  # the egress's Unix socket
+        # False for a PUB out_stream, whose writes cannot fail: a message is answered once it
+        # is handed to the egress (kept until the egress confirms it, and sent again to a
+        # restarted one), while fewer than max_pending messages wait for confirmation.
+        self.confirm = confirm
+        self.max_pending = max_pending
+        self.unconfirmed = 0  # messages answered early, not yet confirmed
         self.reply_timeout = reply_timeout
         self.loop = asyncio.get_running_loop()
         self.ids = itertools.count(1)
@@ -45,9 +52,8 @@ class EgressClient:
         self.counts = array("I")
         self.waiters: list[_Waiter] = []  # one per submit / submit_group call
         self.flush_scheduled = False
-        # batches sent (or waiting for a connection), awaiting results:
-        # id -> (waiters, timer, record pieces to send again)
-        self.inflight: dict[int, tuple[list[_Waiter], asyncio.TimerHandle, list]] = {}
+        # batches sent (or waiting for a connection), awaiting results, by id
+        self.inflight: dict[int, _Batch] = {}
         self.limit = PendingLimit(max_pending)
         self.resent = 0  # batches sent again to a restarted egress
 
@@ -96,9 +102,9 @@ class EgressClient:
         self.closing = True
         if self.connecting is not None:
             self.connecting.cancel()
-        for waiters, timer, _ in self.inflight.values():
-            timer.cancel()
-            _fail(waiters, "the worker is stopping")
+        for batch in self.inflight.values():
+            batch.timer.cancel()
+            _fail(batch.waiters, "the worker is stopping")
         self.inflight.clear()
         if self.transport is not None:
             self.transport.abort()
@@ -113,9 +119,14 @@ class EgressClient:
         batch_id = next(self.ids)
         record = egress_wire.encode_batch(batch_id, counts, frames)
         timer = self.loop.call_later(self.reply_timeout, self._expire, batch_id)
-        self.inflight[batch_id] = (waiters, timer, record)
+        batch = self.inflight[batch_id] = _Batch(waiters, timer, record)
         if self.transport is not None:
             self.transport.writelines(record)
+            if not self.confirm and self.unconfirmed < self.max_pending:
+                batch.answered = len(counts)
+                self.unconfirmed += batch.answered
+                for waiter in waiters:
+                    waiter.settle(bytes(waiter.count))  # SUCCESS: what a PUB write returns
 
     async def _connect_once(self) -> bool:
         try:
@@ -141,7 +152,7 @@ class EgressClient:
             self.resent += len(self.inflight)
         self.ever_connected = True
         for batch_id in sorted(self.inflight):
-            transport.writelines(self.inflight[batch_id][2])
+            transport.writelines(self.inflight[batch_id].record)
 
     def _lost(self) -> None:
         """The egress process went away (it died, or is being replaced): reconnect at once."""
@@ -150,9 +161,13 @@ class EgressClient:
             self.connecting = self.loop.create_task(self._reconnect())
 
     def _expire(self, batch_id: int) -> None:
-        entry = self.inflight.pop(batch_id, None)
-        if entry is not None:
-            _fail(entry[0], "no answer from the egress process in time")
+        batch = self.inflight.pop(batch_id, None)
+        if batch is not None:
+            if batch.answered:
+                self.unconfirmed -= batch.answered
+                log.error("the egress process did not confirm messages already answered",
+                          extra={"messages": batch.answered})
+            _fail(batch.waiters, "no answer from the egress process in time")
 
     def _on_data(self, data: bytes) -> None:
         try:
@@ -168,11 +183,17 @@ class EgressClient:
             except ValueError:
                 log.error("malformed reply from the egress process")
                 continue
-            entry = self.inflight.pop(batch_id, None)
-            if entry is None:
+            batch = self.inflight.pop(batch_id, None)
+            if batch is None:
                 continue  # expired already
-            waiters, timer, _ = entry
-            timer.cancel()
+            batch.timer.cancel()
+            waiters = batch.waiters
+            if batch.answered:  # answered when it was handed over: now confirmed
+                self.unconfirmed -= batch.answered
+                if codes.count(0) != len(codes):
+                    log.error("the egress process failed to write messages already answered",
+                              extra={"messages": len(codes) - codes.count(0)})
+                continue
             if len(codes) != sum(w.count for w in waiters):
                 log.error("egress reply does not match its batch")
                 _fail(waiters, "the egress process answered a batch wrongly")
@@ -197,6 +218,18 @@ class _EgressConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.client._lost()
+
+
+class _Batch:
+    """A batch sent (or waiting for a connection) and not yet answered by the egress."""
+
+    __slots__ = ("waiters", "timer", "record", "answered")
+
+    def __init__(self, waiters: list[_Waiter], timer: asyncio.TimerHandle, record: list) -> None:
+        self.waiters = waiters
+        self.timer = timer
+        self.record = record  # the pieces to send again to a restarted egress
+        self.answered = 0  # messages answered before the egress confirmed them (PUB)
 
 
 class _Waiter:

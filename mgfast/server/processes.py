@@ -106,7 +106,8 @@ async def _worker(config: ServerConfig, index: int, endpoint: str | None,
         fps = FpsLog(config.statistics) if config.statistics is not None else None
         writer = InlineWriter(out, fps)
     else:
-        writer = EgressClient(endpoint, max_pending=out.inflight_ops, reply_timeout=budget)
+        writer = EgressClient(endpoint, max_pending=out.inflight_ops, reply_timeout=budget,
+                              confirm=out.url.socket_type != "pub")
     try:
         await writer.start()
         sock = listen_socket(config.ip, config.port)
