@@ -105,3 +105,24 @@ def savant_message(protocol_version: str = "0.2.0", kind: int = 9, *, labels=(),
 
 def serialize(msg) -> bytes:
     return msg.SerializeToString(deterministic=True)
+
+
+# ---- hand-written protobuf, for bodies the runtime would not produce -----------------------
+
+def varint(n: int) -> bytes:
+    n &= 2**64 - 1  # negative int32/int64 are ten-byte two's complement
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def tag(field: int, wire: int) -> bytes:
+    return varint(field << 3 | wire)
+
+
+def ld(field: int, payload: bytes) -> bytes:
+    """A length-delimited field."""
+    return tag(field, 2) + varint(len(payload)) + payload

@@ -26,6 +26,7 @@ from mgfast.media import (
     message_kind,
 )
 from tests import savant_proto as pb
+from tests.savant_proto import ld, tag, varint
 
 savant_rs = pytest.importorskip("savant_rs")
 sm = savant_rs.serialization_module
@@ -37,23 +38,6 @@ EOS = pb.serialize(pb.savant_message(kind=9))          # a valid Savant message:
 
 
 # ---- helpers --------------------------------------------------------------------------------
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def tag(field: int, wire: int) -> bytes:
-    return varint(field << 3 | wire)
-
-
-def ld(field: int, payload: bytes) -> bytes:
-    """A length-delimited field."""
-    return tag(field, 2) + varint(len(payload)) + payload
 
 
 def as_bytes(decoded):

@@ -18,7 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mgfast.media import Kind, MediaError, decode_media, encode_media, message_kind
+from mgfast.media import MediaError, decode_media, encode_media, message_kind
+from tests.savant_proto import ld, tag, varint
 
 os.environ["RUST_BACKTRACE"] = "0"  # savant-rs panics by design here; keep stderr short
 savant_rs = pytest.importorskip("savant_rs")
@@ -71,23 +72,6 @@ def assert_sound(raw: bytes) -> None:
 
 
 # ---- protobuf writing -----------------------------------------------------------------------
-
-def varint(n: int) -> bytes:
-    n &= 2**64 - 1  # negative int32/int64 are ten-byte two's complement
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def tag(field: int, wire: int) -> bytes:
-    return varint(field << 3 | wire)
-
-
-def ld(field: int, payload: bytes) -> bytes:
-    return tag(field, 2) + varint(len(payload)) + payload
 
 
 def vi(field: int, value: int) -> bytes:
