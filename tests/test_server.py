@@ -127,7 +127,7 @@ def test_malformed_http_gets_400_and_close(plain_server):
 def test_body_over_configured_limit_gets_413(tmp_path):
     config = server_config(f"pub+bind:{endpoint('tcp', tmp_path)}",
                            http={"max_body_size": 1000})
-    with GatewayProcess("server", config, tmp_path) as server:
+    with GatewayProcess("server", config, tmp_path):
         conn = http.client.HTTPConnection("127.0.0.1", config["port"], timeout=5)
         status, text = post(conn, media("cam-1", sp.video_frame(), b"x" * 2000))
         assert status == 413 and b"max_body_size" in text
@@ -184,7 +184,7 @@ def test_dealer_end_of_stream_is_acknowledged_and_req_without_peer_answers_502(t
     config = server_config(f"req+connect:{endpoint('tcp', tmp_path)}")
     config["out_stream"]["receive_timeout"] = {"secs": 0, "nanos": 200_000_000}
     config["out_stream"]["receive_retries"] = 2
-    with GatewayProcess("server", config, tmp_path) as server:
+    with GatewayProcess("server", config, tmp_path):
         conn = http.client.HTTPConnection("127.0.0.1", config["port"], timeout=10)
         started = time.monotonic()
         status, _ = post(conn, media("cam-1", sp.user_data("cam-1")))
@@ -311,7 +311,7 @@ def test_batch_writes_in_order_and_reports_each_item(tmp_path):
     where = endpoint("tcp", tmp_path)
     with sp.SavantReader(f"router+bind:{where}") as reader:
         config = server_config(f"dealer+connect:{where}")
-        with GatewayProcess("server", config, tmp_path) as server:
+        with GatewayProcess("server", config, tmp_path):
             conn = http.client.HTTPConnection("127.0.0.1", config["port"], timeout=10)
             conn.request("GET", "/health")
             response = conn.getresponse()
