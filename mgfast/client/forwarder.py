@@ -69,8 +69,8 @@ class Forwarder:
                            retry=config.retry_strategy,
                            stats=stats, release=self._release, fps=self.fps)
                       for i in range(config.connections)]
-        self._read_task: asyncio.Task | None = None
-        self._lane_tasks: list[asyncio.Task] = []
+        self._read_task: asyncio.Task[None] | None = None
+        self._lane_tasks: list[asyncio.Task[None]] = []
         self._on_failure: Callable[[BaseException], None] | None = None
         self.failure: BaseException | None = None  # what killed a task, if anything did
 
@@ -85,7 +85,7 @@ class Forwarder:
             task.add_done_callback(self._on_done)
         self._on_failure = on_failure
 
-    def _on_done(self, task: asyncio.Task) -> None:
+    def _on_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():
             return
         exc = task.exception()
@@ -130,7 +130,7 @@ class Forwarder:
             lane.finish()
         pending = [t for t in self._lane_tasks if not t.done()]
         if pending:
-            waiters = [asyncio.ensure_future(asyncio.wait(pending))]
+            waiters: list[asyncio.Future[object]] = [asyncio.ensure_future(asyncio.wait(pending))]
             if force is not None:
                 waiters.append(asyncio.ensure_future(force.wait()))
             await asyncio.wait(waiters, timeout=drain_timeout,

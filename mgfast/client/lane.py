@@ -58,7 +58,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from itertools import islice
 
 import orjson
@@ -72,6 +72,9 @@ from mgfast.fps_log import FpsLog
 from mgfast.media import (MAX_BATCH_DATA_PARTS, MAX_BATCH_ITEMS, MAX_DATA_PARTS,
                           encode_media, encode_media_batch,
                           encode_media_batch_pieces, encode_media_pieces)
+from mgfast.zmq.reader import Frame
+
+Buffer = bytes | bytearray | memoryview
 
 log = logging.getLogger("mgfast.client")
 
@@ -93,7 +96,7 @@ class Pending:
 
     __slots__ = ("topic", "message", "extra", "size")
 
-    def __init__(self, topic: bytes, frames: list) -> None:
+    def __init__(self, topic: bytes, frames: list[Frame]) -> None:
         self.topic = topic
         self.message = frames[1]
         self.extra = frames[2:]
@@ -127,7 +130,7 @@ class Lane:
         self.connection.on_failure = self._on_failure
         # state
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._waiter: asyncio.Future | None = None  # the coroutine sleeps on it
+        self._waiter: asyncio.Future[None] | None = None  # the coroutine sleeps on it
         self._ready = False  # connected (and negotiated): callbacks may write
         self._fill_soon = False  # a _fill is scheduled for this loop iteration
         self._closing = False
@@ -138,7 +141,7 @@ class Lane:
         self._batch_bytes = MAX_BATCH_BYTES
         # failures
         self._failure: str | None = None  # what failed; the coroutine backs off, then resends
-        self._delays = None
+        self._delays: Iterator[float] | None = None
         self._progress = False  # something was settled since the last backoff
         self._failures = 0  # retry streak, for logging
         self._warned_at = 0.0
@@ -190,7 +193,8 @@ class Lane:
     # -- the coroutine's part: connect, negotiate, back off --------------------------------
 
     async def _sleep(self) -> None:
-        self._waiter = self._loop.create_future()  # type: ignore[union-attr]
+        assert self._loop is not None  # set by run(), the only caller
+        self._waiter = self._loop.create_future()
         try:
             await self._waiter
         finally:
@@ -219,11 +223,13 @@ class Lane:
         self._ready = connection.connected
 
     async def _back_off(self) -> None:
-        if self._progress or self._delays is None:
-            self._delays = self.retry.delays()
+        delays, failure = self._delays, self._failure
+        if self._progress or delays is None:
+            delays = self._delays = self.retry.delays()
             self._progress = False
-        delay = next(self._delays)
-        self._log_failure(self._failure, delay)  # type: ignore[arg-type]
+        delay = next(delays)
+        assert failure is not None  # run() backs off only after a failure
+        self._log_failure(failure, delay)
         self._failure = None
         await asyncio.sleep(delay)
 
@@ -233,7 +239,8 @@ class Lane:
         """One _fill per loop iteration, however many messages or answers came in it."""
         if not self._fill_soon:
             self._fill_soon = True
-            self._loop.call_soon(self._fill)  # type: ignore[union-attr]
+            assert self._loop is not None  # ready only while run() runs
+            self._loop.call_soon(self._fill)
 
     def _fill(self) -> None:
         """Write as many requests as the pipeline has room for, in one write."""
@@ -250,7 +257,7 @@ class Lane:
         if room <= 0 or not unsent:
             return
         entries: list[int] = []
-        data: list = []
+        data: list[Buffer] = []
         size = 0
         sent = self.sent
         batching = self._batch_ok
@@ -392,7 +399,7 @@ class Lane:
             return False
         return True
 
-    def _on_failure(self, entries: list, error: HttpClientError) -> None:
+    def _on_failure(self, entries: list[object], error: HttpClientError) -> None:
         """The connection failed with ``entries`` (all of ``sent``) unanswered."""
         if isinstance(error, ClosedByServer):
             self._restart()  # not read by the server: resend now, on a new connection
@@ -459,11 +466,11 @@ class Lane:
                 "queued": self.held, "retry_in": f"{delay:g}s"})
 
 
-def _coalesce(pieces: list) -> list:
+def _coalesce(pieces: list[Buffer]) -> list[Buffer]:
     """Join each run of small pieces (heads, field headers, small frames) into one buffer, so
     a TLS write makes one record of them rather than one each; large ones stay as they are."""
-    out: list = []
-    run: list = []
+    out: list[Buffer] = []
+    run: list[Buffer] = []
     for piece in pieces:
         if len(piece) < SMALL_WRITE:
             run.append(piece)

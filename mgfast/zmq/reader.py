@@ -38,6 +38,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 import zmq
 import zmq.asyncio
@@ -53,6 +54,12 @@ log = logging.getLogger(__name__)
 
 SKIPPED_BEFORE_YIELD = 64  # unwanted messages read back to back before yielding to the loop
 TERM_TIMEOUT = 2.0  # seconds close() waits for the ZeroMQ context to terminate
+
+Frame = bytes | memoryview  # a memoryview from ZERO_COPY_FROM bytes on, after the topic
+Received = tuple[bytes, list[Frame]]  # (topic, [topic, message, *extra])
+# A multipart as read: [routing id (ROUTER),] topic, message, *extra. The routing id and the
+# topic are bytes, the rest bytes or memoryviews: more than a list's type can say.
+Parts = list[Any]
 
 
 class InStreamReader:
@@ -110,11 +117,11 @@ class InStreamReader:
             raise
         self._handle = self._asock.underlying
 
-    async def recv(self) -> tuple[bytes, list]:
+    async def recv(self) -> Received:
         """The next accepted message as ``(topic, [topic, message, *extra])``."""
         return (await self.recv_many(1))[0]
 
-    async def recv_many(self, limit: int) -> list[tuple[bytes, list]]:
+    async def recv_many(self, limit: int) -> list[Received]:
         """Between 1 and ``limit`` accepted messages, oldest first, as ``recv`` returns them."""
         skipped = 0
         while True:
@@ -122,8 +129,10 @@ class InStreamReader:
                 raise StreamClosed(f"reader for {self.config.url} is not running")
             batch = self._take(limit)
             if not batch:
+                assert self._asock is not None  # open while _handle is
                 try:
-                    await self._asock.poll(None, zmq.POLLIN)
+                    # pyzmq types the asyncio socket's poll() as its Poller's poll(timeout)
+                    await self._asock.poll(None, zmq.POLLIN)  # type: ignore[call-arg]
                 except (zmq.ZMQError, asyncio.CancelledError):
                     # closing the socket cancels its pending poll; tell that from our own
                     # cancellation
@@ -162,7 +171,7 @@ class InStreamReader:
 
     # ---- receiving -------------------------------------------------------------------------
 
-    def _take(self, limit: int) -> list:
+    def _take(self, limit: int) -> list[Received | None]:
         """Up to ``limit`` queued multiparts through ``_accept`` (None for those not delivered).
         A REP socket must reply before it can receive again: one at a time."""
         accept = self._accept
@@ -171,7 +180,7 @@ class InStreamReader:
         if not self._rep:
             return [accept(parts) for parts in recv_many(self._handle, limit, ZERO_COPY_FROM,
                                                          2 if self._router else 1)]
-        taken = []
+        taken: list[Received | None] = []
         while len(taken) < limit:
             parts = recv_multipart(self._handle)
             if parts is None:
@@ -179,13 +188,13 @@ class InStreamReader:
             taken.append(accept(parts))
         return taken
 
-    def _take_routed(self, batch: list) -> list:
+    def _take_routed(self, batch: list[Parts]) -> list[Received | None]:
         """``_accept`` on a ROUTER without a topic filter, with the common case inline: a
         message that is not an EOS, from the routing id that currently owns its topic."""
         routes = self._routes
         is_eos = self._is_eos
         accept = self._accept
-        taken = []
+        taken: list[Received | None] = []
         for parts in batch:
             if len(parts) > 2 and routes.get(parts[1]) == parts[0]:
                 try:
@@ -198,7 +207,7 @@ class InStreamReader:
             taken.append(accept(parts))
         return taken
 
-    def _accept(self, parts: list) -> tuple[bytes, list] | None:
+    def _accept(self, parts: Parts) -> Received | None:
         """Reply as Savant does and decide whether the multipart is delivered."""
         if self._rep:
             self._reply(CONFIRMATION)

@@ -91,7 +91,9 @@ def open_socket(
     return sock
 
 
-def _configure(sock, url, send_hwm, receive_hwm, subscribe, options) -> None:
+def _configure(sock: zmq.asyncio.Socket, url: SocketUrl, send_hwm: int | None,
+               receive_hwm: int | None, subscribe: bytes, options: Mapping[int, int] | None
+               ) -> None:
     try:
         sock.setsockopt(zmq.LINGER, LINGER_MS)
         if send_hwm is not None:
@@ -106,7 +108,7 @@ def _configure(sock, url, send_hwm, receive_hwm, subscribe, options) -> None:
         raise EndpointError(url, "configure", exc) from exc
 
 
-def _bind(sock, url: SocketUrl, fix_ipc_permissions: int | None) -> None:
+def _bind(sock: zmq.asyncio.Socket, url: SocketUrl, fix_ipc_permissions: int | None) -> None:
     path = url.ipc_path if url.is_ipc else None
     if path is not None:
         if os.path.isdir(path):
@@ -150,7 +152,7 @@ def _ipc_in_use(path: str) -> bool:
         probe.close()
 
 
-def _connect(sock, url: SocketUrl) -> None:
+def _connect(sock: zmq.asyncio.Socket, url: SocketUrl) -> None:
     try:
         sock.connect(url.endpoint)
     except zmq.ZMQError as exc:
