@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from itertools import islice
@@ -108,9 +109,11 @@ class Lane:
 
     def __init__(self, index: int, target: ServerTarget, *, batch: int, pipeline: int,
                  retry: RetryStrategy, stats: ClientStats, release: Callable[[int], None],
-                 fps: FpsLog | None = None) -> None:
+                 fps: FpsLog | None = None, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
         # configuration
         self.index = index
+        self.clock = clock  # for the retry log's interval
         self.target = target
         self.batch = min(batch, MAX_BATCH_ITEMS)
         self.pipeline = pipeline
@@ -458,7 +461,7 @@ class Lane:
 
     def _log_failure(self, failure: str, delay: float) -> None:
         self._failures += 1
-        now = asyncio.get_running_loop().time()
+        now = self.clock()
         if self._failures == 1 or now - self._warned_at >= RETRY_LOG_INTERVAL:
             self._warned_at = now
             log.warning("delivery failed; retrying", extra={
