@@ -1,56 +1,16 @@
 """A lane: one keep-alive connection to the server and the FIFO of messages that use it.
 
-Every topic maps to exactly one lane (see ``forwarder``). A lane writes its messages in the
-order they were read, up to ``pipeline`` requests in flight on its connection (HTTP/1.1
-pipelining: the server answers in order), and takes a message off its FIFO only once the server
-has answered for it (which releases its in-flight slot).
+    lane = Lane(index, target, batch=1, pipeline=16, retry=strategy, stats=stats,
+                release=free_slots)
+    task = asyncio.create_task(lane.run())    # connects, negotiates, backs off
+    lane.submit(Pending(topic, frames))       # in read order
+    lane.finish()                             # deliver what is held, then run() returns
 
-Everything per request runs in event-loop callbacks: ``submit`` schedules one write of all that
-is ready per loop iteration (many requests, one ``write``), and each response is settled where
-the connection parses it. The lane's one coroutine only connects, negotiates and backs off.
-A new connection starts with one request in flight and doubles that with every success up to
-``pipeline``, so a server that closes after each response costs no wasted writes.
-
-Failures
---------
-- connection errors, TLS handshake failures, response timeouts and any status other than 2xx,
-  400 and 413 (5xx, 502 AckTimeout, 504 SendTimeout, 503, and also 401 / 404, which are fixed
-  on the server side) are *transient*: the connection is closed and everything unanswered is
-  resent, in order, after the configured exponential backoff;
-- 400 and 413 are *permanent* for that message: logged with its topic and size, counted in
-  ``rejected``, and skipped, so a poison message never blocks the stream; the pipeline goes on.
-  So is a 401 that an mgfast server marks ``x-mgfast-denied: routing-labels`` (the user may not
-  send this message's routing labels; in a batch, the only per-item 401): the credentials are
-  fine and retrying cannot change the answer, while any other 401 is retried.
-- a response with ``Connection: close``: what was written after it was not read by the server
-  and is resent at once on a new connection.
-
-At-least-once: when a connection breaks (or no response comes) after requests were written, the
-server may already have forwarded them; resending can then deliver them twice. The same holds
-after a 502 (upstream's AckTimeout: sent, unconfirmed) and a 500, and for the requests written
-after a failed one. Such resends are counted in ``duplicates_possible``. Nothing read is dropped
-short of a permanent rejection or the shutdown drain timeout.
-
-Order: messages of one source reach the server in the order they were read. A failure in the
-middle of a pipeline resends the failed message and all after it; an mgfast server closes the
-connection after a transient failure (5xx, or a batch item that failed), so nothing written
-behind the failed message is forwarded before its resend. Upstream's server keeps the
-connection open and may forward the requests behind a failed one first; with ``pipeline: 1``
-the client waits for each answer and the order holds against any server.
-
-Batching (mgfast peers only)
-----------------------------
-With ``batch`` > 1 the lane asks ``GET /health`` once per new connection and uses batch framing
-only if the answer carries ``x-mgfast-batch: 1``. A batch request carries the messages waiting
-at that moment (up to ``batch``, ``MAX_BATCH_ITEMS``, ``MAX_BATCH_DATA_PARTS`` and the byte
-budget; nothing waits to fill a batch: messages accumulate while the pipeline is full). The
-answer lists one status per attempted item; items answered 2xx or 400/413 leave the FIFO, and
-the first transient status (after which the server attempts nothing) fails the rest as above.
-A lone waiting message is sent with the upstream API. A whole-batch 413 halves the lane's
-batch byte budget (for the rest of the run) and resends at once; a whole-batch
-400/404/405/415 (a server behind the same URL that does not speak batch after all) turns
-batching off for the lane. With ``batch`` = 1 every request is exactly upstream's: one Media
-per POST with ``Content-Type: application/protobuf``.
+Every topic maps to one lane (``forwarder``). A lane keeps its messages in order with up to
+``pipeline`` requests in flight and calls ``release(n)`` when n messages left it (delivered or
+rejected). ``held`` counts what it holds. Pipelining, which failures are transient or
+permanent, at-least-once delivery, order against upstream's server and batch negotiation:
+docs/design.md, "Client process model".
 """
 
 from __future__ import annotations

@@ -1,34 +1,19 @@
 """One keep-alive HTTP/1.1 client connection (plain or TLS) with pipelined requests.
 
     connection = HttpClientConnection("127.0.0.1", 8080, ssl_context=None)
-    await connection.connect()
+    await connection.connect()                # ConnectFailed / TlsFailed
     connection.on_response = handle        # handle(entry, response), in request order
     connection.on_failure = failed         # failed(entries, error): the unanswered ones
-    connection.send(entry, request_bytes)  # as many as the caller allows, without waiting
+    connection.send(entries, request_bytes)   # as many as the caller allows, without waiting
     response = await connection.request(b"GET", b"/health", headers)   # one, awaited
-    connection.close()
+    connection.close()                     # drops the FIFO without callbacks
 
-HTTP/1.1 answers pipelined requests in order, so the connection keeps one FIFO of the
-requests written and not yet answered (their *entries*, whatever the caller uses to know
-them) and hands each parsed response to ``on_response`` with the entry at its head. Everything
-runs inside the event loop's callbacks: no task, future or timer per request. ``request`` is the
-same FIFO with a future as its entry, for the rare request a caller wants to await.
-
-Failures: when the connection breaks, no response comes in time, or a response is malformed,
-the connection closes and ``on_failure`` gets every unanswered entry at once, with an
-:class:`HttpClientError` whose ``sent`` attribute says whether those requests may have reached
-the server. A response with ``Connection: close`` is delivered, then the requests written after
-it fail with :class:`ClosedByServer` (``sent`` false: a server that closes does not read on).
-The caller's own ``close`` drops the FIFO without callbacks (awaited requests get
-:class:`ConnectionLost`).
-
-Deadline: the oldest unanswered request must be answered within ``response_timeout`` seconds
-of being written. One timer per connection checks that; it is re-armed only when it fires.
-
-The transport is opened by ``connect``, which reuses a usable connection unless it sat idle
-longer than ``idle_reuse`` seconds (servers close idle keep-alive connections on their own
-schedule, actix-web after 5 s; reusing one at that moment races with the close). Responses are
-parsed by httptools (llhttp); a body over ``MAX_RESPONSE_BODY`` is refused.
+Responses are parsed by httptools and settle the oldest unanswered entry, all inside event-loop
+callbacks. On a break, a response timeout (``response_timeout`` for the oldest request) or a
+malformed response, ``on_failure`` gets every unanswered entry with an :class:`HttpClientError`
+whose ``sent`` says whether the server may have processed them; after ``Connection: close`` the
+later ones fail with :class:`ClosedByServer` (``sent`` false). A connection idle for longer than
+``idle_reuse`` is not reused. Details: docs/protocol.md section 3.
 """
 
 from __future__ import annotations

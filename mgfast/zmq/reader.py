@@ -1,35 +1,15 @@
 """The client's in_stream: a Savant ZeroMQ reader (sub, router or rep) for asyncio.
 
-``await reader.recv_many(limit)`` returns up to ``limit`` messages (at least one) as
-``(topic, [topic, message, *extra])``: the frames exactly as the Savant writer sent them (a
-ROUTER's routing id is removed), as ``bytes``, except that frames after the topic of at least
-:data:`ZERO_COPY_FROM` bytes are read-only memoryviews of libzmq's own buffer (no copy).
-``await reader.recv()`` returns one.
+    reader = InStreamReader(config, is_eos)
+    await reader.start()                      # EndpointError names the endpoint
+    messages = await reader.recv_many(limit)  # 1 to limit of (topic, [topic, message, *extra])
+    await reader.close()                      # pending calls raise StreamClosed
 
-Semantics (Savant's reader, see PROTOCOL.md section 2):
-
-- **rep** replies ``OK`` to every multipart it receives, as soon as it is received: also to
-  messages it filters out, and also to malformed ones (a REP socket cannot receive again before
-  it has replied, and the REQ writer on the other side would otherwise wait in vain).
-- **router** replies ``[routing_id, OK]`` to every end-of-stream (``is_eos`` decides).
-- **sub** never replies; its ZeroMQ subscription is the topic prefix spec's value.
-- ``topic_prefix_spec`` filtering (``accepts(topic)``) drops messages of other topics, counted
-  in ``filtered``. As in savant-rs, an end-of-stream passes the filter whatever its topic (and
-  a router acks it); on SUB only what matches the subscription arrives at all.
-- ROUTER, like savant-rs, remembers the routing id that last sent each topic: once a topic comes
-  from a new routing id (a Savant writer reconnected), late messages of that topic from the
-  previous one are dropped and counted in ``stale``. ``source_cache_size`` bounds the memory of
-  retired (topic, routing id) pairs, as upstream's ``routing_cache_size``.
-- A multipart with fewer than 2 frames (3 on a ROUTER) is dropped and counted in ``dropped``;
-  so is one whose message ``is_eos`` cannot judge (it raises). The reader never stops on bad
-  input.
-
-No busy wait: the reader takes every queued message it may in one call into libzmq
-(``mgfast._zmq_io``, no Python per frame, no event-loop round trip per message) and awaits the
-asyncio socket's poll only when none is queued. It is cancellation-safe: messages are taken off
-the socket only in a step that has no ``await``, so a cancelled call loses nothing. It yields to
-the loop every :data:`SKIPPED_BEFORE_YIELD` dropped or filtered messages so a flood of unwanted
-input cannot starve the loop.
+Frames are as the Savant writer sent them (a ROUTER's routing id removed): bytes, except frames
+after the topic of at least :data:`ZERO_COPY_FROM` bytes, which are read-only memoryviews of
+libzmq's buffer. Counters: ``received``, ``filtered``, ``stale``, ``dropped``. Cancellation-safe.
+Replies, topic filtering, stale routing ids and what is dropped: docs/protocol.md section 1,
+"Reader semantics".
 """
 
 from __future__ import annotations

@@ -1,50 +1,16 @@
 """The server's out_stream: a Savant ZeroMQ writer (pub, dealer or req) for asyncio.
 
-One :class:`OutStreamWriter` owns the configured socket and is shared by every concurrent HTTP
-request of the process. ``await writer.write([topic, message, *extra], eos=...)`` returns the
-Savant writer result of that message.
+    writer = OutStreamWriter(config)
+    await writer.start()                      # EndpointError names the endpoint
+    result = await writer.write([topic, message, *extra], eos=False)   # a WriteResult
+    future = writer.submit(frames, eos)       # the same without a coroutine
+    future = writer.submit_group(messages, eos_flags)   # stops at its first failed write
+    await writer.close()                      # flushes, then fails what is left (StreamClosed)
 
-Semantics (Savant's, see PROTOCOL.md section 2):
-
-- **pub** never waits for a reply: ``SUCCESS`` (PUB drops at its high-water mark, it never blocks).
-- **dealer** waits for a reply only after an end-of-stream: a reply whose last frame is ``OK``
-  gives ``ACK``; replies received before the EOS is sent are stale (e.g. the late ack of an
-  earlier EOS that timed out) and are discarded first, and a reply that is not ``OK`` is
-  ignored, so only a real confirmation counts.
-- **req** waits for a reply after every message: ``ACK``; for an EOS the reply must be ``OK``.
-- No reply within ``receive_timeout * (receive_retries + 1)`` after the send gives
-  ``ACK_TIMEOUT`` (Savant waits ``receive_timeout`` per attempt, ``receive_retries + 1``
-  attempts).
-- A message the socket does not accept (high-water mark reached, or no peer on a bound
-  dealer/req) gives ``SEND_TIMEOUT`` once ``send_timeout * (send_retries + 1)`` has passed since
-  ``write()`` was called (Savant's budget: ``send_retries + 1`` attempts of ``send_timeout``
-  each). mgfast counts the budget from submission rather than from the moment the message
-  reaches the head of the queue, so a request never waits longer than its own budget while the
-  socket is blocked, instead of the budgets of every message queued before it adding up. A
-  message is always offered to the socket once, however late.
-
-REQ recovery: a REQ socket whose reply never came refuses to send again (EFSM). The socket is
-opened with ``ZMQ_REQ_RELAXED`` (a new request may be sent without the previous reply) and
-``ZMQ_REQ_CORRELATE`` (libzmq tags each request and discards replies to older ones), so after an
-``ACK_TIMEOUT`` the next message goes out on the same socket and a late reply cannot be taken for
-the ack of a later message. The alternative, closing and re-creating the socket, would drop the
-connections of every peer on a bound endpoint and race the rebind; the relaxed REQ keeps them.
-REQ_CORRELATE adds an envelope frame that the peer's REP socket strips and echoes, so a Savant
-REP reader sees exactly ``[topic, message, *extra]``.
-
-Ordering and speed: ``write()`` only appends to a queue; one writer task drains it, so messages
-reach the wire and ``write()`` calls complete in submission order. While the socket accepts
-(pub, dealer and non-EOS messages), the task hands whole stretches of queued messages to libzmq
-in one call (``mgfast._zmq_io.send_many``: no Python per frame, no event-loop round trip per
-message); it awaits the asyncio socket only when it must wait (a full socket, an ack), and yields
-to the loop after :data:`FAST_SEND_BATCH` messages so a long queue cannot starve the HTTP side.
-``submit_group`` queues a whole HTTP batch as one entry with one future.
-
-Buffers: libzmq copies every part when the writer task hands it over, so a buffer passed to
-``write()`` need only stay unchanged until that call completes.
-
-Cancellation: a ``write()`` cancelled before its message reached the socket is skipped (nothing
-goes on the wire); once sent, the message stays sent and only the result is discarded.
+One writer owns the socket and serves every concurrent request of the process; messages reach
+the wire, and their futures complete, in submission order. A buffer need only stay unchanged
+until its write completes. Savant's semantics per socket type, the send and ack budgets, REQ
+recovery and the batching into libzmq: docs/protocol.md section 1, "Writer semantics".
 """
 
 from __future__ import annotations
