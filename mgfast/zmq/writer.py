@@ -31,7 +31,8 @@ from mgfast.zmq.sockets import CONFIRMATION, StreamClosed, open_socket
 
 log = logging.getLogger(__name__)
 
-Frames = Sequence[bytes | bytearray | memoryview]  # one message: [topic, message, *extra]
+Buffer = bytes | bytearray | memoryview
+Frames = Sequence[Buffer]  # one message: [topic, message, *extra]
 
 FAST_SEND_BATCH = 256  # queued messages sent back to back before yielding to the event loop
 
