@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import zmq
 
@@ -17,7 +18,9 @@ from mgfast._zmq_io import recv_multipart, send_multipart
 from mgfast.zmq.settings import OutStreamConfig
 from mgfast.fps_log import FpsLog
 from mgfast.server import egress_wire
-from mgfast.zmq.writer import OutStreamWriter
+from mgfast.zmq.writer import OutStreamWriter, WriteResult
+
+Run = tuple[list[Any], list[bool]]  # a writer run: messages (frame lists), their EOS flags
 
 log = logging.getLogger("mgfast.egress")
 
@@ -29,7 +32,7 @@ class Egress:
         self.fps = fps  # upstream ``statistics``, when configured
         self.endpoint = endpoint
         self.context = zmq.Context()
-        self.sock: zmq.Socket | None = None
+        self.sock: zmq.Socket[bytes] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.unanswered = 0  # batches received, not yet answered
         self.all_answered = asyncio.Event()
@@ -47,31 +50,31 @@ class Egress:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve batches until ``stop``; then answer what was received and close the writer."""
-        fd = self.sock.getsockopt(zmq.FD)
-        self.loop.add_reader(fd, self._receive)
+        fd = self.sock.getsockopt(zmq.FD)  # type: ignore[union-attr]
+        self.loop.add_reader(fd, self._receive)  # type: ignore[arg-type, union-attr]
         self._receive()
         try:
             await stop.wait()
         finally:
-            self.loop.remove_reader(fd)
+            self.loop.remove_reader(fd)  # type: ignore[arg-type, union-attr]
             if self.unanswered:
                 self.all_answered.clear()
                 await self.all_answered.wait()
             await self.writer.close()
-            self.sock.close()
+            self.sock.close()  # type: ignore[union-attr]
             self.context.term()
 
     def _receive(self) -> None:
         """Take every batch waiting. ZeroMQ's fd is edge-triggered and any operation on the
         socket may consume the edge, so this drains until EAGAIN, and runs after each reply."""
-        handle = self.sock.underlying
+        handle = self.sock.underlying  # type: ignore[union-attr]
         while True:
             parts = recv_multipart(handle)
             if parts is None:
                 return
             self._submit(parts)
 
-    def _submit(self, parts: list) -> None:
+    def _submit(self, parts: list[Any]) -> None:
         routing_id = parts[0]
         try:
             batch_id, messages = egress_wire.decode_batch(parts[1:])
@@ -90,7 +93,7 @@ class Egress:
         self.unanswered += 1
         remaining = len(futures)
 
-        def one_done(_: asyncio.Future) -> None:
+        def one_done(_: asyncio.Future[list[WriteResult]]) -> None:
             nonlocal remaining
             remaining -= 1
             if remaining == 0:
@@ -102,8 +105,8 @@ class Egress:
         for future in futures:
             future.add_done_callback(one_done)
 
-    def _reply(self, routing_id: bytes, batch_id: int, futures: list[asyncio.Future],
-               runs: list) -> None:
+    def _reply(self, routing_id: bytes, batch_id: int,
+               futures: list[asyncio.Future[list[WriteResult]]], runs: list[Run]) -> None:
         codes = bytearray()
         for future, (messages, _) in zip(futures, runs):
             if future.exception() is not None:
@@ -111,14 +114,14 @@ class Egress:
                 codes += bytes((egress_wire.ERROR,)) * len(messages)
             else:
                 codes += bytes(egress_wire.RESULT_CODES[r] for r in future.result())
-        send_multipart(self.sock.underlying,
+        send_multipart(self.sock.underlying,  # type: ignore[union-attr]
                        [routing_id, *egress_wire.encode_results(batch_id, codes)])
         self._receive()
 
 
-def _runs(messages: list[tuple[list, int]]) -> list[tuple[list, list[bool]]]:
+def _runs(messages: list[tuple[list[Any], int]]) -> list[Run]:
     """Split a batch into writer runs: each group is one run, every other message its own."""
-    runs: list[tuple[list, list[bool]]] = []
+    runs: list[Run] = []
     grouping = False
     for frames, flags in messages:
         eos = bool(flags & egress_wire.EOS_BIT)

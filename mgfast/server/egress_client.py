@@ -12,7 +12,7 @@ import asyncio
 import itertools
 import logging
 from array import array
-from typing import Sequence
+from typing import Any, Sequence
 
 import zmq
 
@@ -20,7 +20,7 @@ from mgfast._zmq_io import recv_multipart, send_multipart
 from mgfast.server import egress_wire
 from mgfast.server.pending_limit import PendingLimit
 from mgfast.zmq.sockets import StreamClosed
-from mgfast.zmq.writer import WriteResult
+from mgfast.zmq.writer import Buffer, WriteResult
 
 log = logging.getLogger("mgfast.egress")
 
@@ -35,16 +35,16 @@ class EgressClient:
         self.reply_timeout = reply_timeout
         self.loop = asyncio.get_running_loop()
         self.context = zmq.Context()
-        self.sock: zmq.Socket | None = None
+        self.sock: zmq.Socket[bytes] | None = None
         self.ids = itertools.count(1)
         # the batch being gathered in this loop iteration
-        self.frames: list = []
+        self.frames: list[Buffer] = []
         self.counts = array("I")
         self.waiters: list[_Waiter] = []  # one per submit / submit_group call
         self.flush_scheduled = False
-        self.monitor: zmq.Socket | None = None  # the socket's disconnect events
+        self.monitor: zmq.Socket[bytes] | None = None  # the socket's disconnect events
         # batches sent, awaiting results: id -> (waiters, timer, frames to send again)
-        self.inflight: dict[int, tuple[list[_Waiter], asyncio.TimerHandle, list]] = {}
+        self.inflight: dict[int, tuple[list[_Waiter], asyncio.TimerHandle, list[Buffer]]] = {}
         self.limit = PendingLimit(max_pending)
         self.resent = 0  # batches sent again to a restarted egress
 
@@ -61,38 +61,39 @@ class EgressClient:
         self.sock = sock
         # ZeroMQ's fd is edge-triggered and any operation on the socket may consume the edge:
         # drain replies until EAGAIN on every wake-up and after every send.
-        self.loop.add_reader(sock.getsockopt(zmq.FD), self._read_results)
-        self.loop.add_reader(self.monitor.getsockopt(zmq.FD), self._on_monitor)
+        self.loop.add_reader(sock.getsockopt(zmq.FD), self._read_results)  # type: ignore[arg-type]
+        self.loop.add_reader(self.monitor.getsockopt(zmq.FD), self._on_monitor)  # type: ignore[arg-type]
         self._on_monitor()  # a read that finds nothing arms the edge for the first event
 
     def _shut(self) -> None:
         """Close the socket and its monitor, with whatever libzmq still queues in them."""
-        self.loop.remove_reader(self.sock.getsockopt(zmq.FD))
-        self.loop.remove_reader(self.monitor.getsockopt(zmq.FD))
-        self.sock.disable_monitor()
-        self.monitor.close(linger=0)
-        self.sock.close(linger=0)
+        self.loop.remove_reader(self.sock.getsockopt(zmq.FD))  # type: ignore[arg-type, union-attr]
+        self.loop.remove_reader(self.monitor.getsockopt(zmq.FD))  # type: ignore[arg-type, union-attr]
+        self.sock.disable_monitor()  # type: ignore[union-attr]
+        self.monitor.close(linger=0)  # type: ignore[union-attr]
+        self.sock.close(linger=0)  # type: ignore[union-attr]
 
-    def submit(self, frames: Sequence, *, eos: bool, frame: bool = False
+    def submit(self, frames: Sequence[Buffer], *, eos: bool, frame: bool = False
                ) -> asyncio.Future[WriteResult]:
         """One message; the future's result is its WriteResult. ``frame`` marks a video frame,
         for the egress's FPS statistics."""
         return self._submit(((frames, eos, frame),), grouped=False)
 
-    def submit_group(self, items: Sequence[tuple[Sequence, bool, bool]]
+    def submit_group(self, items: Sequence[tuple[Sequence[Buffer], bool, bool]]
                      ) -> asyncio.Future[list[WriteResult]]:
         """(frames, eos, frame) items in order as one group: the first failure stops the rest
         (WriteResult.NOT_ATTEMPTED), so what was written is a prefix. The future's result
         lists a WriteResult per item."""
         return self._submit(items, grouped=True)
 
-    def _submit(self, items: Sequence[tuple[Sequence, bool, bool]], grouped: bool
-                ) -> asyncio.Future:
+    def _submit(self, items: Sequence[tuple[Sequence[Buffer], bool, bool]], grouped: bool
+                ) -> asyncio.Future[Any]:
         """Queue now unless the worker's bound on messages waiting for the egress is reached;
         then wait for room first."""
         return self.limit.admit(len(items), lambda: self._enqueue(items, grouped=grouped))
 
-    def _enqueue(self, items, *, grouped: bool) -> asyncio.Future:
+    def _enqueue(self, items: Sequence[tuple[Sequence[Buffer], bool, bool]], *, grouped: bool
+                 ) -> asyncio.Future[Any]:
         """Add messages to this loop iteration's batch (the flush goes out at its end); the
         future gets their result (``grouped``: the list of their results)."""
         append_count = self.counts.append
@@ -129,7 +130,7 @@ class EgressClient:
         self.frames, self.counts, self.waiters = [], array("I"), []
         batch_id = next(self.ids)
         frames.insert(0, egress_wire.encode_header(batch_id, counts))
-        if not send_multipart(self.sock.underlying, frames):  # no egress connected right now
+        if not send_multipart(self.sock.underlying, frames):  # type: ignore[union-attr]  # no egress connected right now
             _fail(waiters, "the egress process is not connected")
             return
         timer = self.loop.call_later(self.reply_timeout, self._expire, batch_id)
@@ -145,7 +146,7 @@ class EgressClient:
         disconnected = False
         while True:
             try:
-                self.monitor.recv_multipart(zmq.NOBLOCK)
+                self.monitor.recv_multipart(zmq.NOBLOCK)  # type: ignore[union-attr]
             except zmq.Again:
                 break
             disconnected = True
@@ -157,7 +158,7 @@ class EgressClient:
             log.warning("the egress process went away; sending again what it had not answered",
                         extra={"batches": len(self.inflight)})
         for batch_id in sorted(self.inflight):
-            send_multipart(self.sock.underlying, self.inflight[batch_id][2])
+            send_multipart(self.sock.underlying, self.inflight[batch_id][2])  # type: ignore[union-attr]
             self.resent += 1
         self._read_results()
 
@@ -167,7 +168,7 @@ class EgressClient:
             _fail(entry[0], "no answer from the egress process in time")
 
     def _read_results(self) -> None:
-        handle = self.sock.underlying
+        handle = self.sock.underlying  # type: ignore[union-attr]
         while True:
             parts = recv_multipart(handle)
             if parts is None:
@@ -197,7 +198,7 @@ class _Waiter:
 
     __slots__ = ("future", "count", "single")
 
-    def __init__(self, future: asyncio.Future, count: int, single: bool) -> None:
+    def __init__(self, future: asyncio.Future[Any], count: int, single: bool) -> None:
         self.future = future
         self.count = count
         self.single = single

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import struct
 from array import array
+from typing import Any
 
 from mgfast.zmq.writer import WriteResult
 
@@ -30,16 +31,16 @@ _ID = struct.Struct("<Q")
 RESULT_CODES = {WriteResult.SUCCESS: 0, WriteResult.ACK: 1, WriteResult.SEND_TIMEOUT: 2,
                 WriteResult.ACK_TIMEOUT: 3, WriteResult.NOT_ATTEMPTED: 5}
 ERROR = 4
-RESULTS_BY_CODE: tuple = (WriteResult.SUCCESS, WriteResult.ACK, WriteResult.SEND_TIMEOUT,
+RESULTS_BY_CODE: tuple[WriteResult | None, ...] = (WriteResult.SUCCESS, WriteResult.ACK, WriteResult.SEND_TIMEOUT,
                           WriteResult.ACK_TIMEOUT, None, WriteResult.NOT_ATTEMPTED)
 
 
-def encode_header(batch_id: int, counts: array) -> bytes:
+def encode_header(batch_id: int, counts: array[int]) -> bytes:
     """``counts``: array('I') of frame counts, EOS_BIT or-ed in for end-of-stream messages."""
     return _ID.pack(batch_id) + counts.tobytes()
 
 
-def decode_batch(parts: list) -> tuple[int, list[tuple[list, int]]]:
+def decode_batch(parts: list[Any]) -> tuple[int, list[tuple[list[Any], int]]]:
     """Split a received batch into (batch id, [(frames, flags), ...]) where flags holds EOS_BIT
     and FRAME_BIT; ValueError if malformed."""
     header = parts[0]
@@ -65,7 +66,7 @@ def encode_results(batch_id: int, codes: bytes | bytearray) -> list[bytes]:
     return [_ID.pack(batch_id), bytes(codes)]
 
 
-def decode_results(parts: list) -> tuple[int, bytes]:
+def decode_results(parts: list[Any]) -> tuple[int, bytes]:
     if len(parts) != 2 or len(parts[0]) != _ID.size:
         raise ValueError("malformed egress reply")
     return _ID.unpack(bytes(parts[0]))[0], bytes(parts[1])

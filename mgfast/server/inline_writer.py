@@ -8,7 +8,7 @@ from typing import Sequence
 from mgfast.zmq.settings import OutStreamConfig
 from mgfast.fps_log import FpsLog
 from mgfast.server.pending_limit import PendingLimit
-from mgfast.zmq.writer import OutStreamWriter, WriteResult
+from mgfast.zmq.writer import Buffer, OutStreamWriter, WriteResult
 
 
 class InlineWriter:
@@ -23,7 +23,7 @@ class InlineWriter:
     async def start(self) -> None:
         await self.writer.start()
 
-    def submit(self, frames: Sequence, *, eos: bool, frame: bool = False
+    def submit(self, frames: Sequence[Buffer], *, eos: bool, frame: bool = False
                ) -> asyncio.Future[WriteResult]:
         """Queue one message; the future's result is its WriteResult (no coroutine, no task
         while there is room)."""
@@ -31,7 +31,7 @@ class InlineWriter:
             self.fps.add(1)
         return self.limit.admit(1, lambda: self.writer.submit(frames, eos))
 
-    def submit_group(self, items: Sequence[tuple[Sequence, bool, bool]]
+    def submit_group(self, items: Sequence[tuple[Sequence[Buffer], bool, bool]]
                      ) -> asyncio.Future[list[WriteResult]]:
         """As EgressClient.submit_group: in order, stopping at the first failure."""
         if self.fps is not None:
