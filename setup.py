@@ -1,4 +1,4 @@
-"""Builds the Cython hot path from ext/ (see DESIGN.md, "Hot path").
+"""Builds the Cython hot path from ext/ (see docs/design.md, "Hot path").
 
 MGFAST_CYTHON_ANNOTATE=1 writes Cython's annotation HTML next to each .pyx, to check the hot
 path for Python interaction; MGFAST_CYTHON_TRACE=1 builds with line tracing for profilers.

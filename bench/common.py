@@ -1,17 +1,17 @@
 """Shared pieces of the benchmarks: tools, certificates, gateway processes, process-tree CPU/RSS.
 
+Starting processes, free ports and waiting are the tests' own helpers (tests/gateway_process.py,
+tests/util.py), re-exported here.
+
 Everything here targets 127.0.0.1 (TCP) or ipc sockets under the run's work directory, and
 every process started is stopped by the code that started it (``Proc.stop`` / context managers).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +24,9 @@ PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 if str(REPO) not in sys.path:  # `python bench/run.py` puts bench/ first, not the repo root
     sys.path.insert(0, str(REPO))
+
+from tests.gateway_process import GatewayProcess, LoggedProcess  # noqa: E402
+from tests.util import free_port, wait_until  # noqa: E402,F401  (re-exported to bench/*)
 
 
 # ---- tools ------------------------------------------------------------------------------------
@@ -88,23 +91,6 @@ def machine_info() -> dict[str, str]:
     }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(check, timeout: float, what: str, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
-
-
 # ---- certificates -------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -129,60 +115,17 @@ class Certs:
 
 
 # ---- processes ----------------------------------------------------------------------------------
+# One implementation for the tests and the benchmarks: tests/gateway_process.py (free ports and
+# waiting: tests/util.py).
 
-class Proc:
-    """A child process with its output in a log file; ``stop`` ends it (TERM, then KILL)."""
-
-    def __init__(self, name: str, args: list[str], workdir: Path, *, cwd: Path | None = None,
-                 env: dict | None = None) -> None:
-        self.name = name
-        self.log_path = workdir / f"{name}.log"
-        self._log = open(self.log_path, "wb")
-        self.popen = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, cwd=cwd,
-                                      env={**os.environ, **(env or {})})
-        self.pid = self.popen.pid
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def check_alive(self) -> None:
-        if self.popen.poll() is not None:
-            raise RuntimeError(f"{self.name} exited with {self.popen.returncode}:\n"
-                               f"{self.log()[-3000:]}")
-
-    def wait_log(self, needle: str, timeout: float = 30.0) -> None:
-        def seen() -> bool:
-            self.check_alive()
-            return needle in self.log()
-        wait_for(seen, timeout, f"{self.name} to log {needle!r}")
-
-    def stop(self, timeout: float = 20.0) -> int | None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
-        self._log.close()
-        return self.popen.returncode
+Proc = LoggedProcess
 
 
-def gateway(kind: str, config: dict, workdir: Path, name: str | None = None) -> Proc:
+def gateway(kind: str, config: dict, workdir: Path, name: str | None = None) -> GatewayProcess:
     """``python -m mgfast KIND CONFIG`` from this checkout, ready once it logs ``msg=listening``."""
-    name = name or kind
-    path = workdir / f"{name}.json"
-    path.write_text(json.dumps(config, indent=2))
     env = {"PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = Proc(name, [sys.executable, "-m", "mgfast", kind, str(path)], workdir, cwd=REPO,
-                env=env)
-    try:
-        proc.wait_log("msg=listening")
-    except BaseException:
-        proc.stop()
-        raise
-    return proc
+    return GatewayProcess(kind, config, workdir, name=name or kind, cwd=REPO, env=env,
+                          ready_timeout=30.0)
 
 
 # ---- process-tree accounting ----------------------------------------------------------------------

@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from bench.common import (Proc, busy_cpu_seconds, cpu_seconds, ensure_tool, free_port, gateway,
-                          peak_rss_mib, percentile, process_tree, tool_version, wait_for)
+                          peak_rss_mib, percentile, process_tree, tool_version, wait_until)
 from bench.quiet import section_meta, wait_quiet
 
 REQUEST = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
@@ -218,7 +218,7 @@ def start_nginx(binary: str, work: Path, port: int, seed, workers: int) -> Proc:
         def up() -> bool:
             proc.check_alive()
             return port_open(port)
-        wait_for(up, 15, "nginx to listen")
+        wait_until(up, timeout=15, what="nginx to listen")
     except BaseException:
         proc.stop()
         raise

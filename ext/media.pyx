@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""Per-message codec of the gateway envelope (DESIGN.md, "Hot path"; PROTOCOL.md section 4).
+"""Per-message codec of the gateway envelope (docs/design.md, "Hot path"; docs/protocol.md s. 2).
 
     Media      { savant.Message message = 1; bytes topic = 2; repeated bytes data = 3; }
     MediaBatch { repeated Media items = 1; }

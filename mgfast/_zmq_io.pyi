@@ -1,12 +1,13 @@
 # Stubs of the compiled libzmq calls (ext/zmq_io.pyx); documented there.
 from collections.abc import Sequence
-from typing import Union
+from typing import Any, Union
 
 Buffer = Union[bytes, bytearray, memoryview]
 
 def recv_multipart(handle: int) -> list[bytes] | None: ...
+# Frames before first_kept are bytes; later ones of keep_from bytes or more are memoryviews.
 def recv_many(handle: int, limit: int, keep_from: int = 0, first_kept: int = 1
-              ) -> list[list[bytes | memoryview]]: ...
+              ) -> list[list[Any]]: ...
 
 class ZmqFrame:
     def __len__(self) -> int: ...

@@ -23,6 +23,7 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Callable
 
 from mgfast.config.model import Statistics
 
@@ -77,7 +78,8 @@ def format_line(kind: str, frame_delta: int, t0_ms: int, t1_ms: int) -> str:
 class FpsLog:
     """Counts messages and logs upstream's lines; ``run`` drives the time-based variant."""
 
-    def __init__(self, statistics: Statistics) -> None:
+    def __init__(self, statistics: Statistics, clock: Callable[[], int] = _now_ms) -> None:
+        self.clock = clock  # wall-clock Unix milliseconds, as upstream prints them
         self.frame_period = statistics.frame_period
         self.timestamp_period_ms = (int(statistics.timestamp_period * 1000)
                                     if statistics.timestamp_period is not None else None)
@@ -88,36 +90,38 @@ class FpsLog:
     def add(self, messages: int) -> None:
         """Count ``messages`` handled messages (each one is a frame to upstream)."""
         for _ in range(messages):
-            if self.mark is None:
-                self.mark = (_now_ms(), 0)
+            mark = self.mark
+            if mark is None:
+                mark = self.mark = (self.clock(), 0)
                 self._started.set()
             self.frames += 1
-            if self.frame_period is not None and \
-                    self.frames - self.mark[1] >= self.frame_period:
-                self._record("Frame")
+            if self.frame_period is not None and self.frames - mark[1] >= self.frame_period:
+                self._record("Frame", mark)
 
     async def run(self, stop: asyncio.Event) -> None:
         """With ``timestamp_period``, from the first message on, log every period until ``stop``."""
-        if self.timestamp_period_ms is None:
+        period_ms = self.timestamp_period_ms
+        if period_ms is None:
             return
         waiter = asyncio.ensure_future(stop.wait())
         started = asyncio.ensure_future(self._started.wait())
         try:
             await asyncio.wait([waiter, started], return_when=asyncio.FIRST_COMPLETED)
             while not stop.is_set():
-                due_ms = self.mark[0] + self.timestamp_period_ms  # type: ignore[index]
-                delay = max(TICK, (due_ms - _now_ms()) / 1000)
+                mark = self.mark
+                assert mark is not None  # _started is set with the first mark
+                delay = max(TICK, (mark[0] + period_ms - self.clock()) / 1000)
                 done, _ = await asyncio.wait([waiter], timeout=delay)
                 if done:
                     return
-                if _now_ms() - self.mark[0] >= self.timestamp_period_ms:  # type: ignore[index]
-                    self._record("Time")
+                if self.clock() - mark[0] >= period_ms:
+                    self._record("Time", mark)
         finally:
             waiter.cancel()
             started.cancel()
 
-    def _record(self, kind: str) -> None:
-        now = _now_ms()
-        t0, frames0 = self.mark  # type: ignore[misc]
+    def _record(self, kind: str, mark: tuple[int, int]) -> None:
+        now = self.clock()
+        t0, frames0 = mark
         self.mark = (now, self.frames)
         log.info(format_line(kind, self.frames - frames0, t0, now))

@@ -16,15 +16,20 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from _ctypes import CFuncPtr  # a foreign function, as CDLL's attributes are
 
 M_TRIM_THRESHOLD = -1  # from <malloc.h>
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 256 * 1024
 
 
-def _libc_function(name: str):
+def _libc_function(name: str) -> CFuncPtr | None:
     try:
-        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or None), name)
+        function: CFuncPtr = getattr(ctypes.CDLL(ctypes.util.find_library("c") or None), name)
+        return function
     except (OSError, AttributeError):
         return None
 
@@ -59,5 +64,6 @@ class HeapTrimmer:
             self.timer = None
 
     def _tick(self) -> None:
+        assert self.trim is not None  # start() arms the timer only then
         self.trim(0)
         self.timer = asyncio.get_running_loop().call_later(self.period, self._tick)

@@ -23,4 +23,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "installing mgfast and its test dependencies into .venv (builds the Cython extension)"
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
-exec .venv/bin/python -m pytest -q "$@"
+
+# ---- type check and coverage (issue 14): mypy strict on mgfast; the suite under coverage ----
+echo "mypy (strict, [tool.mypy] in pyproject.toml)"
+.venv/bin/python -m mypy
+status=0
+.venv/bin/python -m coverage run -m pytest -q "$@" || status=$?
+.venv/bin/python -m coverage report --skip-covered --sort=cover || true
+exit "$status"

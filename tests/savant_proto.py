@@ -1,7 +1,7 @@
 """The independent oracle for the envelope codec: the gateway and Savant schemas, built at run
 time with the ``protobuf`` runtime (no protoc), in a private descriptor pool.
 
-    savant.Message (excerpt of PROTOCOL.md section 4, content members as opaque messages,
+    savant.Message (excerpt of docs/protocol.md section 2, content members as opaque messages,
                     a video frame with just what savant-rs needs: uuid and content none)
     mgfast_test.Media { savant.Message message = 1; bytes topic = 2; repeated bytes data = 3; }
     mgfast_test.MediaBatch { repeated Media items = 1; }

@@ -22,10 +22,8 @@ class Clock:
 
 
 @pytest.fixture
-def clock(monkeypatch) -> Clock:
-    clock = Clock(1_700_000_000_000)
-    monkeypatch.setattr(fps_log, "_now_ms", clock)
-    return clock
+def clock() -> Clock:
+    return Clock(1_700_000_000_000)
 
 
 def lines(caplog) -> list[str]:
@@ -56,7 +54,7 @@ def test_zero_time_delta_prints_as_rust_does() -> None:
 
 def test_frame_period_counts_every_message_from_the_first(clock, caplog) -> None:
     caplog.set_level(logging.INFO, "mgfast.statistics")
-    fps = FpsLog(Statistics(frame_period=3))
+    fps = FpsLog(Statistics(frame_period=3), clock)
     clock.ms += 10_000  # process start is not the start of counting
     start = clock.ms
     fps.add(2)
@@ -74,7 +72,7 @@ def test_frame_period_counts_every_message_from_the_first(clock, caplog) -> None
 @pytest.mark.parametrize("period", [1, 0, -5])
 def test_frame_period_of_one_or_less_logs_every_message(clock, caplog, period) -> None:
     caplog.set_level(logging.INFO, "mgfast.statistics")
-    fps = FpsLog(Statistics(frame_period=period))
+    fps = FpsLog(Statistics(frame_period=period), clock)
     fps.add(3)
     assert len(lines(caplog)) == 3
 
@@ -103,3 +101,31 @@ def test_timestamp_period_starts_at_the_first_message(caplog) -> None:
         return got
 
     assert len(asyncio.run(scenario())) >= 2
+
+
+def test_timestamp_period_marks_come_from_the_injected_clock(clock, caplog) -> None:
+    """The time-based line's period is the clock's: a mark every period of clock time, with
+    or without traffic, each line covering exactly one period."""
+    caplog.set_level(logging.INFO, "mgfast.statistics")
+    fps = FpsLog(Statistics(timestamp_period=0.01), clock)
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(fps.run(stop))
+        start = clock.ms
+        fps.add(2)
+        for _ in range(3):
+            clock.ms += 10  # the clock says the period is over; the timer checks every TICK
+            deadline = asyncio.get_running_loop().time() + 5
+            count = len(lines(caplog))
+            while len(lines(caplog)) == count and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.002)
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        assert lines(caplog) == [
+            format_line("Time", 2, start, start + 10),
+            format_line("Time", 0, start + 10, start + 20),
+            format_line("Time", 0, start + 20, start + 30),
+        ]
+
+    asyncio.run(scenario())

@@ -1,4 +1,5 @@
-"""Helpers shared by the tests: free ports and waiting on a condition with a deadline."""
+"""Helpers shared by the tests and the benchmarks: free ports, waiting on a condition with a
+deadline, ZeroMQ endpoints, running an async test body. Processes: tests/gateway_process.py."""
 
 from __future__ import annotations
 
@@ -16,9 +17,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class ProcessExited(AssertionError):
+    """A process a test waits on has exited: waiting longer cannot help."""
+
+
 def wait_until(check: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.02,
                what: str = "condition") -> T:
-    """Poll ``check`` until it returns a truthy value; fail the test after ``timeout`` seconds."""
+    """Poll ``check`` until it returns a truthy value; fail the test after ``timeout`` seconds.
+    ``check`` may raise until the condition holds, except ProcessExited, which fails at once."""
     deadline = time.monotonic() + timeout
     last_exc: BaseException | None = None
     while time.monotonic() < deadline:
@@ -26,6 +32,8 @@ def wait_until(check: Callable[[], T], *, timeout: float = 10.0, interval: float
             value = check()
             if value:
                 return value
+        except ProcessExited:
+            raise
         except Exception as exc:  # the condition may raise until it holds
             last_exc = exc
         time.sleep(interval)

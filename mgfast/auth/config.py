@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Callable, Literal, NoReturn
 from urllib.parse import urlsplit
 
-Fail = Callable[[tuple, str, str], NoReturn]
+JsonPath = tuple[str | int, ...]  # as mgfast.config.validation's (which imports this module)
+Fail = Callable[[JsonPath, str, str], NoReturn]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -70,7 +71,7 @@ class BasicAuthConfig:
     quarantine: QuarantineConfig | None = None
 
 
-def build(basic: dict[str, Any], fail: Fail, path: tuple) -> BasicAuthConfig:
+def build(basic: dict[str, Any], fail: Fail, path: JsonPath) -> BasicAuthConfig:
     """``auth.basic`` as the loader parsed it -> BasicAuthConfig; ``fail(path, problem, fix)``
     reports a problem with the JSON path of the offending value."""
     etcd = basic["etcd"]
@@ -108,7 +109,7 @@ def _cache(raw: dict[str, Any]) -> CacheConfig:
     return CacheConfig(size=raw["size"], usage=CacheUsage(**usage) if usage else None)
 
 
-def _endpoints(urls: list[str], fail: Fail, path: tuple) -> tuple[tuple[str, ...], bool]:
+def _endpoints(urls: list[str], fail: Fail, path: JsonPath) -> tuple[tuple[str, ...], bool]:
     endpoints = []
     schemes = set()
     for i, url in enumerate(urls):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import grpc
 from aetcd import rpc
@@ -114,7 +114,7 @@ class EtcdClient:
         opened = asyncio.Event()
         done = asyncio.Event()
 
-        async def requests():
+        async def requests() -> AsyncIterator[Any]:
             yield rpc.WatchRequest(create_request=rpc.WatchCreateRequest(
                 key=prefix, range_end=prefix_end(prefix), start_revision=start_revision))
             opened.set()
@@ -137,14 +137,16 @@ class EtcdClient:
     async def put(self, key: bytes, value: bytes) -> int:
         reply = await self.kv.Put(rpc.PutRequest(key=key, value=value),  # type: ignore[union-attr]
                                   timeout=self.config.connect_timeout, metadata=self.metadata)
-        return reply.header.revision
+        revision: int = reply.header.revision
+        return revision
 
     async def delete(self, key: bytes) -> int:
         """Delete one key; returns how many were deleted (0 or 1)."""
         reply = await self.kv.DeleteRange(  # type: ignore[union-attr]
             rpc.DeleteRangeRequest(key=key), timeout=self.config.connect_timeout,
             metadata=self.metadata)
-        return reply.deleted
+        deleted: int = reply.deleted
+        return deleted
 
 
 class WatchCanceled(Exception):

@@ -15,8 +15,10 @@ cost a hash like known ones; the result cache is keyed by a keyed digest, not th
 from __future__ import annotations
 
 import asyncio
+import base64
 import binascii
 import logging
+import sys
 from collections import Counter
 from functools import partial
 
@@ -71,7 +73,10 @@ def parse_basic(authorization: bytes) -> tuple[str, bytes] | None:
     if scheme.lower() != b"basic":
         return None
     try:
-        decoded = binascii.a2b_base64(token.strip(), strict_mode=True)
+        if sys.version_info >= (3, 11):
+            decoded = binascii.a2b_base64(token.strip(), strict_mode=True)
+        else:  # no strict_mode before 3.11: at least refuse characters outside the alphabet
+            decoded = base64.b64decode(token.strip(), validate=True)
     except (binascii.Error, ValueError):
         return None
     username, colon, password = decoded.partition(b":")
@@ -95,7 +100,7 @@ class Guard:
         self.outcomes: Counter[str] = Counter()  # by reason, exported as metrics
 
     def check(self, authorization: bytes, address: str
-              ) -> Response | UserRecord | asyncio.Future:
+              ) -> Response | UserRecord | asyncio.Future[Response | UserRecord]:
         """The verdict on one request's credentials (see the module doc)."""
         if not authorization:
             return self._deny("missing")
@@ -109,7 +114,7 @@ class Guard:
         if quarantine is not None and quarantine.is_quarantined(username, address):
             return self._deny("quarantined")
         record = self.store.get(username)
-        if record.__class__ is RecordError:
+        if isinstance(record, RecordError):
             return self._deny("bad_record")
         digest = self.checker.digest(username, password)
         cached = self.results.get(digest)
@@ -153,8 +158,8 @@ class Guard:
             self.quarantine.failure(username, address)
         return self._deny("wrong_password")
 
-    def _verified(self, verdict: asyncio.Future, digest: bytes, username: str, address: str,
-                  record: UserRecord, verified: asyncio.Future) -> None:
+    def _verified(self, verdict: asyncio.Future[Response | UserRecord], digest: bytes, username: str, address: str,
+                  record: UserRecord, verified: asyncio.Future[bool]) -> None:
         if verified.cancelled() or verified.exception() is not None:
             valid = False  # the pool is shutting down
         else:
@@ -164,11 +169,11 @@ class Guard:
             verdict.set_result(self._decide(valid, username, address, record))
 
     def _unknown(self, digest: bytes, username: str, password: bytes, address: str
-                 ) -> asyncio.Future:
+                 ) -> asyncio.Future[Response | UserRecord]:
         wasted = self.checker.waste(password, self.store.any_hash())
-        verdict = wasted.get_loop().create_future()
+        verdict: asyncio.Future[Response | UserRecord] = wasted.get_loop().create_future()
 
-        def done(_f: asyncio.Future) -> None:
+        def done(_f: asyncio.Future[bool]) -> None:
             self.results.put(digest, (False, _NO_USER))
             if not verdict.done():
                 verdict.set_result(self._unknown_decided(username, address))

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from typing import Generic, Hashable, TypeVar
+from typing import Any, Generic, Hashable, TypeVar
 
 from mgfast.auth.config import CacheUsage
 
@@ -72,10 +72,10 @@ class EvictionWatch:
     """Warns in upstream's wording when caches evict faster than their threshold."""
 
     def __init__(self) -> None:
-        self.watched: list[tuple[Lru, CacheUsage]] = []
-        self.tasks: list[asyncio.Task] = []
+        self.watched: list[tuple[Lru[Any, Any], CacheUsage]] = []
+        self.tasks: list[asyncio.Task[None]] = []
 
-    def add(self, cache: Lru, usage: CacheUsage | None) -> None:
+    def add(self, cache: Lru[Any, Any], usage: CacheUsage | None) -> None:
         if usage is not None:
             self.watched.append((cache, usage))
 
@@ -90,7 +90,7 @@ class EvictionWatch:
         self.tasks.clear()
 
     @staticmethod
-    async def _watch(cache: Lru, usage: CacheUsage) -> None:
+    async def _watch(cache: Lru[Any, Any], usage: CacheUsage) -> None:
         threshold_per_second = usage.evicted_threshold / usage.period
         last_count, last_time = cache.evicted, time.monotonic()
         while True:
@@ -99,7 +99,7 @@ class EvictionWatch:
             last_count, last_time = cache.evicted, time.monotonic()
 
 
-def check(cache: Lru, usage: CacheUsage, threshold_per_second: float, last_count: int,
+def check(cache: Lru[Any, Any], usage: CacheUsage, threshold_per_second: float, last_count: int,
           last_time: float) -> bool:
     """Log the warning if evictions since ``last_count`` outran the threshold; True if so."""
     evicted = cache.evicted - last_count

@@ -63,7 +63,7 @@ class PasswordChecker:
         future.add_done_callback(self._finished)
         return future
 
-    def _finished(self, _future: asyncio.Future) -> None:
+    def _finished(self, _future: asyncio.Future[bool]) -> None:
         self.queued -= 1
 
     def digest(self, username: str, password: bytes) -> bytes:

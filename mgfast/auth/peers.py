@@ -34,7 +34,7 @@ Apply = Callable[[bool, str, str], None]  # (failed, username, address)
 class PeerEvents:
     """This worker's socket in the directory, and sending to the others'."""
 
-    def __init__(self, directory: str | os.PathLike, apply: Apply) -> None:
+    def __init__(self, directory: str | os.PathLike[str], apply: Apply) -> None:
         self.directory = Path(directory)
         self.apply = apply
         self.path = self.directory / f"worker-{os.getpid()}.sock"

@@ -1,24 +1,13 @@
 """Failed attempts and quarantine, keyed by (username, client address), in bounded maps.
 
-Upstream keys both by username alone, in LRU maps of ``auth.basic.cache.size`` entries (10 in
-its samples). That lets anyone lock a user out from anywhere (three wrong passwords for
-``user1`` quarantine ``user1`` for everybody), and lets an attacker reset their own counter by
-failing for a few other names (which evicts it). Here:
+    q = Quarantine(config, cache_size, clock)
+    q.is_quarantined(username, address)       # answer 401 without a password check
+    q.failure(username, address) / q.success(username, address)
 
-- the key is (username, client IP): failures from one address never quarantine the user for
-  the others;
-- each address may hold failure counters for at most ``NAMES_PER_ADDRESS`` usernames at once;
-  one more and the address as a whole is quarantined for ``period`` (a password spray or a
-  flood of invented names from one address stops there instead of evicting anything);
-- the maps hold at least ``MIN_ENTRIES`` keys whatever ``cache.size`` says; when the failure
-  map is full the least recently failing key goes (counted as an eviction); a quarantine entry
-  is dropped early only when the quarantine map is full of live entries, soonest to expire
-  first (also counted).
-
-After ``failed_attempt_limit`` failures in a row the pair is quarantined for ``period``: every
-attempt is answered 401 without a password check. A success resets the pair's count. With
-several workers, each applies the failures and successes of all (``mgfast.auth.peers``), so
-the limit counts attempts on the whole server.
+After ``failed_attempt_limit`` failures in a row the pair is quarantined for ``period``; a
+success resets it. An address failing for more than ``NAMES_PER_ADDRESS`` usernames is
+quarantined as a whole; the maps hold at least ``MIN_ENTRIES`` keys. Why this differs from
+upstream's username-only keys: docs/design.md, "Basic authentication".
 """
 
 from __future__ import annotations

@@ -91,12 +91,13 @@ class _RuleLoader(yaml.SafeLoader):
     """SafeLoader plus serde_yaml's enum tags: ``!set l`` reads as ``{"set": "l"}``."""
 
 
-def _tagged(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict:
+def _tagged(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
     if isinstance(node, yaml.ScalarNode):
         value: Any = loader.construct_scalar(node)
     elif isinstance(node, yaml.SequenceNode):
         value = loader.construct_sequence(node, deep=True)
     else:
+        assert isinstance(node, yaml.MappingNode)  # the only other kind of YAML node
         value = loader.construct_mapping(node, deep=True)
     return {suffix: value}
 

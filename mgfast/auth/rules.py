@@ -39,7 +39,7 @@ class Rule:
         """Whether a message with these routing labels may pass."""
         return self._eval(labels if isinstance(labels, (set, frozenset)) else set(labels))
 
-    def _eval(self, labels: set | frozenset) -> bool:
+    def _eval(self, labels: set[bytes] | frozenset[bytes]) -> bool:
         op = self.op
         if op == "set":
             return self.label in labels

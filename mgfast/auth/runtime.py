@@ -4,11 +4,12 @@ started and stopped together."""
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from mgfast.auth import peers
 from mgfast.auth.config import BasicAuthConfig
 from mgfast.auth.guard import Guard
-from mgfast.auth.lru import EvictionWatch
+from mgfast.auth.lru import EvictionWatch, Lru
 from mgfast.auth.store import UserStore
 
 
@@ -25,9 +26,9 @@ class AuthRuntime:
             self.watch.add(self.guard.quarantine.failures, config.cache.usage)
             self.watch.add(self.guard.quarantine.quarantined, config.cache.usage)
 
-    def caches(self) -> list:
+    def caches(self) -> list[Lru[Any, Any]]:
         """The LRU maps, for the eviction metric."""
-        found = [self.store.parsed, self.guard.results]
+        found: list[Lru[Any, Any]] = [self.store.parsed, self.guard.results]
         if self.guard.quarantine is not None:
             found += [self.guard.quarantine.failures, self.guard.quarantine.quarantined]
         return found

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 
 from mgfast.auth import records
 from mgfast.auth.config import EtcdConfig
-from mgfast.auth.etcd import DELETE, EtcdClient, EtcdError, WatchCanceled, describe
+from mgfast.auth.etcd import (DELETE, Change, EtcdClient, EtcdError, Entry, WatchCanceled,
+                              describe)
 from mgfast.auth.lru import Lru
 from mgfast.auth.records import RecordError, UserRecord
 
@@ -45,7 +47,7 @@ class UserStore:
         self.failing = False  # the last attempt to reach etcd failed (cleared by a sync)
         self.revision = 0  # etcd revision the store reflects
         self.resyncs = 0  # full reads after the first
-        self.task: asyncio.Task | None = None
+        self.task: asyncio.Task[None] | None = None
 
     # -- lookups (on the request path) ----------------------------------------------------------
 
@@ -125,8 +127,8 @@ class UserStore:
 
     # -- applying etcd's answers ------------------------------------------------------------
 
-    def _replace(self, revision: int, entries) -> None:
-        raw = {}
+    def _replace(self, revision: int, entries: Iterable[Entry]) -> None:
+        raw: dict[str, tuple[int, bytes]] = {}
         for entry in entries:
             username = self._username(entry.key)
             if username is not None:
@@ -140,7 +142,7 @@ class UserStore:
         self.synced = True
         self.revision = revision
 
-    def _apply(self, changes) -> None:
+    def _apply(self, changes: Iterable[Change]) -> None:
         for change in changes:
             username = self._username(change.entry.key)
             if username is None:

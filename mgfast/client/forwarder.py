@@ -1,29 +1,15 @@
 """The client's data path: in_stream reader -> in-flight window -> lanes -> server.
 
     forwarder = Forwarder(config, ssl_context, stats)
-    await forwarder.start()          # opens the in_stream (EndpointError names it)
+    await forwarder.start(on_failure)         # opens the in_stream (EndpointError names it)
     ...
     undelivered = await forwarder.stop(drain_timeout)
 
-Routing: a topic always goes to lane ``crc32(topic) % connections``, so the messages of one
-source share one connection and keep their order (see ``lane``).
-
-Back-pressure: at most ``inflight_ops`` messages are read and not yet accepted or rejected by
-the server; the reader takes no more than the free room of that window, and while the window
-is full it is not read at all, so messages wait in libzmq's queues and, once those reach the
-``receive_hwm`` / the producer's send high-water mark, the producer's sends block (DEALER,
-REQ: Savant's send timeout applies) or drop (PUB, as ZeroMQ PUB always does).
-
-Waiting: the reader is event-driven (it waits on the ZeroMQ socket's file descriptor through
-the event loop and drains what is queued without a round trip per message), so it never spins
-and never sleeps. Upstream's ``wait_strategy`` tunes the polling loop of its blocking reader
-(``"yield"``: yield the thread and poll again; ``{"sleep": D}``: sleep D between polls); mgfast
-accepts both forms for compatibility and neither changes its behaviour. ``receive_timeout`` is
-accepted for the same reason: it is the poll period of upstream's reader.
-
-Stop: ``stop`` stops reading and closes the in_stream (nothing more is taken from ZeroMQ), lets
-every lane deliver what it holds, and after ``drain_timeout`` seconds gives up on the rest,
-returning how many messages were read but neither delivered nor rejected.
+A topic always goes to lane ``crc32(topic) % connections``. At most ``inflight_ops`` messages
+are read and neither accepted nor rejected; while that window is full the in_stream is not read
+(back-pressure reaches the producer through ZeroMQ's high-water marks). ``stop`` stops reading,
+lets the lanes deliver for up to ``drain_timeout`` seconds and returns what was left. Why, and
+what ``wait_strategy`` means here: docs/design.md, "Client process model".
 """
 
 from __future__ import annotations
@@ -69,8 +55,8 @@ class Forwarder:
                            retry=config.retry_strategy,
                            stats=stats, release=self._release, fps=self.fps)
                       for i in range(config.connections)]
-        self._read_task: asyncio.Task | None = None
-        self._lane_tasks: list[asyncio.Task] = []
+        self._read_task: asyncio.Task[None] | None = None
+        self._lane_tasks: list[asyncio.Task[None]] = []
         self._on_failure: Callable[[BaseException], None] | None = None
         self.failure: BaseException | None = None  # what killed a task, if anything did
 
@@ -85,7 +71,7 @@ class Forwarder:
             task.add_done_callback(self._on_done)
         self._on_failure = on_failure
 
-    def _on_done(self, task: asyncio.Task) -> None:
+    def _on_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():
             return
         exc = task.exception()
@@ -130,7 +116,7 @@ class Forwarder:
             lane.finish()
         pending = [t for t in self._lane_tasks if not t.done()]
         if pending:
-            waiters = [asyncio.ensure_future(asyncio.wait(pending))]
+            waiters: list[asyncio.Future[object]] = [asyncio.ensure_future(asyncio.wait(pending))]
             if force is not None:
                 waiters.append(asyncio.ensure_future(force.wait()))
             await asyncio.wait(waiters, timeout=drain_timeout,

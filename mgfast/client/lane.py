@@ -1,64 +1,25 @@
 """A lane: one keep-alive connection to the server and the FIFO of messages that use it.
 
-Every topic maps to exactly one lane (see ``forwarder``). A lane writes its messages in the
-order they were read, up to ``pipeline`` requests in flight on its connection (HTTP/1.1
-pipelining: the server answers in order), and takes a message off its FIFO only once the server
-has answered for it (which releases its in-flight slot).
+    lane = Lane(index, target, batch=1, pipeline=16, retry=strategy, stats=stats,
+                release=free_slots)
+    task = asyncio.create_task(lane.run())    # connects, negotiates, backs off
+    lane.submit(Pending(topic, frames))       # in read order
+    lane.finish()                             # deliver what is held, then run() returns
 
-Everything per request runs in event-loop callbacks: ``submit`` schedules one write of all that
-is ready per loop iteration (many requests, one ``write``), and each response is settled where
-the connection parses it. The lane's one coroutine only connects, negotiates and backs off.
-A new connection starts with one request in flight and doubles that with every success up to
-``pipeline``, so a server that closes after each response costs no wasted writes.
-
-Failures
---------
-- connection errors, TLS handshake failures, response timeouts and any status other than 2xx,
-  400 and 413 (5xx, 502 AckTimeout, 504 SendTimeout, 503, and also 401 / 404, which are fixed
-  on the server side) are *transient*: the connection is closed and everything unanswered is
-  resent, in order, after the configured exponential backoff;
-- 400 and 413 are *permanent* for that message: logged with its topic and size, counted in
-  ``rejected``, and skipped, so a poison message never blocks the stream; the pipeline goes on.
-  So is a 401 that an mgfast server marks ``x-mgfast-denied: routing-labels`` (the user may not
-  send this message's routing labels; in a batch, the only per-item 401): the credentials are
-  fine and retrying cannot change the answer, while any other 401 is retried.
-- a response with ``Connection: close``: what was written after it was not read by the server
-  and is resent at once on a new connection.
-
-At-least-once: when a connection breaks (or no response comes) after requests were written, the
-server may already have forwarded them; resending can then deliver them twice. The same holds
-after a 502 (upstream's AckTimeout: sent, unconfirmed) and a 500, and for the requests written
-after a failed one. Such resends are counted in ``duplicates_possible``. Nothing read is dropped
-short of a permanent rejection or the shutdown drain timeout.
-
-Order: messages of one source reach the server in the order they were read. A failure in the
-middle of a pipeline resends the failed message and all after it; an mgfast server closes the
-connection after a transient failure (5xx, or a batch item that failed), so nothing written
-behind the failed message is forwarded before its resend. Upstream's server keeps the
-connection open and may forward the requests behind a failed one first; with ``pipeline: 1``
-the client waits for each answer and the order holds against any server.
-
-Batching (mgfast peers only)
-----------------------------
-With ``batch`` > 1 the lane asks ``GET /health`` once per new connection and uses batch framing
-only if the answer carries ``x-mgfast-batch: 1``. A batch request carries the messages waiting
-at that moment (up to ``batch``, ``MAX_BATCH_ITEMS``, ``MAX_BATCH_DATA_PARTS`` and the byte
-budget; nothing waits to fill a batch: messages accumulate while the pipeline is full). The
-answer lists one status per attempted item; items answered 2xx or 400/413 leave the FIFO, and
-the first transient status (after which the server attempts nothing) fails the rest as above.
-A lone waiting message is sent with the upstream API. A whole-batch 413 halves the lane's
-batch byte budget (for the rest of the run) and resends at once; a whole-batch
-400/404/405/415 (a server behind the same URL that does not speak batch after all) turns
-batching off for the lane. With ``batch`` = 1 every request is exactly upstream's: one Media
-per POST with ``Content-Type: application/protobuf``.
+Every topic maps to one lane (``forwarder``). A lane keeps its messages in order with up to
+``pipeline`` requests in flight and calls ``release(n)`` when n messages left it (delivered or
+rejected). ``held`` counts what it holds. Pipelining, which failures are transient or
+permanent, at-least-once delivery, order against upstream's server and batch negotiation:
+docs/design.md, "Client process model".
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from itertools import islice
 
 import orjson
@@ -72,6 +33,9 @@ from mgfast.fps_log import FpsLog
 from mgfast.media import (MAX_BATCH_DATA_PARTS, MAX_BATCH_ITEMS, MAX_DATA_PARTS,
                           encode_media, encode_media_batch,
                           encode_media_batch_pieces, encode_media_pieces)
+from mgfast.zmq.reader import Frame
+
+Buffer = bytes | bytearray | memoryview
 
 log = logging.getLogger("mgfast.client")
 
@@ -93,7 +57,7 @@ class Pending:
 
     __slots__ = ("topic", "message", "extra", "size")
 
-    def __init__(self, topic: bytes, frames: list) -> None:
+    def __init__(self, topic: bytes, frames: list[Frame]) -> None:
         self.topic = topic
         self.message = frames[1]
         self.extra = frames[2:]
@@ -105,9 +69,11 @@ class Lane:
 
     def __init__(self, index: int, target: ServerTarget, *, batch: int, pipeline: int,
                  retry: RetryStrategy, stats: ClientStats, release: Callable[[int], None],
-                 fps: FpsLog | None = None) -> None:
+                 fps: FpsLog | None = None, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
         # configuration
         self.index = index
+        self.clock = clock  # for the retry log's interval
         self.target = target
         self.batch = min(batch, MAX_BATCH_ITEMS)
         self.pipeline = pipeline
@@ -127,7 +93,7 @@ class Lane:
         self.connection.on_failure = self._on_failure
         # state
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._waiter: asyncio.Future | None = None  # the coroutine sleeps on it
+        self._waiter: asyncio.Future[None] | None = None  # the coroutine sleeps on it
         self._ready = False  # connected (and negotiated): callbacks may write
         self._fill_soon = False  # a _fill is scheduled for this loop iteration
         self._closing = False
@@ -138,7 +104,7 @@ class Lane:
         self._batch_bytes = MAX_BATCH_BYTES
         # failures
         self._failure: str | None = None  # what failed; the coroutine backs off, then resends
-        self._delays = None
+        self._delays: Iterator[float] | None = None
         self._progress = False  # something was settled since the last backoff
         self._failures = 0  # retry streak, for logging
         self._warned_at = 0.0
@@ -190,7 +156,8 @@ class Lane:
     # -- the coroutine's part: connect, negotiate, back off --------------------------------
 
     async def _sleep(self) -> None:
-        self._waiter = self._loop.create_future()  # type: ignore[union-attr]
+        assert self._loop is not None  # set by run(), the only caller
+        self._waiter = self._loop.create_future()
         try:
             await self._waiter
         finally:
@@ -219,11 +186,13 @@ class Lane:
         self._ready = connection.connected
 
     async def _back_off(self) -> None:
-        if self._progress or self._delays is None:
-            self._delays = self.retry.delays()
+        delays, failure = self._delays, self._failure
+        if self._progress or delays is None:
+            delays = self._delays = self.retry.delays()
             self._progress = False
-        delay = next(self._delays)
-        self._log_failure(self._failure, delay)  # type: ignore[arg-type]
+        delay = next(delays)
+        assert failure is not None  # run() backs off only after a failure
+        self._log_failure(failure, delay)
         self._failure = None
         await asyncio.sleep(delay)
 
@@ -233,7 +202,8 @@ class Lane:
         """One _fill per loop iteration, however many messages or answers came in it."""
         if not self._fill_soon:
             self._fill_soon = True
-            self._loop.call_soon(self._fill)  # type: ignore[union-attr]
+            assert self._loop is not None  # ready only while run() runs
+            self._loop.call_soon(self._fill)
 
     def _fill(self) -> None:
         """Write as many requests as the pipeline has room for, in one write."""
@@ -250,7 +220,7 @@ class Lane:
         if room <= 0 or not unsent:
             return
         entries: list[int] = []
-        data: list = []
+        data: list[Buffer] = []
         size = 0
         sent = self.sent
         batching = self._batch_ok
@@ -392,7 +362,7 @@ class Lane:
             return False
         return True
 
-    def _on_failure(self, entries: list, error: HttpClientError) -> None:
+    def _on_failure(self, entries: list[object], error: HttpClientError) -> None:
         """The connection failed with ``entries`` (all of ``sent``) unanswered."""
         if isinstance(error, ClosedByServer):
             self._restart()  # not read by the server: resend now, on a new connection
@@ -451,7 +421,7 @@ class Lane:
 
     def _log_failure(self, failure: str, delay: float) -> None:
         self._failures += 1
-        now = asyncio.get_running_loop().time()
+        now = self.clock()
         if self._failures == 1 or now - self._warned_at >= RETRY_LOG_INTERVAL:
             self._warned_at = now
             log.warning("delivery failed; retrying", extra={
@@ -459,11 +429,11 @@ class Lane:
                 "queued": self.held, "retry_in": f"{delay:g}s"})
 
 
-def _coalesce(pieces: list) -> list:
+def _coalesce(pieces: list[Buffer]) -> list[Buffer]:
     """Join each run of small pieces (heads, field headers, small frames) into one buffer, so
     a TLS write makes one record of them rather than one each; large ones stay as they are."""
-    out: list = []
-    run: list = []
+    out: list[Buffer] = []
+    run: list[Buffer] = []
     for piece in pieces:
         if len(piece) < SMALL_WRITE:
             run.append(piece)

@@ -22,6 +22,7 @@ import logging
 import signal
 import ssl
 import sys
+from wsgiref.simple_server import WSGIServer
 
 import uvloop
 
@@ -79,7 +80,8 @@ async def _main(config: ClientConfig, context: ssl.SSLContext | None) -> int:
         raise StartupError(f"cannot listen on {config.ip}:{config.port}: "
                            f"{exc.strerror or exc}; check `ip` and `port` in {config.source}"
                            ) from None
-    exporter = metrics_server = None
+    exporter: asyncio.Task[None] | None = None
+    metrics_server: WSGIServer | None = None
     exporter_stop = asyncio.Event()
     if config.metrics is not None:
         from mgfast.metrics import export, multiprocess as metrics
@@ -106,7 +108,8 @@ async def _main(config: ClientConfig, context: ssl.SSLContext | None) -> int:
         health.close()
         if exporter is not None:
             exporter.cancel()
-            metrics_server.shutdown()  # type: ignore[union-attr]
+        if metrics_server is not None:
+            metrics_server.shutdown()
         raise StartupError(f"{exc}; check `in_stream.url` in {config.source}") from None
 
     port = health.sockets[0].getsockname()[1]  # the kernel's choice when the config says 0
@@ -127,7 +130,8 @@ async def _main(config: ClientConfig, context: ssl.SSLContext | None) -> int:
         await fps_task
     if exporter is not None:
         await exporter  # a last export, so the final counts are scraped too
-        metrics_server.shutdown()  # type: ignore[union-attr]
+    if metrics_server is not None:
+        metrics_server.shutdown()
     counters = {**stats.as_dict(), "dropped": forwarder.reader.dropped,
                 "filtered": forwarder.reader.filtered, "stale": forwarder.reader.stale}
     if undelivered:

@@ -77,13 +77,13 @@ class ServerTarget:
         return self.ssl_context
 
 
-def _signature(tls: ClientTls | None) -> tuple:
+def _signature(tls: ClientTls | None) -> tuple[tuple[int, int, int] | None, ...]:
     if tls is None:
         return ()
     paths = [tls.root_certificate]
     if tls.identity is not None:
         paths += [tls.identity.certificate, tls.identity.key]
-    signature = []
+    signature: list[tuple[int, int, int] | None] = []
     for path in paths:
         try:
             st = os.stat(path) if path is not None else None

@@ -6,11 +6,13 @@ Each is an ``Obj`` post hook ``(kwargs, ctx, path)`` that may fail, warn, or com
 
 from __future__ import annotations
 
+from typing import Any
+
 from mgfast.config.model import Listen
 from mgfast.config.validation import Ctx, JsonPath, seconds_text, short
 
 
-def exactly_one_period(kw: dict, ctx: Ctx, path: JsonPath) -> None:
+def exactly_one_period(kw: dict[str, Any], ctx: Ctx, path: JsonPath) -> None:
     """``statistics``: upstream refuses to start unless exactly one period is given."""
     given = [k for k in ("frame_period", "timestamp_period") if k in kw]
     if len(given) != 1:
@@ -20,7 +22,7 @@ def exactly_one_period(kw: dict, ctx: Ctx, path: JsonPath) -> None:
                  '"timestamp_period": {"secs": 1, "nanos": 0}')
 
 
-def retry_delays(kw: dict, ctx: Ctx, path: JsonPath) -> None:
+def retry_delays(kw: dict[str, Any], ctx: Ctx, path: JsonPath) -> None:
     """``retry_strategy.exponential``: initial <= maximum, as upstream; a zero initial delay
     never grows (upstream multiplies it), so retries would not wait at all."""
     if kw["initial_delay"] > kw["maximum_delay"]:
@@ -35,7 +37,7 @@ def retry_delays(kw: dict, ctx: Ctx, path: JsonPath) -> None:
                  'write a delay above zero, e.g. {"secs": 0, "nanos": 1000000}')
 
 
-def permissions_need_bind(kw: dict, ctx: Ctx, path: JsonPath) -> None:
+def permissions_need_bind(kw: dict[str, Any], ctx: Ctx, path: JsonPath) -> None:
     """``fix_ipc_permissions`` on a connecting socket: Savant's config builder refuses it."""
     if "fix_ipc_permissions" in kw and not kw["url"].bind:
         ctx.fail(path + ("fix_ipc_permissions",),
@@ -44,7 +46,7 @@ def permissions_need_bind(kw: dict, ctx: Ctx, path: JsonPath) -> None:
                  "remove fix_ipc_permissions, or bind the socket (type+bind:...)")
 
 
-def finish_listener(kw: dict, ctx: Ctx, path: JsonPath) -> None:
+def finish_listener(kw: dict[str, Any], ctx: Ctx, path: JsonPath) -> None:
     """Top level: build ``metrics`` (default ip = the gateway's), keep it off the gateway port."""
     metrics = kw.get("metrics")
     if metrics is not None:
@@ -57,7 +59,7 @@ def finish_listener(kw: dict, ctx: Ctx, path: JsonPath) -> None:
     kw.pop("strict", None)  # read by the loader before the schema ran
 
 
-def finish_client(kw: dict, ctx: Ctx, path: JsonPath) -> None:
+def finish_client(kw: dict[str, Any], ctx: Ctx, path: JsonPath) -> None:
     """Client top level: as :func:`finish_listener`; ``tls`` with a plain-http url is unused."""
     finish_listener(kw, ctx, path)
     if "tls" in kw and kw["url"].lower().startswith("http://"):

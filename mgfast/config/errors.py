@@ -38,7 +38,7 @@ class ConfigError(Exception):
     def __str__(self) -> str:
         return _format(self.file, self.path, self.problem, self.fix)
 
-    def __reduce__(self):  # keep it picklable across the master/worker process boundary
+    def __reduce__(self) -> tuple[type[ConfigError], tuple[str, str, str, str]]:  # keep it picklable across the master/worker process boundary
         return (type(self), (self.file, self.path, self.problem, self.fix))
 
 

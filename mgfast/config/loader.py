@@ -31,7 +31,7 @@ __all__ = ["load_server_config", "load_client_config", "parse_server_config",
 log = logging.getLogger("mgfast.config")
 
 
-def load_server_config(path: str | os.PathLike | None = None, *,
+def load_server_config(path: str | os.PathLike[str] | None = None, *,
                        environ: Mapping[str, str] | None = None,
                        strict: bool = False) -> ServerConfig:
     """Load and validate a Media Gateway server config; ``None`` loads the embedded default."""
@@ -40,7 +40,7 @@ def load_server_config(path: str | os.PathLike | None = None, *,
                                strict=strict)
 
 
-def load_client_config(path: str | os.PathLike | None = None, *,
+def load_client_config(path: str | os.PathLike[str] | None = None, *,
                        environ: Mapping[str, str] | None = None,
                        strict: bool = False) -> ClientConfig:
     """Load and validate a Media Gateway client config; ``None`` loads the embedded default."""
@@ -49,29 +49,33 @@ def load_client_config(path: str | os.PathLike | None = None, *,
                                strict=strict)
 
 
-def parse_server_config(data: bytes | str, *, source: str, base_dir: str | os.PathLike,
+def parse_server_config(data: bytes | str, *, source: str, base_dir: str | os.PathLike[str],
                         environ: Mapping[str, str] | None = None,
                         strict: bool = False) -> ServerConfig:
     """Validate server config text; ``source`` names it in messages, ``base_dir`` anchors
     relative paths."""
-    return _parse(schema.SERVER, data, source, base_dir, environ, strict)
+    config = _parse(schema.SERVER, data, source, base_dir, environ, strict)
+    assert isinstance(config, ServerConfig)
+    return config
 
 
-def parse_client_config(data: bytes | str, *, source: str, base_dir: str | os.PathLike,
+def parse_client_config(data: bytes | str, *, source: str, base_dir: str | os.PathLike[str],
                         environ: Mapping[str, str] | None = None,
                         strict: bool = False) -> ClientConfig:
     """Validate client config text; ``source`` names it in messages, ``base_dir`` anchors
     relative paths."""
-    return _parse(schema.CLIENT, data, source, base_dir, environ, strict)
+    config = _parse(schema.CLIENT, data, source, base_dir, environ, strict)
+    assert isinstance(config, ClientConfig)
+    return config
 
 
-def _source(path: str | os.PathLike | None, embedded: str) -> tuple[str, bytes | str]:
+def _source(path: str | os.PathLike[str] | None, embedded: str) -> tuple[str, bytes | str]:
     if path is None:
         return defaults.EMBEDDED_SOURCE, embedded
     return read_file(path)
 
 
-def _parse(top: Obj, data: bytes | str, source: str, base_dir: str | os.PathLike,
+def _parse(top: Obj, data: bytes | str, source: str, base_dir: str | os.PathLike[str],
            environ: Mapping[str, str] | None, strict: bool) -> Any:
     ctx = Ctx(str(source), Path(os.path.abspath(base_dir)), strict=strict)
     doc = load_document(data, ctx, os.environ if environ is None else environ)

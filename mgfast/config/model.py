@@ -7,6 +7,7 @@ Keys marked "mgfast" are extensions; everything else mirrors upstream 0.2.0.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -91,7 +92,7 @@ class RetryStrategy:
     maximum_delay: float = 1.0
     multiplier: float = 2.0
 
-    def delays(self):
+    def delays(self) -> Iterator[float]:
         """Yield the successive backoff delays, forever."""
         delay = self.initial_delay
         while True:

@@ -29,7 +29,7 @@ MAX_CONFIG_BYTES = 1024 * 1024  # a config is a few KiB; anything this big is th
 MAX_NESTING = 64  # no setting nests deeper than 6; bounds recursion on hostile input
 
 
-def read_file(path: str | os.PathLike) -> tuple[str, bytes]:
+def read_file(path: str | os.PathLike[str]) -> tuple[str, bytes]:
     """The file's name as the user gave it, and its bytes; a ConfigError if it cannot be read."""
     source = os.fsdecode(path)
     ctx = Ctx(source, Path.cwd())

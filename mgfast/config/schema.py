@@ -126,7 +126,8 @@ _TOPIC_PREFIX_SPEC = Tagged({
     "source_id": Str(nonempty=False, example='"cam-1"'),
     "prefix": Str(nonempty=False, example='"cam-"'),
 }, lambda name, value: TopicPrefixSpec() if value is None
-   else TopicPrefixSpec(kind=name, value=value.encode()),
+   else TopicPrefixSpec(kind="source_id" if name == "source_id" else "prefix",
+                        value=value.encode()),
    example='{"none": null}, {"source_id": "cam-1"} or {"prefix": "cam-"}')
 
 _IN_STREAM = Obj({

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from mgfast.config.errors import ConfigError, ConfigWarning
 from mgfast.zmq.url import READER_TYPES, WRITER_TYPES, parse_socket_url
 
-JsonPath = tuple  # of str (object keys) and int (list indexes)
+JsonPath = tuple[str | int, ...]  # object keys and list indexes
 
 I32_MAX = 2**31 - 1  # Savant hands timeouts (in ms), HWMs and retries to ZeroMQ as C ints
 U32_MAX = 2**32 - 1
@@ -205,7 +205,6 @@ class Str(Spec):
     def parse(self, value: Any, ctx: Ctx, path: JsonPath) -> str:
         if not isinstance(value, str):
             self.wrong_type(value, ctx, path)
-        value = str(value)
         if self.nonempty and not value:
             ctx.fail(path, "must not be empty", f"write {self.example}")
         if self.choices and value not in self.choices:
@@ -222,12 +221,12 @@ class Ip(Str):
         self.expected = "an IP address or host name"
 
     def parse(self, value: Any, ctx: Ctx, path: JsonPath) -> str:
-        value = super().parse(value, ctx, path)
-        if any(ch.isspace() for ch in value) or "/" in value or value.count(":") == 1:
-            ctx.fail(path, f"{short(value)} is not an IP address or host name",
+        text = super().parse(value, ctx, path)
+        if any(ch.isspace() for ch in text) or "/" in text or text.count(":") == 1:
+            ctx.fail(path, f"{short(text)} is not an IP address or host name",
                      'write only the address to listen on, e.g. "0.0.0.0", "127.0.0.1" or "::"; '
                      "the port goes in the port key")
-        return value
+        return text
 
 
 class Duration(Spec):
@@ -388,7 +387,7 @@ def opt(spec: Spec) -> Field:
     return Field(spec)
 
 
-def check_keys(value: dict, known: Mapping[str, Any], ctx: Ctx, path: JsonPath,
+def check_keys(value: dict[str, Any], known: Mapping[str, Any], ctx: Ctx, path: JsonPath,
                hints: Mapping[str, str] | None = None, *, unknown_is_error: bool = False) -> None:
     """Report keys the schema does not know, suggesting the closest known one. Upstream (serde
     without ``deny_unknown_fields``) ignores them, so they are warnings unless ``strict``."""
@@ -407,7 +406,7 @@ def check_keys(value: dict, known: Mapping[str, Any], ctx: Ctx, path: JsonPath,
         ctx.warn(path + (key,), f"unknown key {short(key)} is ignored", fix)
 
 
-Post = Callable[[dict, Ctx, JsonPath], None]
+Post = Callable[[dict[str, Any], Ctx, JsonPath], None]
 
 
 class Obj(Spec):
@@ -490,7 +489,7 @@ class List(Spec):
         self.expected = "a non-empty list"
         self.example = f"[{item.example}]"
 
-    def parse(self, value: Any, ctx: Ctx, path: JsonPath) -> list:
+    def parse(self, value: Any, ctx: Ctx, path: JsonPath) -> list[Any]:
         if self.single_ok and not isinstance(value, list):
             return [self.item.parse(value, ctx, path)]
         if not isinstance(value, list):

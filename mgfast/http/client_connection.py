@@ -1,34 +1,19 @@
 """One keep-alive HTTP/1.1 client connection (plain or TLS) with pipelined requests.
 
     connection = HttpClientConnection("127.0.0.1", 8080, ssl_context=None)
-    await connection.connect()
+    await connection.connect()                # ConnectFailed / TlsFailed
     connection.on_response = handle        # handle(entry, response), in request order
     connection.on_failure = failed         # failed(entries, error): the unanswered ones
-    connection.send(entry, request_bytes)  # as many as the caller allows, without waiting
+    connection.send(entries, request_bytes)   # as many as the caller allows, without waiting
     response = await connection.request(b"GET", b"/health", headers)   # one, awaited
-    connection.close()
+    connection.close()                     # drops the FIFO without callbacks
 
-HTTP/1.1 answers pipelined requests in order, so the connection keeps one FIFO of the
-requests written and not yet answered (their *entries*, whatever the caller uses to know
-them) and hands each parsed response to ``on_response`` with the entry at its head. Everything
-runs inside the event loop's callbacks: no task, future or timer per request. ``request`` is the
-same FIFO with a future as its entry, for the rare request a caller wants to await.
-
-Failures: when the connection breaks, no response comes in time, or a response is malformed,
-the connection closes and ``on_failure`` gets every unanswered entry at once, with an
-:class:`HttpClientError` whose ``sent`` attribute says whether those requests may have reached
-the server. A response with ``Connection: close`` is delivered, then the requests written after
-it fail with :class:`ClosedByServer` (``sent`` false: a server that closes does not read on).
-The caller's own ``close`` drops the FIFO without callbacks (awaited requests get
-:class:`ConnectionLost`).
-
-Deadline: the oldest unanswered request must be answered within ``response_timeout`` seconds
-of being written. One timer per connection checks that; it is re-armed only when it fires.
-
-The transport is opened by ``connect``, which reuses a usable connection unless it sat idle
-longer than ``idle_reuse`` seconds (servers close idle keep-alive connections on their own
-schedule, actix-web after 5 s; reusing one at that moment races with the close). Responses are
-parsed by httptools (llhttp); a body over ``MAX_RESPONSE_BODY`` is refused.
+Responses are parsed by httptools and settle the oldest unanswered entry, all inside event-loop
+callbacks. On a break, a response timeout (``response_timeout`` for the oldest request) or a
+malformed response, ``on_failure`` gets every unanswered entry with an :class:`HttpClientError`
+whose ``sent`` says whether the server may have processed them; after ``Connection: close`` the
+later ones fail with :class:`ClosedByServer` (``sent`` false). A connection idle for longer than
+``idle_reuse`` is not reused. Details: docs/protocol.md section 3.
 """
 
 from __future__ import annotations
@@ -121,6 +106,8 @@ class _ResponseProtocol(asyncio.Protocol):
     # -- asyncio protocol interface --------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # typeshed says BaseTransport; a stream connection gets a Transport (uvloop's
+        # TCPTransport implements it without subclassing, so isinstance cannot narrow it)
         self.transport = transport  # type: ignore[assignment]
         sock = transport.get_extra_info("socket")
         if sock is not None:
@@ -229,9 +216,9 @@ class HttpClientConnection:
         self.idle_reuse = idle_reuse
         # the owner's callbacks for entries other than request()'s futures
         self.on_response: Callable[[Any, ClientResponse], None] | None = None
-        self.on_failure: Callable[[list, HttpClientError], None] | None = None
+        self.on_failure: Callable[[list[Any], HttpClientError], None] | None = None
         # state
-        self.pending: deque[list] = deque()  # [entry, written at], oldest first
+        self.pending: deque[list[Any]] = deque()  # [entry, written at], oldest first
         self._protocol: _ResponseProtocol | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._idle_since = 0.0
@@ -250,10 +237,9 @@ class HttpClientConnection:
 
     def reusable(self) -> bool:
         """Open, and either busy or idle for less than ``idle_reuse`` seconds."""
-        if not self.connected:
+        if not self.connected or self._loop is None:
             return False
-        return bool(self.pending) or (self._loop.time() - self._idle_since  # type: ignore
-                                      <= self.idle_reuse)
+        return bool(self.pending) or self._loop.time() - self._idle_since <= self.idle_reuse
 
     # -- connecting ------------------------------------------------------------------------
 
@@ -265,7 +251,7 @@ class HttpClientConnection:
         loop = self._loop = asyncio.get_running_loop()
         if self.refresh_tls is not None:
             self.ssl_context = self.refresh_tls()
-        kwargs: dict = {}
+        kwargs: dict[str, Any] = {}
         if self.ssl_context is not None:
             kwargs = {"ssl": self.ssl_context, "server_hostname": self.server_hostname,
                       "ssl_handshake_timeout": self.connect_timeout}
@@ -296,26 +282,30 @@ class HttpClientConnection:
 
     # -- requests --------------------------------------------------------------------------
 
-    def send(self, entries: Sequence, data: Sequence[bytes | bytearray | memoryview]) -> None:
+    def send(self, entries: Sequence[Any], data: Sequence[bytes | bytearray | memoryview]
+             ) -> None:
         """Write requests whose bytes are ``data`` (heads and bodies, in order), one per entry
         in ``entries``; the connection must be open (``connected``)."""
-        now = self._loop.time()  # type: ignore[union-attr]
+        protocol, loop = self._protocol, self._loop
+        assert protocol is not None and protocol.transport is not None and loop is not None, \
+            "send() needs an open connection"
+        now = loop.time()
         pending = self.pending
         if not pending:
             self._arm(now + self.response_timeout)
         for entry in entries:
             pending.append([entry, now])
-        transport = self._protocol.transport  # type: ignore[union-attr]
+        transport = protocol.transport
         if len(data) == 1:
-            transport.write(data[0])  # type: ignore[union-attr]
+            transport.write(data[0])
         else:
-            transport.writelines(data)  # type: ignore[union-attr]
+            transport.writelines(data)
 
     async def request(self, method: bytes, path: bytes, headers: bytes = b"",
                       body: bytes | bytearray | memoryview = b"") -> ClientResponse:
         """Connect if needed, send one request after those in flight and await its response."""
         await self.connect()
-        waiter = self._loop.create_future()  # type: ignore[union-attr]
+        waiter: asyncio.Future[ClientResponse] = asyncio.get_running_loop().create_future()
         head = request_head(method, path, headers, len(body))
         self.send((waiter,), (head + body,) if len(body) < 65536 else (head, body))
         try:
@@ -328,7 +318,8 @@ class HttpClientConnection:
         if protocol is not self._protocol or not self.pending:
             return
         entry = self.pending.popleft()[0]
-        self._idle_since = self._loop.time()  # type: ignore[union-attr]
+        if self._loop is not None:  # set by connect(), before any response
+            self._idle_since = self._loop.time()
         if isinstance(entry, asyncio.Future):
             if not entry.done():
                 entry.set_result(response)
@@ -358,8 +349,8 @@ class HttpClientConnection:
     # -- deadline --------------------------------------------------------------------------
 
     def _arm(self, when: float) -> None:
-        if self._timer is None:
-            self._timer = self._loop.call_at(when, self._check_deadline)  # type: ignore
+        if self._timer is None and self._loop is not None:
+            self._timer = self._loop.call_at(when, self._check_deadline)
 
     def _disarm(self) -> None:
         if self._timer is not None:
@@ -368,10 +359,10 @@ class HttpClientConnection:
 
     def _check_deadline(self) -> None:
         self._timer = None
-        if not self.pending or self._protocol is None:
+        if not self.pending or self._protocol is None or self._loop is None:
             return
         deadline = self.pending[0][1] + self.response_timeout
-        if self._loop.time() >= deadline:  # type: ignore[union-attr]
+        if self._loop.time() >= deadline:
             protocol = self._protocol
             protocol.close()
             self._failed(protocol, ResponseTimeout(

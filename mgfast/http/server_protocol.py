@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter, deque
-from typing import Awaitable, Protocol as TypingProtocol
+from typing import Awaitable, Callable, Protocol as TypingProtocol
 
 import httptools
 
@@ -36,6 +36,8 @@ class Request:
 
     __slots__ = ("method", "path", "content_type", "authorization", "body", "keep_alive",
                  "peer")
+
+    peer: str  # set by AddressedHttpServerProtocol only
 
     def __init__(self) -> None:
         self.method = b""
@@ -220,7 +222,7 @@ class HttpServerProtocol(asyncio.Protocol):
             # A second piece: the buffer grows with what arrives (never to the announced
             # length up front, which would let a client reserve memory it never sends).
             buffer = request.body = bytearray(buffer)  # type: ignore[union-attr]
-        buffer += body  # type: ignore[operator]
+        buffer += body
 
     def on_message_complete(self) -> None:
         request, self.request = self.request, None
@@ -263,7 +265,7 @@ class HttpServerProtocol(asyncio.Protocol):
                 self._respond(request, result)
                 continue
             future = asyncio.ensure_future(result)
-            future.add_done_callback(lambda f, r=request: self._on_handled(r, f))
+            future.add_done_callback(lambda f, r=request: self._on_handled(r, f))  # type: ignore[misc]
             return
         if queue:
             return  # resume_writing goes on
@@ -286,7 +288,8 @@ class HttpServerProtocol(asyncio.Protocol):
         future.add_done_callback(lambda f, g=group: self._on_group_handled(g, f))
         return False
 
-    def _on_group_handled(self, group: list[Request], future: asyncio.Future) -> None:
+    def _on_group_handled(self, group: list[Request],
+                          future: asyncio.Future[list[Response]]) -> None:
         if future.cancelled():
             answers = [responses.text(503, "server is shutting down", close=True)] * len(group)
         elif future.exception() is not None:
@@ -304,7 +307,7 @@ class HttpServerProtocol(asyncio.Protocol):
                 break  # an answer closed the connection: the rest were not attempted
             self._respond(request, response, last=n == last)
 
-    def _on_handled(self, request: Request, future: asyncio.Future) -> None:
+    def _on_handled(self, request: Request, future: asyncio.Future[Response]) -> None:
         if future.cancelled():
             response = responses.text(503, "server is shutting down", close=True)
         elif future.exception() is not None:
@@ -394,7 +397,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self.failure = None
         self.parser = None  # type: ignore[assignment]
 
-    def _arm(self, delay: float, callback) -> None:
+    def _arm(self, delay: float, callback: Callable[[], None]) -> None:
         deadline = self.deadline
         if deadline is not None:
             deadline.at = self.loop.time() + delay

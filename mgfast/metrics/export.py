@@ -9,7 +9,14 @@ from __future__ import annotations
 import asyncio
 from bisect import bisect_left
 from collections import Counter
-from typing import Callable, Hashable
+from typing import TYPE_CHECKING, Any, Callable, Hashable
+
+if TYPE_CHECKING:
+    from mgfast.auth.runtime import AuthRuntime
+    from mgfast.client.stats import ClientStats
+    from mgfast.server.stats import WorkerStats
+    from mgfast.tls.reloader import TlsReloader
+    from mgfast.zmq.writer import OutStreamWriter
 
 INTERVAL = 1.0  # seconds: the staleness a scrape may see
 
@@ -26,7 +33,7 @@ class Deltas:
         return delta
 
 
-def observe_many(histogram, values: list[float]) -> None:
+def observe_many(histogram: Any, values: list[float]) -> None:
     """``histogram.observe`` for many values at once: one increment per bucket instead of one
     per value (prometheus-client has no bulk call; its own observe does the same per value)."""
     if not values:
@@ -55,7 +62,8 @@ async def run(tick: Callable[[], None], stop: asyncio.Event) -> None:
         tick()
 
 
-def worker_tick(stats, reloader=None, auth=None) -> Callable[[], None]:
+def worker_tick(stats: WorkerStats, reloader: TlsReloader | None = None,
+                auth: AuthRuntime | None = None) -> Callable[[], None]:
     from mgfast.metrics import catalog as m
     delta = Deltas()
     auth_tick = _auth_tick(auth, delta) if auth is not None else None
@@ -88,7 +96,7 @@ def worker_tick(stats, reloader=None, auth=None) -> Callable[[], None]:
     return tick
 
 
-def _auth_tick(auth, delta: Deltas) -> Callable[[], None]:
+def _auth_tick(auth: AuthRuntime, delta: Deltas) -> Callable[[], None]:
     """Basic authentication's counts (an mgfast.auth.runtime.AuthRuntime)."""
     from mgfast.auth.guard import REASONS
     from mgfast.metrics import catalog as m
@@ -117,7 +125,7 @@ def _auth_tick(auth, delta: Deltas) -> Callable[[], None]:
     return tick
 
 
-def egress_tick(writer) -> Callable[[], None]:
+def egress_tick(writer: OutStreamWriter) -> Callable[[], None]:
     from mgfast.metrics import catalog as m
     delta = Deltas()
 
@@ -130,7 +138,7 @@ def egress_tick(writer) -> Callable[[], None]:
     return tick
 
 
-def client_tick(stats) -> Callable[[], None]:
+def client_tick(stats: ClientStats) -> Callable[[], None]:
     from mgfast.metrics import client_catalog as m
     delta = Deltas()
     counters = ((m.CLIENT_READ, "read"), (m.CLIENT_FORWARDED, "forwarded"),

@@ -11,6 +11,12 @@ from __future__ import annotations
 
 import os
 import tempfile
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # prometheus_client is imported only once the storage is chosen
+    from wsgiref.simple_server import WSGIServer
+
+    from prometheus_client.registry import Collector
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -29,17 +35,17 @@ def enabled() -> bool:
 def mark_dead(pid: int) -> None:
     """Drop a dead child's live gauges (its counters stay)."""
     from prometheus_client import multiprocess
-    multiprocess.mark_process_dead(pid)
+    multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]  # untyped upstream
 
 
-def serve(ip: str, port: int, *extra_collectors) -> object:
+def serve(ip: str, port: int, *extra_collectors: Collector) -> WSGIServer:
     """Start the plain-HTTP ``/metrics`` listener in a thread; returns the server."""
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client import REGISTRY
     if enabled():
         from prometheus_client import multiprocess
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     else:
         registry = REGISTRY
     for collector in extra_collectors:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from prometheus_client.core import GaugeMetricFamily
@@ -14,10 +15,10 @@ from mgfast.pki.store import StoreStatus, read_store
 class StoreCollector:
     def __init__(self, hash_dir: Path) -> None:
         self.hash_dir = Path(hash_dir)
-        self.signature: tuple | None = None
+        self.signature: tuple[tuple[str, int], ...] | None = None
         self.status: StoreStatus | None = None
 
-    def collect(self):
+    def collect(self) -> Iterator[GaugeMetricFamily]:
         status = self._status()
         next_update = GaugeMetricFamily(
             catalog.CRL_NEXT_UPDATE, "nextUpdate of the CRL in use for each issuer (Unix time).",

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import orjson
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
@@ -89,7 +90,8 @@ class CaDatabase:
         certs = {}
         for c in raw["certs"]:  # serials are hex strings: JSON numbers cannot hold 160 bits
             serial = int(c["serial"], 16)
-            certs[serial] = IssuedCert(serial, c["subject"], c["profile"], _dt(c["not_after"]),
+            certs[serial] = IssuedCert(serial, c["subject"], c["profile"],
+                                       datetime.fromisoformat(c["not_after"]),
                                        c["file"], _dt(c["revoked_at"]))
         return cls(int(raw["next_serial"], 16), raw["next_crl_number"],
                    _dt(raw["last_crl_update"]), certs)
@@ -142,7 +144,8 @@ class CaDir:
             os.close(fd)  # releases the lock
 
 
-def ca_extensions(builder: x509.CertificateBuilder, public_key) -> x509.CertificateBuilder:
+def ca_extensions(builder: x509.CertificateBuilder,
+                  public_key: CertificateIssuerPublicKeyTypes) -> x509.CertificateBuilder:
     """The seed's ``[ v3_ca ]`` section."""
     ski = x509.SubjectKeyIdentifier.from_public_key(public_key)
     return (builder

@@ -174,17 +174,18 @@ def _run(args: argparse.Namespace) -> int:
         print(f"issued {profile} certificate serial {r.serial:02X} for CN={args.cn}, valid "
               f"{_fmt(r.not_before)} .. {_fmt(r.not_after)}: {r.cert_path}, {r.key_path}")
     elif cmd == "revoke":
-        r = revoke(CaDir(args.dir), args.cert)
-        state = "was already revoked" if r.already else "revoked"
-        print(f"serial {r.serial:02X} {state} at {_fmt(r.revoked_at)}; "
+        rv = revoke(CaDir(args.dir), args.cert)
+        state = "was already revoked" if rv.already else "revoked"
+        print(f"serial {rv.serial:02X} {state} at {_fmt(rv.revoked_at)}; "
               f"publish it: mgfast pki gen-crl {args.dir} --install HASH_DIR")
     elif cmd == "gen-crl":
-        r = gen_crl(CaDir(args.dir), days=args.days, out=args.out,
-                    last_update=args.last_update, next_update=args.next_update)
-        print(f"CRL number {r.number} with {r.revoked} revoked, lastUpdate "
-              f"{_fmt(r.last_update)}, nextUpdate {_fmt(r.next_update)}: {r.path}")
+        published = gen_crl(CaDir(args.dir), days=args.days, out=args.out,
+                            last_update=args.last_update, next_update=args.next_update)
+        print(f"CRL number {published.number} with {published.revoked} revoked, lastUpdate "
+              f"{_fmt(published.last_update)}, nextUpdate {_fmt(published.next_update)}: "
+              f"{published.path}")
         if args.install is not None:
-            _install(args.install, [r.path])
+            _install(args.install, [published.path])
     elif cmd == "install":
         _install(args.hash_dir, args.files)
     elif cmd == "status":

@@ -105,11 +105,12 @@ def gen_crl(ca: CaDir, *, days: int = CRL_DAYS, out: Path | None = None,
                    .last_update(last).next_update(nxt)
                    .add_extension(authority_key_id(ca_cert), critical=False)
                    .add_extension(x509.CRLNumber(number), critical=False))
-        revoked = sorted((c for c in db.certs.values() if c.revoked_at), key=lambda c: c.serial)
-        for c in revoked:
+        revoked = sorted(((c.serial, c.revoked_at) for c in db.certs.values()
+                          if c.revoked_at is not None))
+        for serial, revoked_at in revoked:
             builder = builder.add_revoked_certificate(
-                x509.RevokedCertificateBuilder().serial_number(c.serial)
-                .revocation_date(c.revoked_at).build())
+                x509.RevokedCertificateBuilder().serial_number(serial)
+                .revocation_date(revoked_at).build())
         pem = builder.sign(ca_key, signing_hash()).public_bytes(Encoding.PEM)
         db.next_crl_number = number + 1
         if db.last_crl_update is None or last > db.last_crl_update:

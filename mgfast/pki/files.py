@@ -55,7 +55,8 @@ def write_replace(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 def write_new(path: Path, data: bytes, mode: int = 0o644) -> bool:
     """Create ``path`` atomically with ``data``; False (nothing written) if it already exists."""
-    tmp = _write_temp(path, data, mode)
+    tmp: Path | None = _write_temp(path, data, mode)
+    assert tmp is not None
     try:
         os.link(tmp, path)  # fails with EEXIST instead of overwriting, unlike rename
     except FileExistsError:

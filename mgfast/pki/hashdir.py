@@ -55,6 +55,7 @@ def _require_ca(cert: x509.Certificate, source: Path | None = None) -> None:
 
 def install_object(hash_dir: Path, obj: Pkix) -> Installed:
     """Install one certificate or CRL under the next free number (or find it installed)."""
+    kind: Literal["certificate", "crl"]
     if isinstance(obj, x509.Certificate):
         _require_ca(obj)
         kind, name, stem = "certificate", obj.subject, f"{cert_hash(obj)}."

@@ -22,7 +22,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from mgfast.pki.ca import CaDir, IssuedCert, now_utc
 from mgfast.pki.files import PkiError, write_new
-from mgfast.pki.keys import key_pem, new_key, signing_hash
+from mgfast.pki.keys import issuer_public_key, key_pem, new_key, signing_hash
 
 CERT_DAYS = 365  # the seed's default_days
 Profile = Literal["server", "client"]
@@ -63,7 +63,7 @@ def authority_key_id(ca_cert: x509.Certificate) -> x509.AuthorityKeyIdentifier:
     try:
         ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     except x509.ExtensionNotFound:
-        return x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key())
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_public_key(ca_cert))
     return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+SigningPublicKey = (rsa.RSAPublicKey | ec.EllipticCurvePublicKey | dsa.DSAPublicKey
+                    | ed25519.Ed25519PublicKey | ed448.Ed448PublicKey)
 
 RSA_BITS = 2048  # what `openssl genpkey -algorithm RSA` makes, as in the seed
 EC_CURVE = ec.SECP256R1()  # the curve every TLS stack supports
@@ -30,5 +33,15 @@ def load_key(data: bytes) -> PrivateKey:
     return key
 
 
-def signing_hash() -> hashes.HashAlgorithm:
+def signing_hash() -> hashes.SHA256:
     return hashes.SHA256()  # OpenSSL's `default_md = default` for RSA and P-256
+
+
+def issuer_public_key(cert: x509.Certificate) -> SigningPublicKey:
+    """``cert``'s public key as one of the signing key types OpenSSL's CAs use; TypeError for
+    any other (a key-agreement key such as X25519 can sign neither certificates nor CRLs)."""
+    key = cert.public_key()
+    if not isinstance(key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey, dsa.DSAPublicKey,
+                            ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
+        raise TypeError(f"a {type(key).__name__} is not a CA signing key")
+    return key

@@ -67,7 +67,7 @@ def _tlv(buf: bytes, pos: int) -> tuple[int, int, int]:
 def _children(buf: bytes, start: int, end: int,
               limit: int | None = None) -> list[tuple[int, int, int, int]]:
     """Elements in a constructed element's content: (tag, element start, content start, end)."""
-    out = []
+    out: list[tuple[int, int, int, int]] = []
     pos = start
     while pos < end and (limit is None or len(out) < limit):
         tag, content, stop = _tlv(buf, pos)

@@ -21,12 +21,14 @@ import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from mgfast.pki.files import parse_objects
+from mgfast.pki.keys import issuer_public_key
 from mgfast.pki.namehash import canonical_name, cert_subject_der, crl_issuer_der, name_hash
 
 CRL_RENEW_WARNING = timedelta(hours=48)  # time left to publish a new CRL before clients fail
@@ -75,7 +77,7 @@ class StoreStatus:
         """The CRL in use for each issuer: what the CRL metrics report."""
         return [c for c in self.crls if c.effective]
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """Plain data for orjson; serials become upper-case hex strings, as openssl prints them
         (JSON numbers cannot hold 160-bit serials)."""
         out = asdict(self)
@@ -86,13 +88,23 @@ class StoreStatus:
 
 
 @dataclass
-class _Found:
-    """One parsed object and what is known about it while checking."""
-    info: CaInfo | CrlInfo
-    obj: x509.Certificate | x509.CertificateRevocationList
+class _FoundCa:
+    """One parsed CA certificate and what is known about it while checking."""
+    info: CaInfo
+    obj: x509.Certificate
     canon: bytes  # canonical name: equal for names OpenSSL considers equal
-    verified_by: list[int] = field(default_factory=list)  # ids of CA objects
 
+
+@dataclass
+class _FoundCrl:
+    """One parsed CRL and what is known about it while checking."""
+    info: CrlInfo
+    obj: x509.CertificateRevocationList
+    canon: bytes
+    verified_by: list[int] = field(default_factory=list)  # ids of the CAs whose key signed it
+
+
+_Found = _FoundCa | _FoundCrl
 
 def _utc(value: datetime) -> str:
     return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
@@ -111,7 +123,7 @@ def _public_der(cert: x509.Certificate) -> bytes:
 
 def _signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:
     try:
-        return crl.is_signature_valid(ca.public_key())
+        return crl.is_signature_valid(issuer_public_key(ca))
     except (TypeError, ValueError, InvalidSignature):
         return False
 
@@ -146,18 +158,19 @@ def _load(path: Path, is_crl: bool, now: datetime, problems: list[str]) -> list[
         problems.append(f"{path}: does not parse as a PEM {what} ({exc}); replace it with a "
                         f"valid {what} or remove it and renumber the files after it")
         return []
-    found = []
+    found: list[_Found] = []
     for obj in objs:
-        if is_crl:
+        if isinstance(obj, x509.CertificateRevocationList):
             der = crl_issuer_der(obj)
-            info: CaInfo | CrlInfo = CrlInfo(
-                obj.issuer.rfc4514_string(), name_hash(der), path, _crl_number(obj),
-                obj.last_update_utc, obj.next_update_utc, [r.serial_number for r in obj])
+            crl = CrlInfo(obj.issuer.rfc4514_string(), name_hash(der), path, _crl_number(obj),
+                          obj.last_update_utc, obj.next_update_utc,
+                          [r.serial_number for r in obj])
+            found.append(_FoundCrl(crl, obj, canonical_name(der)))
         else:
             der = cert_subject_der(obj)
-            info = CaInfo(obj.subject.rfc4514_string(), name_hash(der), path,
-                          obj.not_valid_after_utc, obj.not_valid_after_utc < now)
-        found.append(_Found(info, obj, canonical_name(der)))
+            ca = CaInfo(obj.subject.rfc4514_string(), name_hash(der), path,
+                        obj.not_valid_after_utc, obj.not_valid_after_utc < now)
+            found.append(_FoundCa(ca, obj, canonical_name(der)))
     return found
 
 
@@ -178,14 +191,17 @@ def read_store(hash_dir: Path, *, now: datetime | None = None) -> StoreStatus:
                         "either: fix its permissions")
         return status
 
-    cas: list[_Found] = []
-    crls: list[_Found] = []
+    cas: list[_FoundCa] = []
+    crls: list[_FoundCrl] = []
     for (hash_, is_crl), files in sorted(groups.items()):
-        found = _load_group(hash_, is_crl, files, now, problems)
-        (crls if is_crl else cas).extend(found)
+        for f in _load_group(hash_, is_crl, files, now, problems):
+            if isinstance(f, _FoundCrl):
+                crls.append(f)
+            else:
+                cas.append(f)
     visible_cas = [c for c in cas if c.info.reachable]
     _check_cas(visible_cas, now, problems)
-    by_issuer: dict[bytes, list[_Found]] = {}
+    by_issuer: dict[bytes, list[_FoundCrl]] = {}
     for crl in crls:
         if crl.info.reachable:
             _check_crl_issuer(crl, visible_cas, problems)
@@ -207,7 +223,7 @@ def _load_group(hash_: str, is_crl: bool, files: dict[int, Path], now: datetime,
     """Parse the files of one hash and kind in load order; mark what OpenSSL cannot reach."""
     suffix = "r" if is_crl else ""
     gap = next(n for n in range(len(files) + 1) if n not in files)
-    found = []
+    found: list[_Found] = []
     renumber = gap
     for seq, path in sorted(files.items()):
         if seq > gap:
@@ -217,7 +233,7 @@ def _load_group(hash_: str, is_crl: bool, files: dict[int, Path], now: datetime,
             renumber += 1
         for f in _load(path, is_crl, now, problems):
             if f.info.hash != hash_:
-                held = (f"the CRL of '{f.info.issuer}'" if is_crl
+                held = (f"the CRL of '{f.info.issuer}'" if isinstance(f, _FoundCrl)
                         else f"the certificate of '{f.info.subject}'")
                 problems.append(f"{path}: holds {held}, whose hash is {f.info.hash}, so "
                                 "OpenSSL never finds it under this name; remove it and "
@@ -227,7 +243,7 @@ def _load_group(hash_: str, is_crl: bool, files: dict[int, Path], now: datetime,
     return found
 
 
-def _check_cas(cas: list[_Found], now: datetime, problems: list[str]) -> None:
+def _check_cas(cas: list[_FoundCa], now: datetime, problems: list[str]) -> None:
     for ca in cas:
         info, cert = ca.info, ca.obj
         if info.expired:
@@ -242,7 +258,7 @@ def _check_cas(cas: list[_Found], now: datetime, problems: list[str]) -> None:
                             f"{_utc(cert.not_valid_before_utc)}; check the clock")
 
 
-def _check_crl_issuer(crl: _Found, cas: list[_Found], problems: list[str]) -> None:
+def _check_crl_issuer(crl: _FoundCrl, cas: list[_FoundCa], problems: list[str]) -> None:
     """Find the CA certificates whose key signed ``crl``."""
     issuers = [c for c in cas if c.canon == crl.canon]
     crl.verified_by = [id(c) for c in issuers if _signed_by(crl.obj, c.obj)]
@@ -261,7 +277,7 @@ def _time_valid(crl: CrlInfo, now: datetime) -> bool:
     return crl.last_update <= now and (crl.next_update is None or crl.next_update >= now)
 
 
-def _choose_effective(group: list[_Found], now: datetime, problems: list[str]) -> None:
+def _choose_effective(group: list[_FoundCrl], now: datetime, problems: list[str]) -> None:
     """Mark the CRL OpenSSL uses among the reachable CRLs of one issuer; flag its state."""
     # max() keeps the first of equal keys, and the group is in load order (lower number first).
     best = max(group, key=lambda c: (_time_valid(c.info, now), c.info.last_update))

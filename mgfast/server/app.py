@@ -17,14 +17,23 @@ import time
 from functools import partial
 
 import orjson
-from typing import Awaitable, Protocol as TypingProtocol, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Protocol as TypingProtocol, Sequence
 
 from mgfast.http import responses
 from mgfast.http.responses import Response
 from mgfast.http.server_protocol import Request
 from mgfast.media import Kind, MediaError, decode_media, decode_media_batch, routing_labels
 from mgfast.zmq.sockets import StreamClosed
-from mgfast.zmq.writer import WriteResult
+from mgfast.zmq.writer import Buffer, WriteResult
+
+if TYPE_CHECKING:
+    from mgfast._media import DecodedMedia
+    from mgfast.auth.guard import Guard
+    from mgfast.auth.records import UserRecord
+    from mgfast.auth.rules import Rule
+    from mgfast.server.stats import WorkerStats
+
+Write = tuple[list[Buffer], bool]  # (frames, eos), as Writer.submit_group
 
 log = logging.getLogger("mgfast.server")
 
@@ -50,14 +59,15 @@ _RESULT_RESPONSES = {
 
 
 class Writer(TypingProtocol):
-    def submit(self, frames: Sequence, *, eos: bool) -> asyncio.Future[WriteResult]: ...
+    def submit(self, frames: Sequence[Buffer], *, eos: bool) -> asyncio.Future[WriteResult]: ...
 
-    def submit_group(self, items: Sequence[tuple[Sequence, bool]]
+    def submit_group(self, items: Sequence[tuple[Sequence[Buffer], bool]]
                      ) -> asyncio.Future[list[WriteResult]]: ...
 
 
 class GatewayApp:
-    def __init__(self, writer: Writer, stats=None, guard=None) -> None:
+    def __init__(self, writer: Writer, stats: WorkerStats | None = None,
+                 guard: Guard | None = None) -> None:
         self.writer = writer
         self.stats = stats  # a WorkerStats when metrics are on
         # an mgfast.auth.guard.Guard with basic authentication on; then requests carry .peer
@@ -87,14 +97,14 @@ class GatewayApp:
                 and request.content_type.partition(b";")[0].strip().lower() in MEDIA_TYPES)
 
     def handle_group(self, requests: list[Request]
-                     ) -> list[Response] | asyncio.Future[list[Response]]:
+                     ) -> list[Response] | Awaitable[list[Response]]:
         """The answers to pipelined requests of one connection, in order. Their messages go to
         the writer as one group, which stops at the first failed write: the protocol closes
         the connection after answering that one, so nothing behind it is forwarded first."""
         if self.guard is not None:
             return self._guarded_group(requests)
         answers: list[Response | None] = [None] * len(requests)
-        writes = []
+        writes: list[Write] = []
         where = []  # the request index of each write
         for i, request in enumerate(requests):
             try:
@@ -106,10 +116,10 @@ class GatewayApp:
             where.append(i)
         return self._submit_group(answers, writes, where)
 
-    def _submit_group(self, answers: list, writes: list, where: list[int]
-                      ) -> list[Response] | asyncio.Future[list[Response]]:
+    def _submit_group(self, answers: list[Response | None], writes: list[Write],
+                      where: list[int]) -> list[Response] | asyncio.Future[list[Response]]:
         if not writes:
-            return answers  # type: ignore[return-value]
+            return answers  # type: ignore[return-value]  # every one answered: no None left
         started = time.perf_counter()
         try:
             written = self.writer.submit_group(writes)
@@ -120,8 +130,9 @@ class GatewayApp:
             partial(self._group_written, future, answers, writes, where, started))
         return future
 
-    def _group_written(self, future: asyncio.Future, answers: list, writes: list,
-                       where: list[int], started: float, written: asyncio.Future) -> None:
+    def _group_written(self, future: asyncio.Future[list[Response]],
+                       answers: list[Response | None], writes: list[Write], where: list[int],
+                       started: float, written: asyncio.Future[list[WriteResult]]) -> None:
         if future.done():
             return
         failure = _write_failure(written)
@@ -134,7 +145,7 @@ class GatewayApp:
             else:
                 answers[i] = response = _RESULT_RESPONSES[result]
                 self._count(started, response.status, frames)
-        future.set_result(answers)
+        future.set_result(answers)  # type: ignore[arg-type]
 
     # -- one request -----------------------------------------------------------------------
 
@@ -152,7 +163,7 @@ class GatewayApp:
             return responses.text(400, str(exc))
         return self._write([topic, message, *data], kind)
 
-    def _write(self, frames: list, kind: int) -> Response | asyncio.Future[Response]:
+    def _write(self, frames: list[Buffer], kind: int) -> Response | asyncio.Future[Response]:
         """Hand the message to the writer; the answer follows from its result by callback (no
         coroutine or task per request)."""
         started = time.perf_counter()
@@ -164,8 +175,8 @@ class GatewayApp:
         written.add_done_callback(partial(self._written, answer, started, frames))
         return answer
 
-    def _written(self, answer: asyncio.Future, started: float, frames: list,
-                 written: asyncio.Future) -> None:
+    def _written(self, answer: asyncio.Future[Response], started: float, frames: list[Buffer],
+                 written: asyncio.Future[WriteResult]) -> None:
         if answer.done():
             return  # the connection went away
         response = _write_failure(written)
@@ -174,7 +185,7 @@ class GatewayApp:
             self._count(started, response.status, frames)
         answer.set_result(response)
 
-    def _count(self, started: float, status: int, frames: list) -> None:
+    def _count(self, started: float, status: int, frames: list[Buffer]) -> None:
         stats = self.stats
         if stats is not None:
             stats.latencies.append(time.perf_counter() - started)
@@ -182,7 +193,8 @@ class GatewayApp:
                 stats.forwarded += 1
                 stats.forwarded_bytes += sum(map(len, frames))
 
-    def _batch(self, request: Request, rule=None) -> Response | Awaitable[Response]:
+    def _batch(self, request: Request, rule: Rule | None = None
+               ) -> Response | Awaitable[Response]:
         try:
             items = decode_media_batch(request.body)
         except MediaError as exc:
@@ -190,28 +202,30 @@ class GatewayApp:
         if rule is not None:  # basic auth: items whose labels the user may not send get 401
             for i, item in enumerate(items):
                 if item.__class__ is tuple and not _labels_ok(rule, item[1]):
-                    self.guard.labels_denied()
-                    items[i] = _DENIED
+                    self.guard.labels_denied()  # type: ignore[union-attr]
+                    items[i] = _DENIED  # type: ignore[call-overload]
         return self._write_batch(items)
 
     # -- basic authentication (only with auth.basic; the path above pays one attribute test) --
 
     def _guarded(self, request: Request) -> Response | Awaitable[Response]:
-        verdict = self.guard.check(request.authorization, request.peer)
+        verdict = self.guard.check(request.authorization, request.peer)  # type: ignore[union-attr]
         if verdict.__class__ is Response:
             return verdict
         if isinstance(verdict, asyncio.Future):
             return self._guarded_later(request, verdict)
-        return self._authorized(request, verdict)
+        return self._authorized(request, verdict)  # type: ignore[arg-type]
 
-    async def _guarded_later(self, request: Request, verdict: asyncio.Future) -> Response:
+    async def _guarded_later(self, request: Request,
+                             verdict: asyncio.Future[Response | UserRecord]) -> Response:
         record = await verdict
         if record.__class__ is Response:
             return record
-        result = self._authorized(request, record)
-        return result if result.__class__ is Response else await result
+        result = self._authorized(request, record)  # type: ignore[arg-type]
+        return result if result.__class__ is Response else await result  # type: ignore[misc]
 
-    def _authorized(self, request: Request, record) -> Response | Awaitable[Response]:
+    def _authorized(self, request: Request, record: UserRecord
+                    ) -> Response | Awaitable[Response]:
         """An authenticated request: the plain path, plus the user's routing-label rule."""
         rule = record.rule
         if rule is None:
@@ -226,19 +240,19 @@ class GatewayApp:
         except MediaError as exc:
             return responses.text(400, str(exc))
         if not _labels_ok(rule, message):
-            return self.guard.labels_denied()
+            return self.guard.labels_denied()  # type: ignore[union-attr]
         return self._write([topic, message, *data], kind)
 
     async def _guarded_group(self, requests: list[Request]) -> list[Response]:
         """Pipelined requests with basic auth: each is checked (the same credentials share one
         verification), then the allowed ones are written as one group, as without auth."""
         guard = self.guard
-        verdicts = [guard.check(r.authorization, r.peer) for r in requests]
+        verdicts = [guard.check(r.authorization, r.peer) for r in requests]  # type: ignore[union-attr]
         for i, verdict in enumerate(verdicts):
             if isinstance(verdict, asyncio.Future):
                 verdicts[i] = await verdict
         answers: list[Response | None] = [None] * len(requests)
-        writes = []
+        writes: list[Write] = []
         where = []
         for i, (request, record) in enumerate(zip(requests, verdicts)):
             if record.__class__ is Response:
@@ -249,19 +263,20 @@ class GatewayApp:
             except MediaError as exc:
                 answers[i] = responses.text(400, str(exc))
                 continue
-            if record.rule is not None and not _labels_ok(record.rule, message):
-                answers[i] = guard.labels_denied()
+            if record.rule is not None and not _labels_ok(record.rule, message):  # type: ignore[union-attr]
+                answers[i] = guard.labels_denied()  # type: ignore[union-attr]
                 continue
             writes.append(([topic, message, *data], kind == _EOS))
             where.append(i)
         result = self._submit_group(answers, writes, where)
         return result if isinstance(result, list) else await result
 
-    async def _write_batch(self, items: list) -> Response:
+    async def _write_batch(self, items: Sequence[DecodedMedia | MediaError | object]
+                           ) -> Response:
         """All valid items go to the writer at once as one group; the answer lists a status per
         item up to and including the first failed write (later ones were not sent)."""
         started = time.perf_counter()
-        writes = []
+        writes: list[Write] = []
         for item in items:
             if item.__class__ is tuple:
                 topic, message, data, kind = item
@@ -286,7 +301,8 @@ class GatewayApp:
                         close=failed)
 
     @staticmethod
-    def _batch_statuses(items: list, writes: list, results: list) -> tuple[list[int], list]:
+    def _batch_statuses(items: Sequence[DecodedMedia | MediaError | object], writes: list[Write],
+                        results: list[WriteResult]) -> tuple[list[int], list[Write]]:
         """Statuses up to the first item not attempted, and the writes answered 200."""
         statuses: list[int] = []
         written = []
@@ -313,7 +329,7 @@ _NOT_ATTEMPTED = responses.text(503, "not attempted after an earlier failure; re
 _DENIED = object()
 
 
-def _labels_ok(rule, message) -> bool:
+def _labels_ok(rule: Rule, message: Buffer) -> bool:
     try:
         return rule.allows(routing_labels(message))
     except MediaError:
@@ -324,7 +340,7 @@ def _unavailable(exc: BaseException) -> Response:
     return responses.text(503, f"out_stream unavailable ({exc}); retry", close=True)
 
 
-def _write_failure(written: asyncio.Future) -> Response | None:
+def _write_failure(written: asyncio.Future[Any]) -> Response | None:
     """The answer for a writer future that was cancelled or failed; None if it has a result."""
     if written.cancelled():
         return responses.text(503, "server is shutting down", close=True)

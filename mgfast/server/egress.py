@@ -12,13 +12,16 @@ import asyncio
 import contextlib
 import logging
 import os
+from typing import Sequence
 
 from mgfast.zmq.settings import OutStreamConfig
 from mgfast.fps_log import FpsLog
 from mgfast.server import egress_wire
-from mgfast.zmq.writer import OutStreamWriter, WriteResult
+from mgfast.zmq.writer import Buffer, OutStreamWriter, WriteResult
 
 log = logging.getLogger("mgfast.egress")
+
+Run = tuple[list[Sequence[Buffer]], list[bool]]  # messages written as one run, their EOS flags
 
 
 class Egress:
@@ -49,7 +52,8 @@ class Egress:
         try:
             await stop.wait()
         finally:
-            self.server.close()
+            if self.server is not None:
+                self.server.close()
             if self.unanswered:
                 self.all_answered.clear()
                 await self.all_answered.wait()
@@ -73,7 +77,7 @@ class Egress:
         self.unanswered += 1
         remaining = len(futures)
 
-        def one_done(_: asyncio.Future) -> None:
+        def one_done(_: asyncio.Future[list[WriteResult]]) -> None:
             nonlocal remaining
             remaining -= 1
             if remaining == 0:
@@ -112,7 +116,8 @@ class _WorkerConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
 
-    def reply(self, batch_id: int, futures: list[asyncio.Future], runs: list) -> None:
+    def reply(self, batch_id: int, futures: list[asyncio.Future[list[WriteResult]]],
+              runs: list[Run]) -> None:
         codes = bytearray()
         for future, (messages, _) in zip(futures, runs):
             if future.exception() is not None:
@@ -128,16 +133,16 @@ class _WorkerConnection(asyncio.Protocol):
             self.transport.write(egress_wire.encode_results(batch_id, codes))
 
 
-def _one_run(messages: list[tuple[list, int]]) -> list[tuple[list, list[bool]]]:
+def _one_run(messages: list[tuple[list[memoryview], int]]) -> list[Run]:
     if not messages:
         return []
     return [([frames for frames, _ in messages],
              [bool(flags & egress_wire.EOS_BIT) for _, flags in messages])]
 
 
-def _runs(messages: list[tuple[list, int]]) -> list[tuple[list, list[bool]]]:
+def _runs(messages: list[tuple[list[memoryview], int]]) -> list[Run]:
     """Split a batch into writer runs: each group is one run, every other message its own."""
-    runs: list[tuple[list, list[bool]]] = []
+    runs: list[Run] = []
     grouping = False
     for frames, flags in messages:
         eos = bool(flags & egress_wire.EOS_BIT)

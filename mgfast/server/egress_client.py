@@ -13,12 +13,12 @@ import asyncio
 import itertools
 import logging
 from array import array
-from typing import Sequence
+from typing import Any, Sequence
 
 from mgfast.server import egress_wire
 from mgfast.server.pending_limit import PendingLimit
 from mgfast.zmq.sockets import StreamClosed
-from mgfast.zmq.writer import WriteResult
+from mgfast.zmq.writer import Buffer, WriteResult
 
 log = logging.getLogger("mgfast.egress")
 
@@ -44,11 +44,11 @@ class EgressClient:
         self.ids = itertools.count(1)
         self.transport: asyncio.Transport | None = None  # None while not connected
         self.reader = egress_wire.RecordReader()
-        self.connecting: asyncio.Task | None = None
+        self.connecting: asyncio.Task[None] | None = None
         self.ever_connected = False
         self.closing = False
         # the batch being gathered in this loop iteration
-        self.frames: list = []
+        self.frames: list[Buffer] = []
         self.counts = array("I")
         self.waiters: list[_Waiter] = []  # one per submit / submit_group call
         self.flush_scheduled = False
@@ -63,24 +63,25 @@ class EgressClient:
         if not await self._connect_once():
             self.connecting = self.loop.create_task(self._reconnect())
 
-    def submit(self, frames: Sequence, *, eos: bool) -> asyncio.Future[WriteResult]:
+    def submit(self, frames: Sequence[Buffer], *, eos: bool) -> asyncio.Future[WriteResult]:
         """One message; the future's result is its WriteResult."""
         return self._submit(((frames, eos),), grouped=False)
 
-    def submit_group(self, items: Sequence[tuple[Sequence, bool]]
+    def submit_group(self, items: Sequence[tuple[Sequence[Buffer], bool]]
                      ) -> asyncio.Future[list[WriteResult]]:
         """(frames, eos) items in order as one group: the first failure stops the rest
         (WriteResult.NOT_ATTEMPTED), so what was written is a prefix. The future's result
         lists a WriteResult per item."""
         return self._submit(items, grouped=True)
 
-    def _submit(self, items: Sequence[tuple[Sequence, bool]], grouped: bool
-                ) -> asyncio.Future:
+    def _submit(self, items: Sequence[tuple[Sequence[Buffer], bool]], grouped: bool
+                ) -> asyncio.Future[Any]:
         """Queue now unless the worker's bound on messages waiting for the egress is reached;
         then wait for room first."""
         return self.limit.admit(len(items), lambda: self._enqueue(items, grouped=grouped))
 
-    def _enqueue(self, items, *, grouped: bool) -> asyncio.Future:
+    def _enqueue(self, items: Sequence[tuple[Sequence[Buffer], bool]], *, grouped: bool
+                 ) -> asyncio.Future[Any]:
         """Add messages to this loop iteration's batch (the flush goes out at its end); the
         future gets their result (``grouped``: the list of their results)."""
         append_count = self.counts.append
@@ -225,7 +226,8 @@ class _Batch:
 
     __slots__ = ("waiters", "timer", "record", "answered")
 
-    def __init__(self, waiters: list[_Waiter], timer: asyncio.TimerHandle, record: list) -> None:
+    def __init__(self, waiters: list[_Waiter], timer: asyncio.TimerHandle,
+                 record: list[Buffer]) -> None:
         self.waiters = waiters
         self.timer = timer
         self.record = record  # the pieces to send again to a restarted egress
@@ -237,7 +239,7 @@ class _Waiter:
 
     __slots__ = ("future", "count", "single")
 
-    def __init__(self, future: asyncio.Future, count: int, single: bool) -> None:
+    def __init__(self, future: asyncio.Future[Any], count: int, single: bool) -> None:
         self.future = future
         self.count = count
         self.single = single

@@ -18,7 +18,7 @@ from __future__ import annotations
 import struct
 from array import array
 
-from mgfast.zmq.writer import WriteResult
+from mgfast.zmq.writer import Buffer, WriteResult
 
 EOS_BIT = 0x8000_0000
 # 0x4000_0000: unused (once: video frame, when the statistics counted only frames)
@@ -34,11 +34,11 @@ MAX_RECORD = 1 << 31  # a corrupt length is refused rather than buffered for
 RESULT_CODES = {WriteResult.SUCCESS: 0, WriteResult.ACK: 1, WriteResult.SEND_TIMEOUT: 2,
                 WriteResult.ACK_TIMEOUT: 3, WriteResult.NOT_ATTEMPTED: 5}
 ERROR = 4
-RESULTS_BY_CODE: tuple = (WriteResult.SUCCESS, WriteResult.ACK, WriteResult.SEND_TIMEOUT,
+RESULTS_BY_CODE: tuple[WriteResult | None, ...] = (WriteResult.SUCCESS, WriteResult.ACK, WriteResult.SEND_TIMEOUT,
                           WriteResult.ACK_TIMEOUT, None, WriteResult.NOT_ATTEMPTED)
 
 
-def encode_batch(batch_id: int, counts: array, frames: list) -> list:
+def encode_batch(batch_id: int, counts: array[int], frames: list[Buffer]) -> list[Buffer]:
     """The pieces of one batch record, for ``transport.writelines`` (frames are not copied).
     ``counts``: array('I') of per-message frame counts with their flag bits."""
     lengths = array("I", map(len, frames))
@@ -47,7 +47,7 @@ def encode_batch(batch_id: int, counts: array, frames: list) -> list:
     return [head, counts.tobytes(), lengths.tobytes(), *frames]
 
 
-def decode_batch(record: memoryview) -> tuple[int, list[tuple[list, int]]]:
+def decode_batch(record: memoryview) -> tuple[int, list[tuple[list[memoryview], int]]]:
     """A batch record's body -> (batch id, [(frames, flags), ...]); frames are memoryviews of
     ``record``. ValueError if malformed."""
     at = _BATCH.size - _LEN.size
@@ -63,7 +63,7 @@ def decode_batch(record: memoryview) -> tuple[int, list[tuple[list, int]]]:
     lengths.frombytes(record[at + 4 * n_messages:end])
     if end + sum(lengths) != len(record):
         raise ValueError("egress batch frame lengths do not match its record")
-    frames = []
+    frames: list[memoryview] = []
     at = end
     for length in lengths:
         frames.append(record[at:at + length])

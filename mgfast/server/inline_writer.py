@@ -8,7 +8,7 @@ from typing import Sequence
 from mgfast.zmq.settings import OutStreamConfig
 from mgfast.fps_log import FpsLog
 from mgfast.server.pending_limit import PendingLimit
-from mgfast.zmq.writer import OutStreamWriter, WriteResult
+from mgfast.zmq.writer import Buffer, OutStreamWriter, WriteResult
 
 
 class InlineWriter:
@@ -23,14 +23,14 @@ class InlineWriter:
     async def start(self) -> None:
         await self.writer.start()
 
-    def submit(self, frames: Sequence, *, eos: bool) -> asyncio.Future[WriteResult]:
+    def submit(self, frames: Sequence[Buffer], *, eos: bool) -> asyncio.Future[WriteResult]:
         """Queue one message; the future's result is its WriteResult (no coroutine, no task
         while there is room)."""
         if self.fps is not None:
             self.fps.add(1)
         return self.limit.admit(1, lambda: self.writer.submit(frames, eos))
 
-    def submit_group(self, items: Sequence[tuple[Sequence, bool]]
+    def submit_group(self, items: Sequence[tuple[Sequence[Buffer], bool]]
                      ) -> asyncio.Future[list[WriteResult]]:
         """As EgressClient.submit_group: in order, stopping at the first failure."""
         if self.fps is not None:

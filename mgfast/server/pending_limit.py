@@ -8,7 +8,9 @@ out_stream costs bounded memory in every layout (``out_stream.inflight_ops``).
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
 
 
 class PendingLimit:
@@ -17,7 +19,7 @@ class PendingLimit:
         self.pending = 0  # messages submitted and not yet resolved
         self.space = asyncio.Event()
 
-    def admit(self, count: int, submit: Callable[[], asyncio.Future]) -> asyncio.Future:
+    def admit(self, count: int, submit: Callable[[], asyncio.Future[T]]) -> asyncio.Future[T]:
         """``submit()`` now if there is room (no coroutine or task), else once there is; the
         returned future is its future's."""
         if self.pending >= self.limit:
@@ -27,7 +29,7 @@ class PendingLimit:
         future.add_done_callback(lambda _: self._release(count))
         return future
 
-    async def _when_room(self, count: int, submit: Callable[[], asyncio.Future]):
+    async def _when_room(self, count: int, submit: Callable[[], asyncio.Future[T]]) -> T:
         while self.pending >= self.limit:
             self.space.clear()
             await self.space.wait()

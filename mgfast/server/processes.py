@@ -102,9 +102,11 @@ async def _worker(config: ServerConfig, index: int, endpoint: str | None,
     out = config.out_stream
     budget = (out.send_timeout * (out.send_retries + 1)
               + out.receive_timeout * (out.receive_retries + 1) + REPLY_MARGIN)
+    inline: InlineWriter | None = None  # this worker is also the egress
+    writer: InlineWriter | EgressClient
     if endpoint is None:
         fps = FpsLog(config.statistics) if config.statistics is not None else None
-        writer = InlineWriter(out, fps)
+        writer = inline = InlineWriter(out, fps)
     else:
         writer = EgressClient(endpoint, max_pending=out.inflight_ops, reply_timeout=budget,
                               confirm=out.url.socket_type != "pub")
@@ -115,14 +117,14 @@ async def _worker(config: ServerConfig, index: int, endpoint: str | None,
         conn.send(("error", f"worker {index}: {exc}"))
         return
     stats = WorkerStats() if metrics_enabled() else None
-    side_tasks = []
-    if endpoint is None:  # this worker is also the egress: its statistics and metrics
+    side_tasks: list[asyncio.Future[None]] = []
+    if inline is not None:  # this worker is also the egress: its statistics and metrics
         if fps is not None:
             side_tasks.append(asyncio.ensure_future(fps.run(stop)))
         if stats is not None:
             from mgfast.metrics import export
             side_tasks.append(asyncio.ensure_future(
-                export.run(export.egress_tick(writer.writer), stop)))
+                export.run(export.egress_tick(inline.writer), stop)))
     try:
         await serve(config, stop, writer, sock=sock, reload=reload, stats=stats,
                     ready=lambda: conn.send(("ready", None)))

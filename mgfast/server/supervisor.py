@@ -26,13 +26,21 @@ import signal
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
+from multiprocessing.context import SpawnProcess
+from typing import TYPE_CHECKING, Any
 
-from mgfast.config.model import ServerConfig
+from mgfast.config.model import Listen, ServerConfig
 from mgfast.metrics import multiprocess as metrics
 from mgfast.server import processes
 from mgfast.server.worker import DRAIN_TIMEOUT
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import _ConnectionBase  # what wait() returns
+
+    from prometheus_client.registry import Collector
 
 log = logging.getLogger("mgfast.server")
 
@@ -54,19 +62,31 @@ class StoppedDuringStartup(Exception):
 @dataclass
 class Child:
     name: str
-    target: object
-    args: tuple
-    process: multiprocessing.Process | None = None
-    started: float = 0.0
-    failures: int = 0
+    target: Callable[..., None]
+    args: tuple[Any, ...]
+    process: SpawnProcess | None = None
+    started: float = 0.0  # clock time of the latest start
+    failures: int = 0  # quick deaths in a row
     restart_at: float | None = None
     restarts: int = 0
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def died(self, now: float) -> float:
+        """Count a death at ``now`` and schedule the restart: returns the backoff, which
+        doubles per quick death (BACKOFF_FIRST up to BACKOFF_MAX) and starts over after a
+        child lived STABLE_AFTER seconds."""
+        lived = now - self.started
+        self.failures = 0 if lived > STABLE_AFTER else self.failures + 1
+        delay: float = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** max(0, self.failures - 1))
+        self.restart_at = now + delay
+        return delay
 
 
 class Supervisor:
-    def __init__(self, config: ServerConfig, workers: int) -> None:
+    def __init__(self, config: ServerConfig, workers: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
+        self.clock = clock
         self.mp = multiprocessing.get_context("spawn")
         self.tmpdir = tempfile.mkdtemp(prefix="mgfast-")
         # A Savant consumer must see one ZeroMQ peer per server: a ROUTER reader drops a source
@@ -87,7 +107,7 @@ class Supervisor:
     def children(self) -> list[Child]:
         return [self.egress, *self.workers] if self.egress else list(self.workers)
 
-    def run(self, ready=None) -> int:
+    def run(self, ready: Callable[[], None] | None = None) -> int:
         """Start everything, supervise until told to stop; return the exit status."""
         self._install_signals()
         try:
@@ -96,7 +116,7 @@ class Supervisor:
             for child in self.children:
                 self._await_ready(child)
             if self.config.metrics is not None:
-                self._serve_metrics()
+                self._serve_metrics(self.config.metrics)
             if ready is not None:
                 ready()
             self._supervise()
@@ -113,27 +133,30 @@ class Supervisor:
     def _start(self, child: Child, *, wait_ready: bool = True) -> None:
         parent_end, child_end = self.mp.Pipe(duplex=False)
         child.extra["conn"] = parent_end
-        child.process = self.mp.Process(target=child.target, args=(*child.args, child_end),
-                                        name=f"mgfast {child.name}", daemon=False)
+        process = child.process = self.mp.Process(
+            target=child.target, args=(*child.args, child_end), name=f"mgfast {child.name}",
+            daemon=False)
         # The signal mask survives exec: the child is born with SIGINT blocked (so a Ctrl-C
         # during its imports prints no traceback) until it ignores SIGINT for good. Blocking,
         # not ignoring, here keeps a SIGINT that arrives meanwhile pending for the supervisor.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
-            child.process.start()
+            process.start()
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         child_end.close()
-        child.started = time.monotonic()
-        log.info("started", extra={"child": child.name, "pid": child.process.pid})
+        child.started = self.clock()
+        log.info("started", extra={"child": child.name, "pid": process.pid})
         if wait_ready:
             self._await_ready(child)
 
     def _await_ready(self, child: Child) -> None:
         conn: Connection = child.extra["conn"]
-        deadline = time.monotonic() + START_TIMEOUT
+        process = child.process
+        assert process is not None  # _start() made it
+        deadline = self.clock() + START_TIMEOUT
         while not conn.poll(0):
-            remaining = deadline - time.monotonic()
+            remaining = deadline - self.clock()
             if remaining <= 0:
                 raise ChildStartError(f"{child.name} did not start within {START_TIMEOUT:.0f}s")
             if self.wake_r in wait([conn, self.wake_r], remaining):
@@ -142,20 +165,21 @@ class Supervisor:
             status, message = conn.recv()
         except EOFError:
             self._stop_requested()  # killed by the same SIGTERM as we were: not a crash
-            child.process.join(5)
+            process.join(5)
             raise ChildStartError(f"{child.name} exited during start-up "
-                                  f"(status {child.process.exitcode})") from None
+                                  f"(status {process.exitcode})") from None
         if status != "ready":
-            child.process.join(5)
+            process.join(5)
             raise ChildStartError(message)
 
     def _supervise(self) -> None:
         while not self.stopping:
-            now = time.monotonic()
+            now = self.clock()
             due = [c.restart_at for c in self.children if c.restart_at is not None]
             timeout = max(0.0, min(due) - now) if due else None
-            sentinels = {c.process.sentinel: c for c in self.children
-                         if c.process is not None and c.restart_at is None}
+            sentinels: dict[_ConnectionBase[Any, Any] | socket.socket | int, Child] = {
+                c.process.sentinel: c for c in self.children
+                if c.process is not None and c.restart_at is None}
             ready = wait([*sentinels, self.wake_r], timeout)
             if self.wake_r in ready:
                 self._dispatch_signals()
@@ -163,7 +187,7 @@ class Supervisor:
                 child = sentinels.get(sentinel)
                 if child is not None and not self.stopping:
                     self._schedule_restart(child)
-            now = time.monotonic()
+            now = self.clock()
             for child in self.children:
                 if child.restart_at is not None and child.restart_at <= now and not self.stopping:
                     child.restart_at = None
@@ -176,29 +200,27 @@ class Supervisor:
                         log.error("restart failed", extra={"child": child.name, "error": str(exc)})
                         self._schedule_restart(child)
 
-    def _serve_metrics(self) -> None:
+    def _serve_metrics(self, listen: Listen) -> None:
         from mgfast.metrics import catalog
         catalog.create_known_series()
-        collectors = []
+        collectors: list[Collector] = []
         if self.config.tls is not None and self.config.tls.peers is not None:
             from mgfast.metrics.store import StoreCollector
             collectors.append(StoreCollector(self.config.tls.peers.lookup_hash_directory))
-        listen = self.config.metrics
         metrics.serve(listen.ip, listen.port, *collectors)
         log.info("metrics", extra={"url": f"http://{listen.ip}:{listen.port}/metrics"})
 
     def _schedule_restart(self, child: Child) -> None:
-        child.process.join(1)
-        if metrics.enabled():
+        process = child.process
+        assert process is not None  # its sentinel fired or its start failed
+        process.join(1)
+        if metrics.enabled() and process.pid is not None:
             from mgfast.metrics import catalog
-            metrics.mark_dead(child.process.pid)
+            metrics.mark_dead(process.pid)
             catalog.RESTARTS.labels(child.name.partition("-")[0]).inc()
-        lived = time.monotonic() - child.started
-        child.failures = 0 if lived > STABLE_AFTER else child.failures + 1
-        delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** max(0, child.failures - 1))
+        delay = child.died(self.clock())
         log.error("child process died; restarting", extra={
-            "child": child.name, "exitcode": child.process.exitcode, "after_seconds": delay})
-        child.restart_at = time.monotonic() + delay
+            "child": child.name, "exitcode": process.exitcode, "after_seconds": delay})
 
     def _stop_all(self) -> None:
         self.stopping = True
@@ -207,13 +229,13 @@ class Supervisor:
         if self.egress is not None and self.egress.process is not None:
             self._terminate([self.egress.process], EGRESS_STOP_TIMEOUT)
 
-    def _terminate(self, procs: list, timeout: float) -> None:
+    def _terminate(self, procs: list[SpawnProcess], timeout: float) -> None:
         for proc in procs:
             if proc.is_alive():
                 proc.terminate()
-        deadline = time.monotonic() + timeout
+        deadline = self.clock() + timeout
         for proc in procs:
-            while proc.is_alive() and time.monotonic() < deadline:
+            while proc.is_alive() and self.clock() < deadline:
                 if self._second_signal():
                     break
                 proc.join(0.1)
@@ -243,13 +265,14 @@ class Supervisor:
             if signum in (signal.SIGTERM, signal.SIGINT):
                 if self.stop_signal_at is None:
                     log.info("stopping", extra={"signal": signal.Signals(signum).name})
-                    self.stop_signal_at = time.monotonic()
+                    self.stop_signal_at = self.clock()
                 self.stopping = True
             elif signum == signal.SIGHUP:
                 log.info("reloading TLS material in every worker")
                 for worker in self.workers:
-                    if worker.process is not None and worker.process.is_alive():
-                        os.kill(worker.process.pid, signal.SIGHUP)
+                    process = worker.process
+                    if process is not None and process.pid is not None and process.is_alive():
+                        os.kill(process.pid, signal.SIGHUP)
 
     def _stop_requested(self) -> None:
         """During start-up: raise StoppedDuringStartup if a stop signal is pending."""
@@ -261,7 +284,7 @@ class Supervisor:
     def _second_signal(self) -> bool:
         """A stop signal after the first one, other than timeout(1)'s immediate repeat."""
         first = self.stop_signal_at
-        repeat_ok = first is not None and time.monotonic() - first < REPEAT_WINDOW
+        repeat_ok = first is not None and self.clock() - first < REPEAT_WINDOW
         for signum in self._read_signals():
             if signum == signal.SIGINT or (signum == signal.SIGTERM and not repeat_ok):
                 return True

@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import ctypes
 import logging
+from typing import TYPE_CHECKING
 import ssl
+
+if TYPE_CHECKING:
+    from _ctypes import CFuncPtr  # a foreign function, as CDLL's attributes are
 
 log = logging.getLogger("mgfast.tls")
 
@@ -20,9 +24,9 @@ PREFERRED = b"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY130
 FIRST = "TLS_AES_128_GCM_SHA256"
 
 
-def _set_ciphersuites():
-    try:
-        function = ctypes.CDLL(ssl._ssl.__file__).SSL_CTX_set_ciphersuites  # type: ignore
+def _set_ciphersuites() -> CFuncPtr | None:
+    try:  # typeshed has no ssl._ssl: the compiled module, CPython's private API
+        function = ctypes.CDLL(ssl._ssl.__file__).SSL_CTX_set_ciphersuites  # type: ignore[attr-defined]
     except (AttributeError, OSError):
         return None
     function.argtypes = (ctypes.c_void_p, ctypes.c_char_p)

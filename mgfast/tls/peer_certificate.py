@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import _ssl
 import ssl
+from typing import Any
 
 from cryptography import x509
 
 _HANDSHAKE = 22
 _CERTIFICATE = 11
 _TLS13 = 0x0304
-_set_raw_callback = _ssl._SSLContext._msg_callback.__set__  # skips ssl.py's enum wrapping
+# skips ssl.py's enum wrapping; typeshed does not list this private attribute of CPython's
+_set_raw_callback = _ssl._SSLContext._msg_callback.__set__  # type: ignore[attr-defined]
 
 
 def capture_client_certificates(context: ssl.SSLContext) -> None:
@@ -23,7 +25,9 @@ def capture_client_certificates(context: ssl.SSLContext) -> None:
     _set_raw_callback(context, _on_message)
 
 
-def _on_message(conn, direction, version, content_type, msg_type, data) -> None:
+def _on_message(conn: Any, direction: str, version: int, content_type: int, msg_type: int,
+                data: bytes) -> None:
+    """OpenSSL's message callback; ``conn`` is the SSLObject, which takes the attribute."""
     if content_type != _HANDSHAKE or msg_type != _CERTIFICATE or direction != "read":
         return
     leaf = leaf_from_certificate_message(bytes(data), version)

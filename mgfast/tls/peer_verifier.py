@@ -11,6 +11,7 @@ highest CRL number also counts as revoked: the newest CRL wins, however fast it 
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 from OpenSSL import crypto
@@ -26,7 +27,7 @@ class PeerVerifier:
         self.revoked: dict[str, set[int]] = {}  # issuer hash -> serials in its newest CRL
         if crl_enabled:
             self.store.set_flags(crypto.X509StoreFlags.CRL_CHECK | crypto.X509StoreFlags.CRL_CHECK_ALL)
-            newest: dict[str, tuple] = {}
+            newest: dict[str, tuple[tuple[int, datetime], set[int]]] = {}
             for crl in read_store(hash_dir).crls:
                 rank = (crl.number if crl.number is not None else -1, crl.last_update)
                 if crl.hash not in newest or rank > newest[crl.hash][0]:

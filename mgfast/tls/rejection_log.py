@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from mgfast.tls.outcome import HandshakeOutcome
 
@@ -15,15 +16,17 @@ MAX_KEYS = 10_000  # bounds the memory a scan from many addresses can take
 
 
 class RejectionLog:
-    def __init__(self, window: float = WINDOW) -> None:
+    def __init__(self, window: float = WINDOW,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.window = window
+        self.clock = clock
         self.last: dict[tuple[str, str, str], tuple[float, int]] = {}
 
     def __call__(self, outcome: HandshakeOutcome) -> None:
         if outcome.ok:
             return
         key = (outcome.reason, outcome.peer.rpartition(":")[0], outcome.serial)
-        now = time.monotonic()
+        now = self.clock()
         seen = self.last.get(key)
         if seen is not None and now - seen[0] < self.window:
             self.last[key] = (seen[0], seen[1] + 1)

@@ -25,8 +25,12 @@ from mgfast.tls.server_protocol import OPEN, TlsServerProtocol
 
 log = logging.getLogger("mgfast.tls")
 
+# (path, mtime_ns, size, inode), or (path, None) when it cannot be read: a change in any one
+# means a reload; ("<unreadable>",) stands for a hash directory that cannot be listed
+FileStamp = tuple[str, int, int, int] | tuple[str, None] | tuple[str]
 
-def _stat(path: Path) -> tuple:
+
+def _stat(path: Path) -> FileStamp:
     try:
         st = os.stat(path)
         return (str(path), st.st_mtime_ns, st.st_size, st.st_ino)
@@ -42,7 +46,7 @@ class TlsReloader:
         self.signature = self._signature()
         self.reloads = 0
         self.closed_by_reason: Counter[str] = Counter()  # live connections cut, for metrics
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
 
     def track(self, protocol: TlsServerProtocol) -> None:
         """Watch a connection whose handshake succeeded."""
@@ -84,9 +88,9 @@ class TlsReloader:
             except Exception:  # the watcher must outlive any one bad reload
                 log.exception("TLS reload check failed")
 
-    def _signature(self) -> tuple:
+    def _signature(self) -> tuple[FileStamp, ...]:
         paths = [self.tls.identity.certificate, self.tls.identity.key]
-        entries: tuple = ()
+        entries: tuple[FileStamp, ...] = ()
         if self.tls.peers is not None:
             directory = Path(self.tls.peers.lookup_hash_directory)
             try:

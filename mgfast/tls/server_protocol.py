@@ -16,7 +16,7 @@ import asyncio
 import logging
 import ssl
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from mgfast.tls.outcome import HandshakeOutcome, classify
 from mgfast.tls.peer_certificate import describe
@@ -205,7 +205,8 @@ class TlsServerProtocol(asyncio.Protocol):
         read = sslobj.read  # type: ignore[union-attr]
         while self.state == OPEN:
             try:
-                count = read(READ_CHUNK, _read_buffer)
+                # typeshed: read() returns bytes; given a buffer it returns the count
+                count: int = read(READ_CHUNK, _read_buffer)  # type: ignore[assignment]
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:
@@ -220,8 +221,8 @@ class TlsServerProtocol(asyncio.Protocol):
                 return
             if not count:
                 break
-            self.app.data_received(_read_view[:count])
-            if not incoming.pending and not sslobj.pending():
+            self.app.data_received(_read_view[:count])  # type: ignore[arg-type]  # any buffer
+            if not incoming.pending and not sslobj.pending():  # type: ignore[union-attr]
                 break  # all read: another read would only raise SSLWantReadError
         self._flush()  # key updates, session tickets
 
@@ -249,7 +250,7 @@ class _AppTransport(asyncio.Transport):
         self.tls = tls
         self.app_connected = False
 
-    def write(self, data) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         self.tls.write(data)
 
     def close(self) -> None:
@@ -269,7 +270,7 @@ class _AppTransport(asyncio.Transport):
         if self.tls.transport is not None:
             self.tls.transport.resume_reading()
 
-    def get_extra_info(self, name, default=None):
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "ssl_object":
             return self.tls.sslobj
         if name == "peercert_der":

@@ -35,7 +35,8 @@ def check_peers(peers: Peers) -> None:
                 f"(openssl ca -gencrl, or mgfast pki gen-crl CA_DIR) and install it as "
                 f"{ca.hash}.r0, or set tls.peers.crl_enabled to false")
     for crl in status.effective_crls():
-        if crl.next_update is not None and crl.next_update < status.checked_at:
+        if (crl.next_update is not None and status.checked_at is not None
+                and crl.next_update < status.checked_at):
             log.warning("CRL EXPIRED: every handshake of a client of this CA will fail "
                         "until a new CRL is installed", extra={
                             "file": str(crl.file), "issuer": crl.issuer,

@@ -1,35 +1,15 @@
 """The client's in_stream: a Savant ZeroMQ reader (sub, router or rep) for asyncio.
 
-``await reader.recv_many(limit)`` returns up to ``limit`` messages (at least one) as
-``(topic, [topic, message, *extra])``: the frames exactly as the Savant writer sent them (a
-ROUTER's routing id is removed), as ``bytes``, except that frames after the topic of at least
-:data:`ZERO_COPY_FROM` bytes are read-only memoryviews of libzmq's own buffer (no copy).
-``await reader.recv()`` returns one.
+    reader = InStreamReader(config, is_eos)
+    await reader.start()                      # EndpointError names the endpoint
+    messages = await reader.recv_many(limit)  # 1 to limit of (topic, [topic, message, *extra])
+    await reader.close()                      # pending calls raise StreamClosed
 
-Semantics (Savant's reader, see PROTOCOL.md section 2):
-
-- **rep** replies ``OK`` to every multipart it receives, as soon as it is received: also to
-  messages it filters out, and also to malformed ones (a REP socket cannot receive again before
-  it has replied, and the REQ writer on the other side would otherwise wait in vain).
-- **router** replies ``[routing_id, OK]`` to every end-of-stream (``is_eos`` decides).
-- **sub** never replies; its ZeroMQ subscription is the topic prefix spec's value.
-- ``topic_prefix_spec`` filtering (``accepts(topic)``) drops messages of other topics, counted
-  in ``filtered``. As in savant-rs, an end-of-stream passes the filter whatever its topic (and
-  a router acks it); on SUB only what matches the subscription arrives at all.
-- ROUTER, like savant-rs, remembers the routing id that last sent each topic: once a topic comes
-  from a new routing id (a Savant writer reconnected), late messages of that topic from the
-  previous one are dropped and counted in ``stale``. ``source_cache_size`` bounds the memory of
-  retired (topic, routing id) pairs, as upstream's ``routing_cache_size``.
-- A multipart with fewer than 2 frames (3 on a ROUTER) is dropped and counted in ``dropped``;
-  so is one whose message ``is_eos`` cannot judge (it raises). The reader never stops on bad
-  input.
-
-No busy wait: the reader takes every queued message it may in one call into libzmq
-(``mgfast._zmq_io``, no Python per frame, no event-loop round trip per message) and awaits the
-asyncio socket's poll only when none is queued. It is cancellation-safe: messages are taken off
-the socket only in a step that has no ``await``, so a cancelled call loses nothing. It yields to
-the loop every :data:`SKIPPED_BEFORE_YIELD` dropped or filtered messages so a flood of unwanted
-input cannot starve the loop.
+Frames are as the Savant writer sent them (a ROUTER's routing id removed): bytes, except frames
+after the topic of at least :data:`ZERO_COPY_FROM` bytes, which are read-only memoryviews of
+libzmq's buffer. Counters: ``received``, ``filtered``, ``stale``, ``dropped``. Cancellation-safe.
+Replies, topic filtering, stale routing ids and what is dropped: docs/protocol.md section 1,
+"Reader semantics".
 """
 
 from __future__ import annotations
@@ -38,6 +18,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 import zmq
 import zmq.asyncio
@@ -53,6 +34,12 @@ log = logging.getLogger(__name__)
 
 SKIPPED_BEFORE_YIELD = 64  # unwanted messages read back to back before yielding to the loop
 TERM_TIMEOUT = 2.0  # seconds close() waits for the ZeroMQ context to terminate
+
+Frame = bytes | memoryview  # a memoryview from ZERO_COPY_FROM bytes on, after the topic
+Received = tuple[bytes, list[Frame]]  # (topic, [topic, message, *extra])
+# A multipart as read: [routing id (ROUTER),] topic, message, *extra. The routing id and the
+# topic are bytes, the rest bytes or memoryviews: more than a list's type can say.
+Parts = list[Any]
 
 
 class InStreamReader:
@@ -110,11 +97,11 @@ class InStreamReader:
             raise
         self._handle = self._asock.underlying
 
-    async def recv(self) -> tuple[bytes, list]:
+    async def recv(self) -> Received:
         """The next accepted message as ``(topic, [topic, message, *extra])``."""
         return (await self.recv_many(1))[0]
 
-    async def recv_many(self, limit: int) -> list[tuple[bytes, list]]:
+    async def recv_many(self, limit: int) -> list[Received]:
         """Between 1 and ``limit`` accepted messages, oldest first, as ``recv`` returns them."""
         skipped = 0
         while True:
@@ -122,8 +109,10 @@ class InStreamReader:
                 raise StreamClosed(f"reader for {self.config.url} is not running")
             batch = self._take(limit)
             if not batch:
+                assert self._asock is not None  # open while _handle is
                 try:
-                    await self._asock.poll(None, zmq.POLLIN)
+                    # pyzmq types the asyncio socket's poll() as its Poller's poll(timeout)
+                    await self._asock.poll(None, zmq.POLLIN)  # type: ignore[call-arg]
                 except (zmq.ZMQError, asyncio.CancelledError):
                     # closing the socket cancels its pending poll; tell that from our own
                     # cancellation
@@ -162,7 +151,7 @@ class InStreamReader:
 
     # ---- receiving -------------------------------------------------------------------------
 
-    def _take(self, limit: int) -> list:
+    def _take(self, limit: int) -> list[Received | None]:
         """Up to ``limit`` queued multiparts through ``_accept`` (None for those not delivered).
         A REP socket must reply before it can receive again: one at a time."""
         accept = self._accept
@@ -171,7 +160,7 @@ class InStreamReader:
         if not self._rep:
             return [accept(parts) for parts in recv_many(self._handle, limit, ZERO_COPY_FROM,
                                                          2 if self._router else 1)]
-        taken = []
+        taken: list[Received | None] = []
         while len(taken) < limit:
             parts = recv_multipart(self._handle)
             if parts is None:
@@ -179,13 +168,13 @@ class InStreamReader:
             taken.append(accept(parts))
         return taken
 
-    def _take_routed(self, batch: list) -> list:
+    def _take_routed(self, batch: list[Parts]) -> list[Received | None]:
         """``_accept`` on a ROUTER without a topic filter, with the common case inline: a
         message that is not an EOS, from the routing id that currently owns its topic."""
         routes = self._routes
         is_eos = self._is_eos
         accept = self._accept
-        taken = []
+        taken: list[Received | None] = []
         for parts in batch:
             if len(parts) > 2 and routes.get(parts[1]) == parts[0]:
                 try:
@@ -198,7 +187,7 @@ class InStreamReader:
             taken.append(accept(parts))
         return taken
 
-    def _accept(self, parts: list) -> tuple[bytes, list] | None:
+    def _accept(self, parts: Parts) -> Received | None:
         """Reply as Savant does and decide whether the multipart is delivered."""
         if self._rep:
             self._reply(CONFIRMATION)

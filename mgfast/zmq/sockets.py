@@ -1,24 +1,13 @@
 """Create and configure the ZeroMQ sockets of the Savant transport, in one place.
 
-Every socket mgfast opens towards a Savant peer goes through :func:`open_socket`, so the
-options Savant applies are applied the same way everywhere:
+    sock = open_socket(context, url, send_hwm=1000, receive_hwm=1000,
+                       fix_ipc_permissions=0o777, subscribe=b"", options={zmq.REQ_RELAXED: 1})
 
-- socket type from the URL (``pub|dealer|req`` writers, ``sub|router|rep`` readers);
-- ``SNDHWM`` / ``RCVHWM`` when given, ``LINGER`` 100 ms (Savant's value);
-- extra integer options (e.g. ``REQ_RELAXED``) before bind/connect;
-- ``SUBSCRIBE`` for SUB sockets, from the topic prefix (``b""`` subscribes to everything);
-- bind or connect; for ``ipc://`` with bind, the parent directories of the socket path are
-  created first and ``fix_ipc_permissions`` (Savant's default 0o777) is applied to the socket
-  file afterwards.
-
-Failures raise :class:`EndpointError`, whose message names the socket URL and the cause, so a
-start-up error reads e.g. ``cannot bind dealer+bind:tcp://127.0.0.1:5555: Address already in
-use``.
-
-libzmq removes any file at an ``ipc://`` path before binding it, so a second process binding
-the same path would silently take the address over from the first. Before binding, mgfast
-connects to an existing socket file: if something answers, the bind is refused (a second server
-on the same out_stream); if nothing does, the file is stale and the bind goes ahead.
+Every socket towards a Savant peer goes through :func:`open_socket`, so Savant's options are
+applied the same way everywhere; failures raise :class:`EndpointError`, whose message names the
+URL and the cause (``cannot bind dealer+bind:tcp://127.0.0.1:5555: Address already in use``).
+A bound ipc path that another live process holds is refused rather than taken over. The options
+and the ipc details: docs/protocol.md section 1, "Socket URLs and options".
 """
 
 from __future__ import annotations
@@ -91,7 +80,9 @@ def open_socket(
     return sock
 
 
-def _configure(sock, url, send_hwm, receive_hwm, subscribe, options) -> None:
+def _configure(sock: zmq.asyncio.Socket, url: SocketUrl, send_hwm: int | None,
+               receive_hwm: int | None, subscribe: bytes, options: Mapping[int, int] | None
+               ) -> None:
     try:
         sock.setsockopt(zmq.LINGER, LINGER_MS)
         if send_hwm is not None:
@@ -106,7 +97,7 @@ def _configure(sock, url, send_hwm, receive_hwm, subscribe, options) -> None:
         raise EndpointError(url, "configure", exc) from exc
 
 
-def _bind(sock, url: SocketUrl, fix_ipc_permissions: int | None) -> None:
+def _bind(sock: zmq.asyncio.Socket, url: SocketUrl, fix_ipc_permissions: int | None) -> None:
     path = url.ipc_path if url.is_ipc else None
     if path is not None:
         if os.path.isdir(path):
@@ -150,7 +141,7 @@ def _ipc_in_use(path: str) -> bool:
         probe.close()
 
 
-def _connect(sock, url: SocketUrl) -> None:
+def _connect(sock: zmq.asyncio.Socket, url: SocketUrl) -> None:
     try:
         sock.connect(url.endpoint)
     except zmq.ZMQError as exc:

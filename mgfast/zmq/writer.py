@@ -1,50 +1,16 @@
 """The server's out_stream: a Savant ZeroMQ writer (pub, dealer or req) for asyncio.
 
-One :class:`OutStreamWriter` owns the configured socket and is shared by every concurrent HTTP
-request of the process. ``await writer.write([topic, message, *extra], eos=...)`` returns the
-Savant writer result of that message.
+    writer = OutStreamWriter(config)
+    await writer.start()                      # EndpointError names the endpoint
+    result = await writer.write([topic, message, *extra], eos=False)   # a WriteResult
+    future = writer.submit(frames, eos)       # the same without a coroutine
+    future = writer.submit_group(messages, eos_flags)   # stops at its first failed write
+    await writer.close()                      # flushes, then fails what is left (StreamClosed)
 
-Semantics (Savant's, see PROTOCOL.md section 2):
-
-- **pub** never waits for a reply: ``SUCCESS`` (PUB drops at its high-water mark, it never blocks).
-- **dealer** waits for a reply only after an end-of-stream: a reply whose last frame is ``OK``
-  gives ``ACK``; replies received before the EOS is sent are stale (e.g. the late ack of an
-  earlier EOS that timed out) and are discarded first, and a reply that is not ``OK`` is
-  ignored, so only a real confirmation counts.
-- **req** waits for a reply after every message: ``ACK``; for an EOS the reply must be ``OK``.
-- No reply within ``receive_timeout * (receive_retries + 1)`` after the send gives
-  ``ACK_TIMEOUT`` (Savant waits ``receive_timeout`` per attempt, ``receive_retries + 1``
-  attempts).
-- A message the socket does not accept (high-water mark reached, or no peer on a bound
-  dealer/req) gives ``SEND_TIMEOUT`` once ``send_timeout * (send_retries + 1)`` has passed since
-  ``write()`` was called (Savant's budget: ``send_retries + 1`` attempts of ``send_timeout``
-  each). mgfast counts the budget from submission rather than from the moment the message
-  reaches the head of the queue, so a request never waits longer than its own budget while the
-  socket is blocked, instead of the budgets of every message queued before it adding up. A
-  message is always offered to the socket once, however late.
-
-REQ recovery: a REQ socket whose reply never came refuses to send again (EFSM). The socket is
-opened with ``ZMQ_REQ_RELAXED`` (a new request may be sent without the previous reply) and
-``ZMQ_REQ_CORRELATE`` (libzmq tags each request and discards replies to older ones), so after an
-``ACK_TIMEOUT`` the next message goes out on the same socket and a late reply cannot be taken for
-the ack of a later message. The alternative, closing and re-creating the socket, would drop the
-connections of every peer on a bound endpoint and race the rebind; the relaxed REQ keeps them.
-REQ_CORRELATE adds an envelope frame that the peer's REP socket strips and echoes, so a Savant
-REP reader sees exactly ``[topic, message, *extra]``.
-
-Ordering and speed: ``write()`` only appends to a queue; one writer task drains it, so messages
-reach the wire and ``write()`` calls complete in submission order. While the socket accepts
-(pub, dealer and non-EOS messages), the task hands whole stretches of queued messages to libzmq
-in one call (``mgfast._zmq_io.send_many``: no Python per frame, no event-loop round trip per
-message); it awaits the asyncio socket only when it must wait (a full socket, an ack), and yields
-to the loop after :data:`FAST_SEND_BATCH` messages so a long queue cannot starve the HTTP side.
-``submit_group`` queues a whole HTTP batch as one entry with one future.
-
-Buffers: libzmq copies every part when the writer task hands it over, so a buffer passed to
-``write()`` need only stay unchanged until that call completes.
-
-Cancellation: a ``write()`` cancelled before its message reached the socket is skipped (nothing
-goes on the wire); once sent, the message stays sent and only the result is discarded.
+One writer owns the socket and serves every concurrent request of the process; messages reach
+the wire, and their futures complete, in submission order. A buffer need only stay unchanged
+until its write completes. Savant's semantics per socket type, the send and ack budgets, REQ
+recovery and the batching into libzmq: docs/protocol.md section 1, "Writer semantics".
 """
 
 from __future__ import annotations
@@ -54,6 +20,7 @@ import enum
 import logging
 from collections import deque
 from collections.abc import Sequence
+from typing import Any
 
 import zmq
 import zmq.asyncio
@@ -63,6 +30,9 @@ from mgfast.zmq.settings import OutStreamConfig
 from mgfast.zmq.sockets import CONFIRMATION, StreamClosed, open_socket
 
 log = logging.getLogger(__name__)
+
+Buffer = bytes | bytearray | memoryview
+Frames = Sequence[Buffer]  # one message: [topic, message, *extra]
 
 FAST_SEND_BATCH = 256  # queued messages sent back to back before yielding to the event loop
 
@@ -86,8 +56,10 @@ class _Run:
 
     __slots__ = ("messages", "eos", "deadline", "future", "single")
 
-    def __init__(self, messages: list, eos: list[bool] | None, deadline: float,
-                 future: asyncio.Future, single: bool) -> None:
+    # the future's result: a WriteResult (single) or a list of them
+
+    def __init__(self, messages: list[Frames], eos: list[bool] | None, deadline: float,
+                 future: asyncio.Future[Any], single: bool) -> None:
         self.messages = messages  # frame sequences
         self.eos = eos  # per message, or None when none is an EOS
         self.deadline = deadline  # loop time after which a blocked send gives SEND_TIMEOUT
@@ -98,7 +70,8 @@ class _Run:
 class OutStreamWriter:
     """Savant writer semantics for one out_stream socket, shared by many concurrent callers."""
 
-    def __init__(self, config: OutStreamConfig, context: zmq.asyncio.Context | None = None):
+    def __init__(self, config: OutStreamConfig,
+                 context: zmq.asyncio.Context | None = None) -> None:
         # configuration
         self.config = config
         socket_type = config.url.socket_type
@@ -115,10 +88,10 @@ class OutStreamWriter:
         self._asock: zmq.asyncio.Socket | None = None
         self._handle = 0  # the libzmq socket, for mgfast._zmq_io; 0 when closed
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         # the queue between write() and the writer task
         self._queue: deque[_Run] = deque()
-        self._wake: asyncio.Future | None = None  # set while the task waits for work
+        self._wake: asyncio.Future[None] | None = None  # set while the task waits for work
         self._closing = False
         self._unfinished = 0  # messages submitted whose run has no result yet
         # counters, for metrics
@@ -139,7 +112,8 @@ class OutStreamWriter:
             raise RuntimeError(f"writer for {self.config.url} was already started")
         if self._context is None:
             self._context = zmq.asyncio.Context()
-        options = {zmq.REQ_RELAXED: 1, zmq.REQ_CORRELATE: 1} if self._ack_every else None
+        options: dict[int, int] | None = (
+            {zmq.REQ_RELAXED: 1, zmq.REQ_CORRELATE: 1} if self._ack_every else None)
         try:
             self._asock = open_socket(
                 self._context,
@@ -158,15 +132,16 @@ class OutStreamWriter:
 
     async def write(self, frames: Sequence[bytes | memoryview], *, eos: bool) -> WriteResult:
         """Send ``[topic, message, *extra]``; ``eos`` says whether the message is an EOS."""
-        return await self.submit(frames, eos)
+        result: WriteResult = await self.submit(frames, eos)
+        return result
 
-    def submit(self, frames: Sequence[bytes | memoryview], eos: bool) -> asyncio.Future:
+    def submit(self, frames: Frames, eos: bool) -> asyncio.Future[WriteResult]:
         """Queue a message now and return the future of its WriteResult (no coroutine per
         message)."""
         return self._enqueue([frames], [True] if eos else None, True)
 
-    def submit_group(self, messages: list[Sequence[bytes | memoryview]],
-                     eos: list[bool] | None = None) -> asyncio.Future:
+    def submit_group(self, messages: list[Frames],
+                     eos: list[bool] | None = None) -> asyncio.Future[list[WriteResult]]:
         """Queue messages that must reach the wire as a prefix: after the first one that is not
         written, the rest are not sent (WriteResult.NOT_ATTEMPTED), so a sender can resend from
         there without reordering. ``eos``: per message, or None if none is an EOS. The future's
@@ -175,13 +150,14 @@ class OutStreamWriter:
             raise ValueError("submit_group needs one eos flag per message")
         return self._enqueue(messages, eos if eos is not None and True in eos else None, False)
 
-    def _enqueue(self, messages: list, eos: list[bool] | None, single: bool) -> asyncio.Future:
-        if self._task is None or self._closing:
+    def _enqueue(self, messages: list[Frames], eos: list[bool] | None, single: bool
+                 ) -> asyncio.Future[Any]:
+        loop = self._loop
+        if self._task is None or self._closing or loop is None:
             raise StreamClosed(f"writer for {self.config.url} is not running")
         for frames in messages:
             if len(frames) < 2:
                 raise ValueError("a Savant message needs at least the frames [topic, message]")
-        loop = self._loop
         future = loop.create_future()
         self._queue.append(_Run(messages, eos, loop.time() + self._send_budget, future, single))
         self._unfinished += len(messages)
@@ -246,6 +222,7 @@ class OutStreamWriter:
     async def _run(self) -> None:
         queue = self._queue
         loop = self._loop
+        assert loop is not None  # set by start(), which creates this task
         run: _Run | None = None
         sent = 0  # messages handled since the task last yielded to the loop
         try:
@@ -258,6 +235,7 @@ class OutStreamWriter:
                     sent = 0
                     continue
                 run = queue.popleft()
+                outcome: list[WriteResult] | Exception
                 try:
                     outcome = await self._write_run(run)
                 except Exception as exc:
@@ -315,8 +293,8 @@ class OutStreamWriter:
             results += [WriteResult.NOT_ATTEMPTED] * (count - len(results))
         return results
 
-    async def _write_one(self, frames: Sequence, eos: bool, deadline: float,
-                         future: asyncio.Future) -> WriteResult | None:
+    async def _write_one(self, frames: Frames, eos: bool, deadline: float,
+                         future: asyncio.Future[Any]) -> WriteResult | None:
         """Send one message and, if Savant waits for it, its ack. Returns None if abandoned."""
         if eos and self._drain_stale:
             self._discard_replies()
@@ -327,7 +305,7 @@ class OutStreamWriter:
             return await self._await_ack(eos)
         return WriteResult.SUCCESS
 
-    def _send_nowait(self, frames: Sequence) -> bool:
+    def _send_nowait(self, frames: Frames) -> bool:
         """Hand the whole multipart to libzmq without blocking; False if it would block."""
         try:
             return send_multipart(self._handle, frames)
@@ -337,22 +315,26 @@ class OutStreamWriter:
     def _broken(self, exc: zmq.ZMQError) -> RuntimeError:
         return RuntimeError(f"{self.config.url}: sending failed ({exc})")
 
-    async def _send_waiting(self, frames: Sequence, deadline: float,
-                            future: asyncio.Future) -> bool:
+    async def _send_waiting(self, frames: Frames, deadline: float,
+                            future: asyncio.Future[Any]) -> bool:
         """Wait for the socket to accept the message until its deadline; True once sent."""
-        loop = self._loop
+        loop, asock = self._loop, self._asock
+        assert loop is not None and asock is not None  # the writer task runs after start()
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return False
-            events = await self._asock.poll(remaining * 1000.0, zmq.POLLOUT)
+            # pyzmq types the asyncio socket's poll() as its Poller's poll(timeout) -> list
+            events: int = await asock.poll(  # type: ignore[call-arg, assignment]
+                remaining * 1000.0, zmq.POLLOUT)
             if future.done():
                 return False
             if events & zmq.POLLOUT and self._send_nowait(frames):
                 return True
 
     async def _await_ack(self, eos: bool) -> WriteResult:
-        loop = self._loop
+        loop, asock = self._loop, self._asock
+        assert loop is not None and asock is not None  # the writer task runs after start()
         deadline = loop.time() + self._ack_budget
         while True:
             reply = recv_multipart(self._handle)
@@ -360,7 +342,7 @@ class OutStreamWriter:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     return WriteResult.ACK_TIMEOUT
-                await self._asock.poll(remaining * 1000.0, zmq.POLLIN)
+                await asock.poll(remaining * 1000.0, zmq.POLLIN)  # type: ignore[call-arg]
                 continue
             if (self._ack_every and not eos) or (reply and reply[-1] == CONFIRMATION):
                 return WriteResult.ACK
