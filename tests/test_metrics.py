@@ -353,8 +353,12 @@ def test_alerts_fire_on_what_happened_and_only_that(stack):
     except AssertionError:
         raise AssertionError(f"alerts: {json.dumps(stack.prom.alerts(), indent=1)}") from None
     alerts = stack.prom.alerts()
-    names = {a["labels"]["alertname"] for a in alerts}
-    assert names == {name for name, _, _ in expected}, alerts  # no egress timeouts, no CA alert
+    # Only firing alerts notify anyone: exactly the expected ones fire (no egress timeouts, no
+    # CA alert). A pending one may be a transient, such as a restarted worker's etcd watch in
+    # its first second (MgfastAuthEtcdDisconnected waits 1 min before it fires).
+    firing = {a["labels"]["alertname"] for a in alerts if a["state"] == "firing"}
+    assert firing == {name for (name, _, _), state in expected.items() if state == "firing"}, \
+        alerts
     for alert in alerts:
         assert alert["labels"]["instance"] == stack.server_metrics
         assert alert["annotations"]["summary"] and alert["annotations"]["description"]
