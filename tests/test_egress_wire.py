@@ -40,7 +40,8 @@ def test_batches_survive_any_cutting_of_the_stream(batches, cuts):
     assert [(i, [([bytes(f) for f in fr], fl) for fr, fl in m]) for i, m in decoded] == batches
 
 
-def test_results_round_trip():
+def test_results_round_trip_and_error_codes():
+    assert wire.RESULTS_BY_CODE[wire.ERROR] is None
     reader = wire.RecordReader()
     data = wire.encode_results(7, b"\x00\x02\x05")
     assert reader.feed(data[:5]) == []
@@ -48,9 +49,20 @@ def test_results_round_trip():
     assert wire.decode_results(record) == (7, b"\x00\x02\x05")
 
 
+def _record(batch_id: int, counts: list[int], lengths: list[int], frames: bytes) -> bytes:
+    body = (batch_id.to_bytes(8, "little") + len(counts).to_bytes(4, "little")
+            + len(lengths).to_bytes(4, "little") + array("I", counts).tobytes()
+            + array("I", lengths).tobytes() + frames)
+    return len(body).to_bytes(4, "little") + body
+
+
 @pytest.mark.parametrize("garbage", [
     b"\xff\xff\xff\xff",  # a length no record has
     (20).to_bytes(4, "little") + b"\x00" * 20,  # counts and lengths that do not add up
+    _record(1, [3], [1, 1], b"tm"),  # a message of 3 frames, 2 sent
+    _record(1, [2], [1, 1, 5], b"tmextra"),  # a frame beyond its messages
+    _record(1, [1], [1], b"t"),  # a message needs topic and message
+    _record(1, [2], [1, 9], b"tm"),  # lengths past the record
 ])
 def test_garbage_is_refused(garbage):
     with pytest.raises(ValueError):

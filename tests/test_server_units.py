@@ -8,7 +8,6 @@ import asyncio
 import inspect
 import sys
 import time
-from array import array
 
 import orjson
 import pytest
@@ -16,7 +15,6 @@ import pytest
 from mgfast.config.loader import load_server_config
 from mgfast.http.server_protocol import Request
 from mgfast.media import encode_media, encode_media_batch
-from mgfast.server import egress_wire as wire
 from mgfast.server.app import GatewayApp
 from mgfast.server.stats import WorkerStats
 from mgfast.server.supervisor import BACKOFF_FIRST, BACKOFF_MAX, STABLE_AFTER, Child, Supervisor
@@ -45,7 +43,7 @@ class ScriptedWriter:
             future.set_result(value)
         return future
 
-    def submit(self, frames, *, eos, frame):
+    def submit(self, frames, *, eos):
         result = self.results.pop(0)
         if isinstance(result, StreamClosed):
             raise result
@@ -54,7 +52,7 @@ class ScriptedWriter:
 
     def submit_group(self, items):
         results = []
-        for frames, _, _ in items:
+        for frames, _ in items:
             result = self.results.pop(0)
             results.append(result)
             self.written.append([bytes(f) for f in frames])
@@ -144,26 +142,6 @@ def test_pipelined_requests_go_as_one_group_and_a_bad_one_is_answered_alone() ->
         assert [frames[0] for frames in writer.written] == [b"a", b"c"]
 
     arun(scenario())
-
-
-def test_the_egress_wire_round_trips_and_refuses_what_does_not_add_up() -> None:
-    messages = [[b"t1", b"m1"], [b"t2", b"m2", b"x", b"y"]]
-    counts = array("I", [2 | wire.EOS_BIT, 4 | wire.FRAME_BIT | wire.GROUP_BIT])
-    parts = [wire.encode_header(7, counts), *messages[0], *messages[1]]
-    batch_id, decoded = wire.decode_batch(parts)
-    assert batch_id == 7
-    assert decoded == [(messages[0], wire.EOS_BIT),
-                       (messages[1], wire.FRAME_BIT | wire.GROUP_BIT)]
-    codes = bytes([wire.RESULT_CODES[WriteResult.SUCCESS], wire.ERROR])
-    assert wire.decode_results(wire.encode_results(7, codes)) == (7, codes)
-    assert wire.RESULTS_BY_CODE[wire.ERROR] is None
-    for bad in ([b"short"], [wire.encode_header(1, array("I", [3])), b"t", b"m"],
-                [wire.encode_header(1, array("I", [2])), b"t", b"m", b"extra"],
-                [wire.encode_header(1, array("I", [1])), b"t"]):
-        with pytest.raises(ValueError):
-            wire.decode_batch(bad)
-    with pytest.raises(ValueError):
-        wire.decode_results([b"1234567", b""])
 
 
 def test_a_child_that_keeps_dying_backs_off_doubling_then_starts_over_once_stable() -> None:
