@@ -1,6 +1,6 @@
 """The server's in-process parts without sockets or processes: GatewayApp on a scripted
-writer, the worker-egress wire format, the supervisor's restart backoff on an injected clock,
-and the process helper's fail-fast wait."""
+writer, the supervisor's restart backoff on an injected clock, and the process helper's
+fail-fast wait (the worker-egress wire: test_egress_wire.py)."""
 
 from __future__ import annotations
 
