@@ -10,7 +10,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from tests.util import free_port, wait_until
+from tests.util import free_port, scaled, wait_until
 
 
 class GatewayProcess:
@@ -63,7 +63,7 @@ class GatewayProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
-                self.proc.wait(timeout)
+                self.proc.wait(scaled(timeout))
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
@@ -98,5 +98,5 @@ def server_config(out_url: str, **overrides) -> dict:
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
+    with urllib.request.urlopen(url, timeout=scaled(timeout)) as response:
         return response.status, response.read()
