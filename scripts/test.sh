@@ -1,8 +1,25 @@
 #!/usr/bin/env bash
 # Installs everything the test suite needs on a fresh machine, builds the Cython extension,
 # and runs the whole suite. Extra arguments go to pytest (e.g. scripts/test.sh -k tls -x).
+#
+# --python X.Y runs it on another interpreter in its own .venv-X.Y (pyenv's newest X.Y.*, else
+# pythonX.Y from PATH), e.g. scripts/test.sh --python 3.13; the default is python3 in .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+python=python3
+venv=.venv
+if [ "${1:-}" = --python ]; then
+  version=${2:?--python needs a version such as 3.12}
+  shift 2
+  venv=.venv-$version
+  # pyenv's versions first (its shims on PATH fail for a version that is not selected), the
+  # newest X.Y.* (sort -V: 3.12.10 after 3.12.9); else pythonX.Y from PATH.
+  python=$(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$version".*/bin/"python$version" 2>/dev/null \
+             | sort -V | tail -1)
+  [ -n "$python" ] || python=$(command -v "python$version" || true)
+  [ -n "$python" ] || { echo "test.sh: no python$version on PATH or in pyenv" >&2; exit 2; }
+fi
 
 # Debian tools the tests drive as real peers.
 declare -A tool_package=([openssl]=openssl [curl]=curl [prometheus]=prometheus
@@ -17,10 +34,10 @@ if ((${#missing[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
 
-if [ ! -x .venv/bin/python ]; then
-  echo "creating .venv"
-  python3 -m venv .venv
+if [ ! -x "$venv/bin/python" ]; then
+  echo "creating $venv with $python"
+  "$python" -m venv "$venv"
 fi
-echo "installing mgfast and its test dependencies into .venv (builds the Cython extension)"
-.venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
-exec .venv/bin/python -m pytest -q "$@"
+echo "installing mgfast and its test dependencies into $venv (builds the Cython extension)"
+"$venv/bin/pip" install -q --disable-pip-version-check -e '.[test]'
+exec "$venv/bin/python" -m pytest -q "$@"
