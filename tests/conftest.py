@@ -27,7 +27,9 @@ def pytest_collection_modifyitems(config, items) -> None:
 
 
 def pytest_report_header(config) -> str | None:
-    return f"MGFAST_TIME_SCALE={TIME_SCALE:g}: test deadlines x{TIME_SCALE:g}" if TIME_SCALE != 1 else None
+    if TIME_SCALE == 1:
+        return None
+    return f"MGFAST_TIME_SCALE={TIME_SCALE:g}: test deadlines x{TIME_SCALE:g}"
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -33,7 +33,8 @@ try:  # the second oracle, for the tests marked needs_savant_rs; the rest use sa
     prim = savant_rs.primitives
 except ImportError:  # no savant-rs wheel for this Python (3.13): those tests skip
     savant_rs = sm = prim = None
-needs_savant_rs = pytest.mark.skipif(savant_rs is None, reason="savant-rs 0.3.0 has no wheel for this Python")
+needs_savant_rs = pytest.mark.skipif(savant_rs is None,
+                                     reason="savant-rs 0.3.0 has no wheel for this Python")
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 BODY_TYPES = (bytes, bytearray, memoryview)

@@ -16,7 +16,7 @@ TIME_SCALE = float(os.environ.get("MGFAST_TIME_SCALE", "1") or "1")
 
 
 def scaled(seconds: float) -> float:
-    """``seconds`` stretched by MGFAST_TIME_SCALE: for deadlines and upper bounds on elapsed time."""
+    """``seconds`` times MGFAST_TIME_SCALE: for deadlines and upper bounds on elapsed time."""
     return seconds * TIME_SCALE
 
 
