@@ -247,7 +247,8 @@ def test_two_servers_share_one_etcd(tmp_path):
                 server.stop()
 
 
-def test_upstream_sample_runs_and_says_what_is_wrong_while_etcd_is_unreachable(seed, tmp_path):
+def test_upstream_sample_runs_and_says_what_is_wrong_while_etcd_is_unreachable(seed, tmp_path,
+                                                                              monkeypatch):
     """upstream's samples/configuration/server/basic_auth_config.json with the listener, the
     out_stream and connect_timeout changed (its etcd host does not exist here): the server
     starts, answers 503, keeps /health open and logs how to fix it."""
@@ -256,8 +257,9 @@ def test_upstream_sample_runs_and_says_what_is_wrong_while_etcd_is_unreachable(s
                          "upstream_server_basic_auth.json").read_text())
     import shutil
     for name, source in (("etcd-ca.crt", seed.ca_crt), ("etcd-client.crt", seed.client_crt),
-                         ("etcd-client.key", seed.client_key)):  # next to the config
+                         ("etcd-client.key", seed.client_key)):
         shutil.copy(source, tmp_path / name)
+    monkeypatch.chdir(tmp_path)  # its relative paths are the working directory's, as upstream
     sample["auth"]["basic"]["etcd"]["connect_timeout"] = {"secs": 1, "nanos": 0}  # not 30 s
     sample.update(ip="127.0.0.1", port=free_port(), workers=1)
     sample["out_stream"]["url"] = f"pub+bind:ipc://{tmp_path}/server"
