@@ -193,14 +193,25 @@ if [ ! -x "$chroot_dir$venv/bin/python" ]; then
   step "creating the arm64 venv $venv"
   in_chroot python3 -m venv "$venv"
 fi
-step "pip install -e .[test] in the arm64 venv (aarch64 wheels; the Cython build under emulation)"
-t0=$SECONDS
-# (pip's warnings about the host's file:// index missing a project are noise here.)
-in_chroot sh -c "cd $inner_src && $venv/bin/pip install -q --disable-pip-version-check -e '.[test]'" 2>&1 \
-  | { grep -v "^WARNING: Location 'file://" || true; }
-((PIPESTATUS[0] == 0)) || { echo "arm64-check: pip install failed" >&2; exit 1; }
-step "pip install done in $((SECONDS - t0)) s"
-in_chroot "$venv/bin/python" -c 'import platform, mgfast._media as m; print("arm64-check: extension", m.__file__, "on", platform.machine())'
+# Only when what pip builds or resolves changed (pyproject.toml, setup.py, ext/): the install
+# is editable, so mgfast/ and tests/ are read from the copy in place.
+stamp=$( (cd "$src" && cat pyproject.toml setup.py ext/*.pyx) | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$chroot_dir/.mgfast-install-stamp" 2>/dev/null)" = "$stamp" ] \
+   && in_chroot sh -c "cd $inner_src && $venv/bin/python -c 'import mgfast._media, mgfast._zmq_io'" 2>/dev/null; then
+  step "pip install -e .[test]: nothing it builds changed since the last run, skipped"
+else
+  step "pip install -e .[test] in the arm64 venv (aarch64 wheels; the Cython build under emulation)"
+  t0=$SECONDS
+  rm -f "$chroot_dir/.mgfast-install-stamp"
+  # (pip's warnings about the host's file:// index missing a project are noise here.)
+  if ! in_chroot sh -c "cd $inner_src && $venv/bin/pip install -q --disable-pip-version-check -e '.[test]'" 2>&1 \
+       | { grep -v "^WARNING: Location 'file://" || true; }; then
+    echo "arm64-check: pip install failed in the chroot" >&2; exit 1
+  fi
+  echo "$stamp" >"$chroot_dir/.mgfast-install-stamp"
+  step "pip install done in $((SECONDS - t0)) s"
+fi
+in_chroot sh -c "cd $inner_src && $venv/bin/python -c 'import platform, mgfast._media as m; print(\"arm64-check: extension\", m.__file__, \"on\", platform.machine())'"
 
 # 7. The tests.
 if [ "$subset" = ci ]; then
