@@ -87,6 +87,17 @@ grep -q '^enabled' $binfmt/qemu-aarch64 2>/dev/null \
 grep -q '^flags:.*F' $binfmt/qemu-aarch64 \
   || cannot_emulate "qemu-aarch64 is registered without the F flag ($(grep flags $binfmt/qemu-aarch64)); binaries in the chroot would not find the interpreter"
 
+# One run at a time per cache: another run's copy, mounts and unmounts would pull the chroot
+# from under this one.
+mkdir -p "$root"
+exec 9>"$root/lock"
+if ! flock -n 9; then
+  step "another arm64-check runs on $root; waiting for it"
+  t0=$SECONDS
+  flock 9
+  step "waited $((SECONDS - t0)) s"
+fi
+
 # 3. The chroot: debootstrapped once into a .partial directory, renamed when complete, so an
 # interrupted run starts over instead of reusing half a system.
 mkdir -p "$root"
