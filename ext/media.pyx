@@ -1172,6 +1172,8 @@ def routing_labels(message):
     p = <const uint8_t*>v.buf
     e.layer = _L_MESSAGE
     e.base = 0
+    e.depth = 0  # _describe reads the Savant path (msgs[0..depth]); unset it was stack garbage
+    e.msgs[0] = _M_MESSAGE
     while pos < v.len:
         rc = _next_field(p, &pos, v.len, &f, &e)
         if rc:

@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.util import ProcessExited, free_port, wait_until
+from tests.util import ProcessExited, free_port, scaled, wait_until
 
 
 class LoggedProcess:
@@ -58,7 +58,7 @@ class LoggedProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
-                self.proc.wait(timeout)
+                self.proc.wait(scaled(timeout))
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
@@ -137,5 +137,5 @@ def server_config(out_url: str, **overrides: Any) -> dict[str, Any]:
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
+    with urllib.request.urlopen(url, timeout=scaled(timeout)) as response:
         return response.status, response.read()

@@ -33,7 +33,7 @@ from tests import savant_peers as sp
 from tests.gateway_process import GatewayProcess, http_get, server_config
 from tests.seed_ca import SeedCa
 from tests.upstream_stub import DROP, UpstreamStub
-from tests.util import arun, endpoint, free_port, wait_until
+from tests.util import arun, endpoint, free_port, scaled, wait_until
 
 WRITER_FOR = {"sub": "pub", "router": "dealer", "rep": "req"}
 BIG = os.urandom(3 * 1024 * 1024)  # a multi-megabyte extra part
@@ -613,7 +613,7 @@ def test_sigterm_gives_up_after_the_drain_timeout_and_says_how_many(tmp_path):
             started = time.monotonic()
             stats = stop_client(client)
             elapsed = time.monotonic() - started
-    assert elapsed < 5
+    assert elapsed < scaled(5)
     assert stats["read"] == 5 and stats["undelivered"] == 5 and stats["forwarded"] == 0
     assert "msg=\"messages not delivered\" undelivered=5" in client.log()
 

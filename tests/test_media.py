@@ -28,9 +28,14 @@ from mgfast.media import (
 from tests import savant_proto as pb
 from tests.savant_proto import ld, tag, varint
 
-savant_rs = pytest.importorskip("savant_rs")
-sm = savant_rs.serialization_module
-prim = savant_rs.primitives
+try:  # the second oracle, for the tests marked needs_savant_rs; the rest use savant_proto
+    import savant_rs
+    sm = savant_rs.serialization_module
+    prim = savant_rs.primitives
+except ImportError:  # no savant-rs wheel for this Python (3.13): those tests skip
+    savant_rs = sm = prim = None
+needs_savant_rs = pytest.mark.skipif(savant_rs is None,
+                                     reason="savant-rs 0.3.0 has no wheel for this Python")
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 BODY_TYPES = (bytes, bytearray, memoryview)
@@ -219,6 +224,7 @@ REAL = [
 ]
 
 
+@needs_savant_rs
 @pytest.mark.parametrize("make,kind,check", [r[1:] for r in REAL], ids=[r[0] for r in REAL])
 def test_real_savant_messages(make, kind, check):
     msg = make()
@@ -236,6 +242,7 @@ def test_real_savant_messages(make, kind, check):
         assert [bytes(d) for d in data] == [b"\x00" * 1000]
 
 
+@needs_savant_rs
 def test_real_video_frame_fields_survive():
     frame = savant_rs.utils.gen_frame()
     raw = sm.save_message_to_bytes(sm.Message.video_frame(frame))
@@ -291,6 +298,7 @@ def test_missing_or_empty_protocol_version_passes_as_upstream(message):
     assert decode_all_types(b"\x0a" + varint(len(message)) + message)[1] == message
 
 
+@needs_savant_rs
 def test_overlong_varints_are_accepted():
     # a length written in three bytes, a tag in two, a ten-byte varint (2**64 - 1)
     message = (b"\x8a\x00" + b"\x85\x80\x00" + b"0.2.0" + b"\x20" + b"\xff" * 9 + b"\x01"
@@ -301,6 +309,7 @@ def test_overlong_varints_are_accepted():
     assert sm.load_message_from_bytes(message).is_end_of_stream()
 
 
+@needs_savant_rs
 def test_tenth_varint_byte_above_one_is_refused_as_prost_does():
     # upb drops the bits beyond 64; prost (savant-rs, upstream) refuses them
     message = ld(1, b"0.2.0") + b"\x20" + b"\xff" * 9 + b"\x02" + ld(9, b"")
@@ -571,6 +580,7 @@ def test_batch_pieces_refuse_what_the_batch_encoder_refuses():
             MAX_BATCH_DATA_PARTS // MAX_DATA_PARTS + 1))
 
 
+@needs_savant_rs
 def test_batch_of_real_messages():
     raws = [sm.save_message_to_bytes(sm.Message.video_frame(savant_rs.utils.gen_frame())),
             sm.save_message_to_bytes(sm.Message.end_of_stream(prim.EndOfStream("cam-1")))]

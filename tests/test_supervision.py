@@ -152,9 +152,10 @@ def test_sigterm_answers_requests_in_flight_and_exits_0(tmp_path):
         rep = ctx.socket(zmq.REP)
         rep.connect(where)
         result: dict = {}
+        message = sp.user_data("cam-1")  # here, not in the thread: without savant-rs it skips
 
         def request() -> None:
-            result["status"] = post(config["port"], "cam-1", sp.user_data("cam-1"))
+            result["status"] = post(config["port"], "cam-1", message)
 
         t = threading.Thread(target=request)
         t.start()

