@@ -311,7 +311,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._answer(200, b"", headers={"Connection": "close"})
             return
         content = "application/json" if answer.startswith(b"{") else "text/plain"
-        self._answer(status, answer, content)
+        self._answer(status, answer, content,
+                     headers={"Connection": "close"} if self.close_connection else None)
 
     def _batch(self, body: bytes) -> tuple[int, bytes]:
         try:
@@ -330,5 +331,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 return DROP, b""
             results.append(status)
             if not (200 <= status < 300 or status in (400, 413)):
+                # as an mgfast server: a failed item closes the connection after this answer,
+                # so nothing pipelined behind it is taken before the client resends it
+                self.close_connection = True
                 break
         return 200, json.dumps({"results": results}).encode()
