@@ -263,6 +263,37 @@ def test_upstream_server_and_client_samples_run_end_to_end(tmp_path) -> None:
                        what="a message through client and server", timeout=20)
 
 
+@pytest.mark.timeout(60)
+def test_upstream_certificate_auth_samples_run_with_the_files_they_name(tmp_path,
+                                                                       monkeypatch) -> None:
+    """upstream's certificate_auth samples, server and client, run from a directory holding
+    the files they name (server.crt, server.key, lookup-hash-dir, ca.crt, client.crt,
+    client.key: the seed guide's); only the port, the ipc paths and the client's url (its host
+    name resolves nowhere here) are replaced."""
+    import shutil
+
+    from tests.seed_ca import SeedCa
+    seed = SeedCa.create(tmp_path / "pki")
+    for name, source in (("server.crt", seed.server_crt), ("server.key", seed.server_key),
+                         ("ca.crt", seed.ca_crt), ("client.crt", seed.client_crt),
+                         ("client.key", seed.client_key)):
+        shutil.copy(source, tmp_path / name)
+    shutil.copytree(seed.hash_dir, tmp_path / "lookup-hash-dir")
+    monkeypatch.chdir(tmp_path)  # relative paths are the working directory's, as upstream
+    out, into = tmp_path / "sock" / "server", tmp_path / "sock" / "client"
+    server_doc = runnable("server/certificate_auth_config.json", tmp_path,
+                          out_stream__url=f"pub+bind:ipc://{out}")
+    with sp.SavantReader(f"sub+connect:ipc://{out}") as reader, \
+            GatewayProcess("server", server_doc, tmp_path) as server:
+        client_doc = runnable("client/certificate_auth_config.json", tmp_path,
+                              in_stream__url=f"sub+bind:ipc://{into}", url=server.url)
+        with GatewayProcess("client", client_doc, tmp_path), \
+                sp.SavantWriter(f"pub+connect:ipc://{into}") as writer:
+            wait_until(lambda: (writer.send("cam-1", sp.user_data("cam-1")), reader.messages)[1],
+                       what="a message through client and server over mutual TLS", timeout=20)
+    assert "client_certificates=required" in server.log()
+
+
 def test_fix_ipc_permissions_applies_to_the_socket_file(tmp_path) -> None:
     out = tmp_path / "sock" / "server"
     doc = runnable("server/default_config.json", tmp_path, out_stream__url=f"pub+bind:ipc://{out}",
