@@ -21,6 +21,9 @@ from mgfast.zmq.writer import Buffer, OutStreamWriter, WriteResult
 
 log = logging.getLogger("mgfast.egress")
 
+# How long a stopping egress keeps serving workers still connected: their drain, plus a margin.
+WORKERS_DRAIN = 12.0
+
 Run = tuple[list[Sequence[Buffer]], list[bool]]  # messages written as one run, their EOS flags
 
 
@@ -35,6 +38,7 @@ class Egress:
         self.path = endpoint.removeprefix("ipc://")
         self.server: asyncio.AbstractServer | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.workers: set[_WorkerConnection] = set()  # connected worker processes
         self.unanswered = 0  # batches received, not yet answered
         self.all_answered = asyncio.Event()
         self.malformed = 0
@@ -48,12 +52,18 @@ class Egress:
                                                          self.path)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Serve batches until ``stop``; then answer what was received and close the writer."""
+        """Serve batches until ``stop``; then, while workers are still connected (a SIGTERM to
+        the whole process group reaches the egress as the workers start draining), go on
+        serving them for up to the workers' drain time; then answer what was received and
+        close the writer."""
         try:
             await stop.wait()
         finally:
             if self.server is not None:
                 self.server.close()
+            deadline = self.loop.time() + WORKERS_DRAIN if self.loop is not None else 0.0
+            while self.workers and self.loop is not None and self.loop.time() < deadline:
+                await asyncio.sleep(0.01)
             if self.unanswered:
                 self.all_answered.clear()
                 await self.all_answered.wait()
@@ -100,6 +110,7 @@ class _WorkerConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.egress.workers.add(self)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -115,6 +126,7 @@ class _WorkerConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self.egress.workers.discard(self)
 
     def reply(self, batch_id: int, futures: list[asyncio.Future[list[WriteResult]]],
               runs: list[Run]) -> None:

@@ -29,10 +29,6 @@ REPLY_MARGIN = 5.0
 
 
 def _child_setup() -> None:
-    # A process group of its own: a signal to the supervisor's group (a terminal's Ctrl-C,
-    # timeout(1)'s second SIGTERM) reaches the supervisor only, which stops the children in
-    # order (workers drain first, then the egress flushes what they handed it).
-    os.setpgid(0, 0)
     _die_with_parent()
     return_large_buffers()
     logs.setup()

@@ -28,6 +28,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import SpawnProcess
 from typing import TYPE_CHECKING, Any
@@ -139,6 +140,9 @@ class Supervisor:
         # The signal mask survives exec: the child is born with SIGINT blocked (so a Ctrl-C
         # during its imports prints no traceback) until it ignores SIGINT for good. Blocking,
         # not ignoring, here keeps a SIGINT that arrives meanwhile pending for the supervisor.
+        # multiprocessing starts its resource tracker on the first spawn and unblocks SIGINT
+        # on its way out, which would undo the block below for that child: start it first.
+        resource_tracker.ensure_running()
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             process.start()
