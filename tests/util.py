@@ -4,6 +4,7 @@ deadline, ZeroMQ endpoints, running an async test body. Processes: tests/gateway
 from __future__ import annotations
 
 import os
+import random
 import socket
 import time
 from typing import Callable, TypeVar
@@ -22,8 +23,18 @@ def scaled(seconds: float) -> float:
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
+    """A TCP port on 127.0.0.1 that nothing listens on right now, chosen below Linux's
+    ephemeral range (32768-60999): a port the kernel hands out for port 0 can be taken again by
+    any outgoing connection before the test binds it ("address already in use")."""
+    for _ in range(200):
+        port = random.randint(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # that band is full: fall back to the kernel's choice
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
