@@ -37,7 +37,6 @@ class EgressClient:
         # is handed to the egress (kept until the egress confirms it, and sent again to a
         # restarted one), while fewer than max_pending messages wait for confirmation.
         self.confirm = confirm
-        self.max_pending = max_pending
         self.unconfirmed = 0  # messages answered early, not yet confirmed
         self.reply_timeout = reply_timeout
         self.loop = asyncio.get_running_loop()
@@ -55,7 +54,6 @@ class EgressClient:
         # batches sent (or waiting for a connection), awaiting results, by id
         self.inflight: dict[int, _Batch] = {}
         self.limit = PendingLimit(max_pending)
-        self.resent = 0  # batches sent again to a restarted egress
 
     async def start(self) -> None:
         """Connect now if the egress listens, else keep trying in the background (what is
@@ -123,7 +121,7 @@ class EgressClient:
         batch = self.inflight[batch_id] = _Batch(waiters, timer, record)
         if self.transport is not None:
             self.transport.writelines(record)
-            if not self.confirm and self.unconfirmed < self.max_pending:
+            if not self.confirm and self.unconfirmed < self.limit.limit:
                 batch.answered = len(counts)
                 self.unconfirmed += batch.answered
                 for waiter in waiters:
@@ -150,7 +148,6 @@ class EgressClient:
         if self.ever_connected and self.inflight:
             log.warning("the egress process went away; sending again what it had not answered",
                         extra={"batches": len(self.inflight)})
-            self.resent += len(self.inflight)
         self.ever_connected = True
         for batch_id in sorted(self.inflight):
             transport.writelines(self.inflight[batch_id].record)
