@@ -14,6 +14,7 @@ from typing import Awaitable, Callable, Protocol as TypingProtocol
 
 import httptools
 
+from mgfast._zmq_io import ZERO_COPY_MIN, SendBuffer
 from mgfast.config.model import HttpLimits
 from mgfast.http import responses
 from mgfast.http.deadlines import Deadline, Deadlines
@@ -31,7 +32,8 @@ class _Stop(Exception):
 
 
 class Request:
-    """One parsed request; the body is bytes when it came in one piece, else a bytearray.
+    """One parsed request. The body is bytes when it came in one piece, a ``SendBuffer`` when
+    it announced a large length (its frames then reach libzmq uncopied), else a bytearray.
     ``peer`` (the client's IP address) is set only by ``AddressedHttpServerProtocol``."""
 
     __slots__ = ("method", "path", "content_type", "authorization", "body", "keep_alive",
@@ -44,7 +46,7 @@ class Request:
         self.path = b""
         self.content_type = b""
         self.authorization = b""
-        self.body: bytes | bytearray = b""
+        self.body: bytes | bytearray | SendBuffer = b""
         self.keep_alive = True
 
 
@@ -202,6 +204,11 @@ class HttpServerProtocol(asyncio.Protocol):
         if length is not None and length > self.limits.max_body_size:
             self._reject_body(length)
             raise _Stop
+        if length is not None and length >= ZERO_COPY_MIN:
+            # Taken at the announced length, but not zeroed: it becomes resident memory only
+            # as the body arrives, so a client announcing much and sending little costs
+            # what it sends.
+            request.body = SendBuffer(length)  # type: ignore[union-attr]
         if self.expect_continue and self.transport is not None:
             self.transport.write(responses.CONTINUE)
         if not self.busy:
@@ -214,10 +221,13 @@ class HttpServerProtocol(asyncio.Protocol):
             self._reject_body(end)
             raise _Stop
         request = self.request
+        buffer = request.body  # type: ignore[union-attr]
+        if buffer.__class__ is SendBuffer:
+            buffer.append(body)  # type: ignore[union-attr]
+            return
         if not size:
             request.body = body  # type: ignore[union-attr]  # one piece: no copy
             return
-        buffer = request.body  # type: ignore[union-attr]
         if buffer.__class__ is bytes:
             # A second piece: the buffer grows with what arrives (never to the announced
             # length up front, which would let a client reserve memory it never sends).
