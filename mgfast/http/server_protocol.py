@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter, deque
-from typing import Awaitable, Callable, Protocol as TypingProtocol
+from typing import Awaitable, Callable, Protocol as TypingProtocol, Union
 
 import httptools
 
@@ -21,6 +21,8 @@ from mgfast.http.deadlines import Deadline, Deadlines
 from mgfast.http.responses import Response
 
 log = logging.getLogger("mgfast.http")
+
+Buffer = Union[bytes, memoryview]  # what arrives: a socket's bytes, or a view of decrypted ones
 
 # Pipelined requests buffered per connection before reading pauses.
 MAX_PIPELINED = 16
@@ -86,6 +88,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self.body_size = 0
         self.content_length: int | None = None  # llhttp validates the header itself
         self.expect_continue = False
+        self.body_left = 0  # bytes of a large announced body still to come, past the parser
 
     # -- asyncio protocol interface --------------------------------------------------------
 
@@ -97,9 +100,16 @@ class HttpServerProtocol(asyncio.Protocol):
             min(limits.header_timeout, limits.body_timeout, limits.idle_timeout))
         self._arm(limits.header_timeout, self._on_idle_timeout)
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: Buffer) -> None:
         if self.closing or self.failure is not None:
             return
+        rest: Buffer | None = self._take_body(data) if self.body_left else data
+        if rest:
+            self._parse(rest)
+        if self.queue and not self.busy and not self.closing:
+            self._next()  # after the whole buffer: pipelined requests are handled together
+
+    def _parse(self, data: Buffer) -> None:
         in_head = self.in_head
         self.began = False
         try:
@@ -120,8 +130,49 @@ class HttpServerProtocol(asyncio.Protocol):
                 if self.head_spill > self.limits.max_header_size:
                     self._reject_head(431, "request header block", self.head_spill,
                                       "max_header_size")
-        if self.queue and not self.busy and not self.closing:
-            self._next()  # after the whole buffer: pipelined requests are handled together
+            request = self.request
+            if request is not None and isinstance(request.body, SendBuffer) \
+                    and not self.closing and self.failure is None:
+                # the rest of a large announced body bypasses the parser (and its copy)
+                self.body_left = request.body.size - request.body.filled
+
+    # -- a large announced body, past the parser -------------------------------------------
+
+    def _take_body(self, data: Buffer) -> Buffer | None:
+        """Copy the body's next bytes into its SendBuffer; what follows the body, if any, is
+        returned for the parser."""
+        left = self.body_left
+        body = self.request.body  # type: ignore[union-attr]
+        assert isinstance(body, SendBuffer)
+        if len(data) < left:
+            body.append(data)
+            self.body_left = left - len(data)
+            return None
+        rest = memoryview(data)[left:] if len(data) > left else None
+        body.append(data if rest is None else memoryview(data)[:left])
+        self._body_done()
+        return rest
+
+    def body_target(self) -> memoryview | None:
+        """Where a TLS layer may decrypt the next bytes straight to (the unfilled part of a
+        large body: it is then never copied), or None when they are for ``data_received``."""
+        if not self.body_left or self.closing or self.failure is not None:
+            return None
+        return self.request.body.unfilled()[:self.body_left]  # type: ignore[union-attr]
+
+    def body_received(self, count: int) -> None:
+        """``count`` bytes were written to ``body_target()``."""
+        self.request.body.advance(count)  # type: ignore[union-attr]
+        self.body_left -= count
+        if not self.body_left:
+            self._body_done()
+            if self.queue and not self.busy and not self.closing:
+                self._next()
+
+    def _body_done(self) -> None:
+        self.body_left = 0
+        self.parser = httptools.HttpRequestParser(self)  # the old one still awaits the body
+        self.on_message_complete()
 
     def pause_writing(self) -> None:
         # A client that pipelines without reading its answers: stop answering and reading
@@ -222,15 +273,15 @@ class HttpServerProtocol(asyncio.Protocol):
             raise _Stop
         request = self.request
         buffer = request.body  # type: ignore[union-attr]
-        if buffer.__class__ is SendBuffer:
-            buffer.append(body)  # type: ignore[union-attr]
+        if isinstance(buffer, SendBuffer):
+            buffer.append(body)
             return
         if not size:
             request.body = body  # type: ignore[union-attr]  # one piece: no copy
             return
-        if buffer.__class__ is bytes:
-            # A second piece: the buffer grows with what arrives (never to the announced
-            # length up front, which would let a client reserve memory it never sends).
+        if isinstance(buffer, bytes):
+            # A second piece of a small or unannounced body: the buffer grows with what
+            # arrives, never to an announced length (see the SendBuffer in on_headers_complete).
             buffer = request.body = bytearray(buffer)  # type: ignore[union-attr]
         buffer += body
 
@@ -403,6 +454,7 @@ class HttpServerProtocol(asyncio.Protocol):
         """Drop what the connection holds, now rather than at the next cyclic GC (the parser
         and this protocol refer to each other): a closed connection keeps no body alive."""
         self.request = None
+        self.body_left = 0
         self.queue.clear()
         self.failure = None
         self.parser = None  # type: ignore[assignment]

@@ -43,6 +43,9 @@ class TlsServerProtocol(asyncio.Protocol):
         self.on_handshake = on_handshake
         # per connection
         self.app = app
+        # the app's buffer for the next bytes of a large body, decrypted there uncopied
+        self.body_target: Callable[[], memoryview | None] | None = getattr(
+            app, "body_target", None)
         self.app_transport = _AppTransport(self)
         self.transport: asyncio.Transport | None = None
         self.incoming = ssl.MemoryBIO()
@@ -201,17 +204,22 @@ class TlsServerProtocol(asyncio.Protocol):
     # -- incoming flow ---------------------------------------------------------------------
 
     def _read_plaintext(self) -> None:
-        sslobj, incoming = self.sslobj, self.incoming
+        sslobj, incoming, app = self.sslobj, self.incoming, self.app
         read = sslobj.read  # type: ignore[union-attr]
+        body_target = self.body_target
         while self.state == OPEN:
+            target = body_target() if body_target is not None else None
             try:
                 # typeshed: read() returns bytes; given a buffer it returns the count
-                count: int = read(READ_CHUNK, _read_buffer)  # type: ignore[assignment]
+                if target is None:
+                    count: int = read(READ_CHUNK, _read_buffer)  # type: ignore[assignment]
+                else:
+                    count = read(len(target), target)  # type: ignore[assignment]
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:
                 self._flush()
-                if not self.app.eof_received():
+                if not app.eof_received():
                     self.close()
                 return
             except (ssl.SSLError, OSError) as exc:
@@ -221,7 +229,10 @@ class TlsServerProtocol(asyncio.Protocol):
                 return
             if not count:
                 break
-            self.app.data_received(_read_view[:count])  # type: ignore[arg-type]  # any buffer
+            if target is None:
+                app.data_received(_read_view[:count])  # type: ignore[arg-type]  # any buffer
+            else:
+                app.body_received(count)  # type: ignore[attr-defined]  # with body_target
             if not incoming.pending and not sslobj.pending():  # type: ignore[union-attr]
                 break  # all read: another read would only raise SSLWantReadError
         self._flush()  # key updates, session tickets
