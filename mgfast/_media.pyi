@@ -1,6 +1,6 @@
 # Stubs of the compiled envelope codec (ext/media.pyx); documented in mgfast/media.py.
 from collections.abc import Sequence
-from typing import Union
+from typing import Any, Union
 
 from mgfast._zmq_io import SendBuffer
 from mgfast.media import MediaError
@@ -24,3 +24,6 @@ def encode_media_batch_pieces(items: Sequence[tuple[Buffer, Buffer, Sequence[Buf
                               ) -> tuple[int, list[Piece]]: ...
 def encode_media_batch(items: Sequence[tuple[Buffer, Buffer, Sequence[Buffer]]]) -> bytes: ...
 def decode_media_batch(body: Buffer) -> list[DecodedMedia | MediaError]: ...
+# (messages as lists of memoryviews, EOS flags or None, frame bytes)
+def batch_writes(items: list[DecodedMedia | MediaError]
+                 ) -> tuple[list[Any], list[bool] | None, int]: ...
