@@ -1,6 +1,6 @@
-"""Lingering close on real sockets: the server protocol (on uvloop and the stdlib loop) in a
-thread, a blocking client socket in the test. A client that pipelines requests with a bad one
-among them and never reads until the server is done gets every answer up to the
+"""Lingering close on real sockets: the server protocol (plain and TLS, on uvloop and the stdlib
+loop) in a thread, a blocking client socket in the test. A client that pipelines requests with
+a bad one among them and never reads until the server is done gets every answer up to the
 error and a clean EOF, not a reset; the linger ends when the client closes, when the time is
 up, or when too much arrives, and nothing read while lingering is parsed or kept."""
 
@@ -104,7 +104,7 @@ class Server:
             if self.tls is None:
                 return http
             return TlsServerProtocol(server_context(self.tls), http, handshake_timeout=5,
-                                     on_handshake=lambda *_: None)
+                                     on_handshake=lambda *_: None, limits=self.limits)
 
         server = await loop.create_server(factory, "127.0.0.1", 0)
         self.port = server.sockets[0].getsockname()[1]
@@ -155,7 +155,7 @@ def statuses(data: bytes) -> list[bytes]:
     return [part[:3] for part in data.split(b"HTTP/1.1 ")[1:]]
 
 
-@pytest.fixture(params=["plain"])
+@pytest.fixture(params=["plain", "tls"])
 def tls_seed(request) -> SeedCa | None:
     return request.getfixturevalue("seed") if request.param == "tls" else None
 
