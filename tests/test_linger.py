@@ -7,6 +7,7 @@ up, or when too much arrives, and nothing read while lingering is parsed or kept
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 import ssl
 import threading
@@ -21,6 +22,7 @@ from mgfast.http.server_protocol import HttpServerProtocol, Request
 from mgfast.tls.context import server_context
 from mgfast.tls.server_protocol import TlsServerProtocol
 from tests.seed_ca import SeedCa
+from tests.test_http_protocol import FakeTransport
 from tests.util import scaled, wait_until
 
 KiB = 1024
@@ -296,3 +298,43 @@ def test_the_gateway_client_takes_the_half_close_after_an_error_answer(tls_seed)
     [(entries, error)] = failed
     assert entries == [3, 4, 5] and isinstance(error, cc.ClosedByServer) and not error.sent
     assert server.app.paths == [b"/before"] * 2
+
+
+class ResetTransport(FakeTransport):
+    """A socket's transport whose peer has reset the connection: the half-close fails as
+    asyncio's does (shutdown raises ENOTCONN)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.protocol: asyncio.BaseProtocol | None = None
+        self.aborted = False
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+
+    def set_protocol(self, protocol) -> None:
+        self.protocol = protocol
+
+    def get_protocol(self):
+        return self.protocol
+
+    def abort(self) -> None:
+        self.aborted = self.closed = True
+        self.protocol.connection_lost(None)
+
+
+def test_a_connection_reset_before_the_half_close_is_aborted_not_raised():
+    async def body() -> None:
+        connections: set[HttpServerProtocol] = set()
+        protocol = HttpServerProtocol(App(), HttpLimits(max_body_size=MAX_BODY), connections)
+        transport = ResetTransport()
+        transport.protocol = protocol
+        protocol.connection_made(transport)
+        protocol.data_received(GOOD + TOO_BIG)
+        assert statuses(bytes(transport.out)) == [b"200", b"413"]
+        assert transport.aborted and not connections  # connection_lost reached the protocol
+
+    asyncio.run(body())

@@ -62,7 +62,11 @@ class Lingering(asyncio.Protocol):
     def start(self, transport: asyncio.Transport) -> None:
         self.transport = transport
         transport.set_protocol(self)
-        transport.write_eof()  # after what is buffered: the answers go first, then the FIN
+        try:
+            transport.write_eof()  # after what is buffered: the answers go first, then the FIN
+        except OSError:  # the peer reset it already (asyncio's shutdown raises ENOTCONN)
+            transport.abort()
+            return
         transport.resume_reading()  # the owner may have paused it (full pipeline, rejection)
         now = self.last_read = self.loop.time()
         self.ends = now + self.linger_time
