@@ -46,8 +46,13 @@ class App:
     def __init__(self) -> None:
         self.paths: list[bytes] = []
 
-    def handle(self, request: Request) -> responses.Response:
+    def handle(self, request: Request):
         self.paths.append(request.path)
+        if request.path == b"/slow":
+            async def later() -> responses.Response:
+                await asyncio.sleep(0.05)
+                return responses.Response(200, b"ok")
+            return later()
         return responses.Response(200, b"ok")
 
 
@@ -209,6 +214,20 @@ def test_a_quiet_client_is_closed_after_the_linger_timeout():
             began = time.monotonic()
             lost = server.wait_closed() - began
         assert lost < scaled(1.5)
+
+
+@pytest.mark.timeout(60)
+def test_a_half_closed_client_gets_its_answers_and_then_the_close_at_once():
+    """The client's EOF comes while its requests are still being handled: the server closes
+    right after the last answer (it used to wait out the idle timeout)."""
+    limits = HttpLimits(idle_timeout=30, linger_time=30, linger_timeout=30)
+    with Server(limits, loop="uvloop") as server:
+        with connect(server, None) as sock:
+            sock.sendall(post(b"/slow", b"1") * 3)
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(scaled(3))
+            assert statuses(read_to_eof(sock)) == [b"200"] * 3
+        server.wait_closed(timeout=1.0)
 
 
 def send_forever(sock: socket.socket, sent: list[int]) -> None:

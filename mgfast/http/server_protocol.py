@@ -335,6 +335,9 @@ class HttpServerProtocol(asyncio.Protocol):
             return  # resume_writing goes on
         if self.failure is not None:
             self._fail(self.failure)
+        elif self.peer_closed:
+            if not self.closing:
+                self._close()  # a half-closed client has its answers; no request can follow
         elif not self.closing and self.request is None:
             self._arm(self.limits.idle_timeout, self._on_idle_timeout)
 
