@@ -258,11 +258,22 @@ def test_a_client_that_never_reads_its_answers_is_not_read_either(server):
     back_to_idle(server, idle)
 
 
-def test_what_follows_a_rejection_is_read_and_dropped_not_kept(server):
+@pytest.fixture
+def patient_server(tmp_path):
+    """Lingering long enough that a worker starved of CPU for a moment does not end it."""
+    linger = {"linger_time": {"secs": 30, "nanos": 0}, "linger_timeout": {"secs": 5, "nanos": 0}}
+    with GatewayProcess("server", server_config(f"pub+bind:{endpoint('tcp', tmp_path)}",
+                                                http=linger), tmp_path) as server:
+        wait_until(lambda: len(server.children()) >= 2, what="the server's children")
+        yield server
+
+
+def test_what_follows_a_rejection_is_read_and_dropped_not_kept(patient_server):
     """Lingering close: after the 413 the server half-closes and reads what the client goes on
     sending (so that its close cannot reset the answers away), dropping it: 32 MiB behind the
     rejection all get through, the tree's memory does not grow with them, and once the
     client closes its side it reads every answer and a clean EOF."""
+    server = patient_server
     idle = idle_rss(server)
     piece = b"z" * 65536
     with RssWatch(server.proc.pid) as watch, connect(server) as sock:

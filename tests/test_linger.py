@@ -177,7 +177,7 @@ def test_a_client_that_reads_only_after_the_close_gets_every_answer_and_a_clean_
     the server answers the ten and the bad one, half-closes, drops the tail unparsed and
     closes once the client goes quiet. Without lingering the close found the tail unread and
     reset the connection: the client's sends failed, or its read did, after the answers."""
-    limits = HttpLimits(max_body_size=MAX_BODY, linger_time=10, linger_timeout=0.3)
+    limits = HttpLimits(max_body_size=MAX_BODY, linger_time=10, linger_timeout=1.0)
     with Server(limits, loop=loop, tls=server_tls(tls_seed)) as server:
         with connect(server, tls_seed) as sock:
             sock.sendall(GOOD * 10 + bad + TAIL)
