@@ -26,8 +26,8 @@ import asyncio
 from mgfast.config.model import HttpLimits
 
 # Input dropped while lingering before giving up: bounds the CPU a client that keeps sending
-# can take (memory is bounded anyway: nothing is kept). Two default-size largest bodies; a
-# client that reads its answers as they come (mgfast's does) stops long before.
+# can take (memory is bounded anyway: nothing is kept). Twice the default http.max_body_size;
+# a client that reads its answers as they come (mgfast's does) stops long before.
 LINGER_MAX_BYTES = 64 * 1024 * 1024
 
 
@@ -48,6 +48,10 @@ def linger(transport: asyncio.Transport, owner: asyncio.BaseProtocol, limits: Ht
 
 
 class Lingering(asyncio.Protocol):
+    """The socket's protocol from the half-close on: input is counted and dropped; the socket
+    closes on the peer's EOF, at ``linger_time``, after ``linger_timeout`` without input, or
+    past ``LINGER_MAX_BYTES``."""
+
     def __init__(self, owner: asyncio.BaseProtocol, limits: HttpLimits) -> None:
         self.owner = owner  # gets connection_lost
         self.linger_time = limits.linger_time
