@@ -18,6 +18,7 @@ from mgfast._zmq_io import ZERO_COPY_MIN, SendBuffer
 from mgfast.config.model import HttpLimits
 from mgfast.http import responses
 from mgfast.http.deadlines import Deadline, Deadlines
+from mgfast.http.linger import linger
 from mgfast.http.responses import Response
 
 log = logging.getLogger("mgfast.http")
@@ -78,6 +79,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self.writing_paused = False  # the client does not read its answers fast enough
         self.stopping = False  # the server is draining: answer what was read, then close
         self.closing = False
+        self.peer_closed = False  # EOF seen: no input can be left unread, so no linger
         self.failure: Response | None = None  # a rejection waiting for the answers before it
         # per request (being parsed)
         self.request: Request | None = None
@@ -192,6 +194,7 @@ class HttpServerProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         # A half-closed client still gets the answers to what it sent.
+        self.peer_closed = True
         return bool(self.busy or self.queue)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -332,6 +335,9 @@ class HttpServerProtocol(asyncio.Protocol):
             return  # resume_writing goes on
         if self.failure is not None:
             self._fail(self.failure)
+        elif self.peer_closed:
+            if not self.closing:
+                self._close()  # a half-closed client has its answers; no request can follow
         elif not self.closing and self.request is None:
             self._arm(self.limits.idle_timeout, self._on_idle_timeout)
 
@@ -443,10 +449,12 @@ class HttpServerProtocol(asyncio.Protocol):
             self.transport.abort()
 
     def _close(self) -> None:
+        """Every close but ``abort``: the answers written so far go out first, then the
+        input is lingered on (``http/linger.py``), so the close cannot reset them away."""
         self.closing = True
         self._disarm()
         if self.transport is not None:
-            self.transport.close()
+            linger(self.transport, self, self.limits, peer_closed=self.peer_closed)
         if not self.busy:
             self._forget()
 

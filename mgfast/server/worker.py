@@ -96,7 +96,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event, writer: Writer, *,
         def factory() -> asyncio.Protocol:
             return TlsServerProtocol(reloader.context, http_protocol(),
                                      handshake_timeout=handshake_timeout,
-                                     on_handshake=on_handshake)
+                                     on_handshake=on_handshake, limits=limits)
 
         if reload is not None:
             async def reload_on_request() -> None:

@@ -8,6 +8,10 @@ States::
 
     HANDSHAKE --ok--> OPEN --close/EOF--> CLOSED
         \\--failure or timeout (alert flushed)--> CLOSED
+
+A close (after close_notify) or a rejected handshake (after its alert) lingers on the socket as
+the plain HTTP server does (``http/linger.py``): the client's unread input cannot turn the FIN
+into a RST that loses the answers, or the alert, on their way.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import ssl
 import time
 from typing import Any, Callable
 
+from mgfast.config.model import HttpLimits
+from mgfast.http.linger import linger
 from mgfast.tls.outcome import HandshakeOutcome, classify
 from mgfast.tls.peer_certificate import describe
 
@@ -36,10 +42,12 @@ HANDSHAKE, OPEN, CLOSED = "handshake", "open", "closed"
 class TlsServerProtocol(asyncio.Protocol):
     def __init__(self, context: ssl.SSLContext, app: asyncio.Protocol, *,
                  handshake_timeout: float,
-                 on_handshake: Callable[[HandshakeOutcome, "TlsServerProtocol"], None]) -> None:
+                 on_handshake: Callable[[HandshakeOutcome, "TlsServerProtocol"], None],
+                 limits: HttpLimits = HttpLimits()) -> None:
         # global
         self.context = context
         self.handshake_timeout = handshake_timeout
+        self.limits = limits  # how long a close lingers
         self.on_handshake = on_handshake
         # per connection
         self.app = app
@@ -58,6 +66,7 @@ class TlsServerProtocol(asyncio.Protocol):
         self.peer_leaf_der: bytes | None = None
         self.plaintext: list[bytes] = []  # written by the app this loop iteration, not yet sent
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.peer_closed = False  # EOF seen on the socket: nothing left to linger on
 
     # -- asyncio protocol interface --------------------------------------------------------
 
@@ -78,6 +87,7 @@ class TlsServerProtocol(asyncio.Protocol):
             self._read_plaintext()
 
     def eof_received(self) -> bool | None:
+        self.peer_closed = True
         self.incoming.write_eof()
         if self.state == HANDSHAKE:
             self._handshake_failed(ConnectionResetError("peer closed during the handshake"))
@@ -126,8 +136,7 @@ class TlsServerProtocol(asyncio.Protocol):
         self.peer_leaf_der = getattr(self.sslobj, "peer_leaf_der", None)
         self._flush()  # the alert: the whole point of driving the BIOs ourselves
         self._report(exc)
-        if self.transport is not None:
-            self.transport.close()
+        self._close_socket()
 
     def _on_handshake_timeout(self) -> None:
         self.timer = None
@@ -183,7 +192,7 @@ class TlsServerProtocol(asyncio.Protocol):
             self.transport.write(self.outgoing.read())
 
     def close(self) -> None:
-        """Send close_notify, then close the socket once written."""
+        """Send close_notify, then close the socket once written, lingering on its input."""
         if self.state == OPEN:
             self._send_plaintext()  # what the app wrote before closing goes first
         if self.state == OPEN:
@@ -193,8 +202,13 @@ class TlsServerProtocol(asyncio.Protocol):
             except (ssl.SSLError, OSError):
                 pass  # we do not wait for the peer's close_notify
             self._flush()
+        self._close_socket()
+
+    def _close_socket(self) -> None:
+        """What is flushed leaves first; what comes after is read and dropped, never
+        decrypted (``linger`` replaces this protocol on the socket until it closes)."""
         if self.transport is not None:
-            self.transport.close()
+            linger(self.transport, self, self.limits, peer_closed=self.peer_closed)
 
     def abort(self) -> None:
         self.state = CLOSED
@@ -263,6 +277,9 @@ class _AppTransport(asyncio.Transport):
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.tls.write(data)
+
+    def can_write_eof(self) -> bool:
+        return False  # close() sends close_notify and lingers on the socket itself
 
     def close(self) -> None:
         self.tls.close()
