@@ -35,12 +35,15 @@ class _Stop(Exception):
 
 
 class Request:
-    """One parsed request. The body is bytes when it came in one piece, a ``SendBuffer`` when
-    it announced a large length (its frames then reach libzmq uncopied), else a bytearray.
-    ``peer`` (the client's IP address) is set only by ``AddressedHttpServerProtocol``."""
+    """One request, and its parsing state while it is parsed (as uvicorn's request cycle: a
+    new request starts from fresh state, nothing to reset). The body is bytes when it came in
+    one piece, a ``SendBuffer`` when it announced a large length (its frames then reach libzmq
+    uncopied), else a bytearray. ``peer`` (the client's IP address) is set only by
+    ``AddressedHttpServerProtocol``."""
 
     __slots__ = ("method", "path", "content_type", "authorization", "body", "keep_alive",
-                 "peer")
+                 "peer", "head_size", "head_spill", "body_size", "content_length",
+                 "expect_continue")
 
     peer: str  # set by AddressedHttpServerProtocol only
 
@@ -51,6 +54,12 @@ class Request:
         self.authorization = b""
         self.body: bytes | bytearray | SendBuffer = b""
         self.keep_alive = True
+        # parsing
+        self.head_size = 0  # bytes of request line and headers the parser has handed over
+        self.head_spill = 0  # bytes of whole reads that fell inside the unfinished head
+        self.body_size = 0
+        self.content_length: int | None = None  # llhttp validates the header itself
+        self.expect_continue = False
 
 
 class App(TypingProtocol):
@@ -85,11 +94,6 @@ class HttpServerProtocol(asyncio.Protocol):
         self.request: Request | None = None
         self.in_head = False  # between the request's first byte and the end of its headers
         self.began = False  # a request began during the current data_received
-        self.head_size = 0  # bytes of request line and headers the parser has handed over
-        self.head_spill = 0  # bytes of whole reads that fell inside one unfinished head
-        self.body_size = 0
-        self.content_length: int | None = None  # llhttp validates the header itself
-        self.expect_continue = False
         self.body_left = 0  # bytes of a large announced body still to come, past the parser
 
     # -- asyncio protocol interface --------------------------------------------------------
@@ -128,9 +132,11 @@ class HttpServerProtocol(asyncio.Protocol):
             if in_head and self.in_head and not self.began:
                 # The parser buffers an unfinished header line itself, out of our sight: count
                 # whole reads that fall inside one head, so an endless header cannot grow it.
-                self.head_spill += len(data)
-                if self.head_spill > self.limits.max_header_size:
-                    self._reject_head(431, "request header block", self.head_spill,
+                request = self.request
+                request.head_spill += len(data)  # type: ignore[union-attr]
+                if request.head_spill > self.limits.max_header_size:  # type: ignore[union-attr]
+                    self._reject_head(431, "request header block",
+                                      request.head_spill,  # type: ignore[union-attr]
                                       "max_header_size")
             request = self.request
             if request is not None and isinstance(request.body, SendBuffer) \
@@ -211,50 +217,48 @@ class HttpServerProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.request = Request()
         self.in_head = self.began = True
-        self.head_size = self.head_spill = 0
-        self.body_size = 0
-        self.content_length = None
-        self.expect_continue = False
         if not self.busy:
             self._arm(self.limits.header_timeout, self._on_request_timeout)
 
     def on_url(self, url: bytes) -> None:
         request = self.request
         request.path += url  # type: ignore[union-attr]
-        self.head_size += len(url)
+        request.head_size += len(url)  # type: ignore[union-attr]
         if len(request.path) > self.limits.max_line_size:  # type: ignore[union-attr]
             self._reject_head(414, "request target", len(request.path),  # type: ignore[union-attr]
                               "max_line_size")
             raise _Stop
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        request = self.request
+        assert request is not None  # on_message_begin made it
         size = len(name) + len(value)
-        self.head_size += size + 4  # ": " and CRLF
+        request.head_size += size + 4  # ": " and CRLF
         limits = self.limits
         if size > limits.max_line_size:
             self._reject_head(431, f"header {responses.quote(name)}", size,
                               "max_line_size")
             raise _Stop
-        if self.head_size > limits.max_header_size:
-            self._reject_head(431, "request header block", self.head_size, "max_header_size")
+        if request.head_size > limits.max_header_size:
+            self._reject_head(431, "request header block", request.head_size,
+                              "max_header_size")
             raise _Stop
         name = name.lower()
-        request = self.request
         if name == b"content-type":
-            request.content_type = value  # type: ignore[union-attr]
+            request.content_type = value
         elif name == b"authorization":
-            request.authorization = value  # type: ignore[union-attr]
+            request.authorization = value
         elif name == b"content-length":
-            self.content_length = int(value) if value.isdigit() else None
+            request.content_length = int(value) if value.isdigit() else None
         elif name == b"expect" and value.lower() == b"100-continue":
-            self.expect_continue = True
+            request.expect_continue = True
 
     def on_headers_complete(self) -> None:
         self.in_head = False
         request = self.request
         request.method = self.parser.get_method()  # type: ignore[union-attr]
         request.keep_alive = self.parser.should_keep_alive()  # type: ignore[union-attr]
-        length = self.content_length
+        length = request.content_length  # type: ignore[union-attr]
         if length is not None and length > self.limits.max_body_size:
             self._reject_body(length)
             raise _Stop
@@ -263,29 +267,30 @@ class HttpServerProtocol(asyncio.Protocol):
             # as the body arrives, so a client announcing much and sending little costs
             # what it sends.
             request.body = SendBuffer(length)  # type: ignore[union-attr]
-        if self.expect_continue and self.transport is not None:
+        if request.expect_continue and self.transport is not None:  # type: ignore[union-attr]
             self.transport.write(responses.CONTINUE)
         if not self.busy:
             self._arm(self.limits.body_timeout, self._on_request_timeout)
 
     def on_body(self, body: bytes) -> None:
-        size = self.body_size
-        self.body_size = end = size + len(body)
+        request = self.request
+        assert request is not None  # on_message_begin made it
+        size = request.body_size
+        request.body_size = end = size + len(body)
         if end > self.limits.max_body_size:
             self._reject_body(end)
             raise _Stop
-        request = self.request
-        buffer = request.body  # type: ignore[union-attr]
+        buffer = request.body
         if isinstance(buffer, SendBuffer):
             buffer.append(body)
             return
         if not size:
-            request.body = body  # type: ignore[union-attr]  # one piece: no copy
+            request.body = body  # one piece: no copy
             return
         if isinstance(buffer, bytes):
             # A second piece of a small or unannounced body: the buffer grows with what
             # arrives, never to an announced length (see the SendBuffer in on_headers_complete).
-            buffer = request.body = bytearray(buffer)  # type: ignore[union-attr]
+            buffer = request.body = bytearray(buffer)
         buffer += body
 
     def on_message_complete(self) -> None:
