@@ -98,6 +98,28 @@ def test_each_writer_result_has_its_status(result, status) -> None:
     arun(scenario())
 
 
+def test_what_the_writer_takes_at_once_is_answered_at_once_and_the_rest_by_callback() -> None:
+    """No awaitable (so no task or extra loop turn in the protocol) when the writer's future
+    is done on return, as an idle OutStreamWriter's is; one future otherwise."""
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        writer = ScriptedWriter(*[WriteResult.SUCCESS] * 4)  # the last one is replaced
+        app = GatewayApp(writer)
+        single = app.handle(post(encode_media(b"cam", MESSAGE, [])))
+        batch = app.handle(post(encode_media_batch([(b"cam", MESSAGE, [])] * 2),
+                                content_type=b"application/x-mgfast-batch"))
+        assert single.status == 200 and batch.status == 200  # Responses, not awaitables
+
+        pending = loop.create_future()
+        writer._future = lambda value: pending  # the writer is busy: it answers later
+        later = app.handle(post(encode_media(b"cam", MESSAGE, [])))
+        assert isinstance(later, asyncio.Future) and not later.done()
+        pending.set_result(WriteResult.SEND_TIMEOUT)
+        assert (await later).status == 504
+
+    arun(scenario())
+
+
 def test_requests_the_app_refuses_never_reach_the_writer() -> None:
     async def scenario() -> None:
         writer = ScriptedWriter()

@@ -447,3 +447,42 @@ def test_group_refuses_a_message_without_topic_and_mismatched_flags():
                 writer.submit_group([[b"t", b"m"]], [False, True])
 
     arun(body())
+
+
+@pytest.mark.timeout(30)
+def test_an_idle_writer_sends_at_once_unless_an_ack_is_awaited(tmp_path):
+    """With nothing queued, what needs no acknowledgement is sent in the caller's turn: the
+    future is done when returned (the HTTP side answers without a task step). A dealer's EOS
+    still waits for the reader's OK, and what follows it queues behind it, in order."""
+    ep = f"ipc://{tmp_path}/idle"
+    config = writer_config(f"dealer+connect:{ep}", receive_timeout=1.0, receive_retries=1)
+
+    async def body():
+        context = zmq.asyncio.Context()
+        router = context.socket(zmq.ROUTER)
+        router.bind(ep)
+        writer = OutStreamWriter(config, context)
+        await writer.start()
+        try:
+            first = writer.submit(sp.frames("cam-1", sp.user_data("cam-1")), False)
+            assert first.done() and first.result() is WriteResult.SUCCESS
+            group = writer.submit_group([sp.frames("cam-1", sp.user_data("cam-1"))] * 3)
+            assert group.done() and group.result() == [WriteResult.SUCCESS] * 3
+            eos = writer.submit(sp.frames("cam-1", sp.end_of_stream("cam-1")), True)
+            after = writer.submit(sp.frames("cam-1", sp.user_data("cam-1"), b"after"), False)
+            assert not eos.done() and not after.done()  # the EOS waits for its OK
+            received = []
+            while len(received) < 6:
+                parts = await asyncio.wait_for(router.recv_multipart(), 5)
+                received.append(parts[1:])
+                if len(received) == 5:
+                    await router.send_multipart([parts[0], b"OK"])
+            assert await eos is WriteResult.ACK and await after is WriteResult.SUCCESS
+            assert received[-1][-1] == b"after"
+            assert writer.results[WriteResult.SUCCESS] == 5 and writer.queue_depth == 0
+        finally:
+            await writer.close()
+            router.close(linger=0)
+            context.term()
+
+    arun(body())

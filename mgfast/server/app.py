@@ -17,7 +17,8 @@ import time
 from functools import partial
 
 import orjson
-from typing import TYPE_CHECKING, Any, Awaitable, Protocol as TypingProtocol, Sequence
+from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Protocol as TypingProtocol, Sequence,
+                    TypeVar)
 
 from mgfast.http import responses
 from mgfast.http.responses import Response
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
 
 
 log = logging.getLogger("mgfast.server")
+
+T = TypeVar("T")
 
 MEDIA_TYPE = b"application/protobuf"
 # Upstream's protobuf extractor (actix-protobuf) takes both names of the media type.
@@ -128,28 +131,26 @@ class GatewayApp:
             written = self.writer.submit_group(messages, eos if True in eos else None)
         except StreamClosed as exc:
             return [a or _unavailable(exc) for a in answers]
-        future = written.get_loop().create_future()
-        written.add_done_callback(
-            partial(self._group_written, future, answers, messages, where, started))
+        group = partial(self._group_written, answers, messages, where, started)
+        if written.done():  # written at once: answered inside the protocol's data_received
+            return group(written)
+        future: asyncio.Future[list[Response]] = written.get_loop().create_future()
+        written.add_done_callback(lambda w: _settle(future, partial(group, w)))
         return future
 
-    def _group_written(self, future: asyncio.Future[list[Response]],
-                       answers: list[Response | None], messages: list[Frames],
+    def _group_written(self, answers: list[Response | None], messages: list[Frames],
                        where: list[int], started: float,
-                       written: asyncio.Future[list[WriteResult]]) -> None:
-        if future.done():
-            return
+                       written: asyncio.Future[list[WriteResult]]) -> list[Response]:
         failure = _write_failure(written)
         if failure is not None:
-            future.set_result([a or failure for a in answers])
-            return
+            return [a or failure for a in answers]
         for frames, i, result in zip(messages, where, written.result()):
             if result is WriteResult.NOT_ATTEMPTED:
                 answers[i] = _NOT_ATTEMPTED
             else:
                 answers[i] = response = _RESULT_RESPONSES[result]
                 self._count(started, response.status, frames)
-        future.set_result(answers)  # type: ignore[arg-type]
+        return answers  # type: ignore[return-value]  # every one answered: no None left
 
     # -- one request -----------------------------------------------------------------------
 
@@ -175,19 +176,20 @@ class GatewayApp:
             written = self.writer.submit(frames, eos=kind == _EOS)
         except StreamClosed as exc:
             return _unavailable(exc)
-        answer = written.get_loop().create_future()
-        written.add_done_callback(partial(self._written, answer, started, frames))
+        if written.done():  # written at once: answered inside the protocol's data_received
+            return self._written(started, frames, written)
+        answer: asyncio.Future[Response] = written.get_loop().create_future()
+        written.add_done_callback(
+            lambda w: _settle(answer, partial(self._written, started, frames, w)))
         return answer
 
-    def _written(self, answer: asyncio.Future[Response], started: float, frames: list[Buffer],
-                 written: asyncio.Future[WriteResult]) -> None:
-        if answer.done():
-            return  # the connection went away
+    def _written(self, started: float, frames: list[Buffer],
+                 written: asyncio.Future[WriteResult]) -> Response:
         response = _write_failure(written)
         if response is None:
             response = _RESULT_RESPONSES[written.result()]
             self._count(started, response.status, frames)
-        answer.set_result(response)
+        return response
 
     def _count(self, started: float, status: int, frames: Frames) -> None:
         stats = self.stats
@@ -277,25 +279,43 @@ class GatewayApp:
         result = self._submit_group(answers, messages, eos, where)
         return result if isinstance(result, list) else await result
 
-    async def _write_batch(self, items: Sequence[DecodedMedia | MediaError | object]
-                           ) -> Response:
+    def _write_batch(self, items: Sequence[DecodedMedia | MediaError | object]
+                     ) -> Response | asyncio.Future[Response]:
         """All valid items go to the writer at once as one group; the answer lists a status per
         item up to and including the first failed write (later ones were not sent)."""
         started = time.perf_counter()
         messages, eos, size = batch_writes(items)  # type: ignore[arg-type]
+        answer = partial(self._batch_written, items, messages, size, started)
+        if not messages:
+            return answer(None)
         try:
-            results = await self.writer.submit_group(messages, eos) if messages else []
+            written = self.writer.submit_group(messages, eos)
         except StreamClosed as exc:
             return _unavailable(exc)
+        if written.done():  # written at once: answered inside the protocol's data_received
+            return answer(written)
+        future: asyncio.Future[Response] = written.get_loop().create_future()
+        written.add_done_callback(lambda w: _settle(future, partial(answer, w)))
+        return future
+
+    def _batch_written(self, items: Sequence[DecodedMedia | MediaError | object],
+                       messages: list[Frames], size: int, started: float,
+                       written: asyncio.Future[list[WriteResult]] | None) -> Response:
+        results: list[WriteResult] = []
+        if written is not None:
+            failure = _write_failure(written)
+            if failure is not None:
+                return failure
+            results = written.result()
         failed = False
         if len(messages) == len(items) and (not results or results[-1] is WriteResult.SUCCESS):
             statuses = [200] * len(items)  # every item valid and written (pub, dealer: usual)
             forwarded = len(messages)
         else:
-            statuses, written = self._batch_statuses(items, messages, results)
+            statuses, done = self._batch_statuses(items, messages, results)
             failed = statuses[-1] >= 500 if statuses else False
-            forwarded = len(written)
-            size = sum([sum(map(len, frames)) for frames in written])
+            forwarded = len(done)
+            size = sum([sum(map(len, frames)) for frames in done])
         stats = self.stats
         if stats is not None:
             stats.latencies.append(time.perf_counter() - started)  # one POST
@@ -339,6 +359,12 @@ def _labels_ok(rule: Rule, message: Buffer) -> bool:
         return rule.allows(routing_labels(message))
     except MediaError:
         return False  # unreachable: decode_media checked the message's framing
+
+
+def _settle(future: asyncio.Future[T], answer: Callable[[], T]) -> None:
+    """Give ``future`` its answer, unless its connection went away (it was cancelled)."""
+    if not future.done():
+        future.set_result(answer())
 
 
 def _unavailable(exc: BaseException) -> Response:

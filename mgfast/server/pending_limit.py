@@ -26,7 +26,10 @@ class PendingLimit:
             return asyncio.ensure_future(self._when_room(count, submit))
         self.pending += count
         future = submit()
-        future.add_done_callback(lambda _: self._release(count))
+        if future.done():  # written at once (OutStreamWriter's fast path)
+            self._release(count)
+        else:
+            future.add_done_callback(lambda _: self._release(count))
         return future
 
     async def _when_room(self, count: int, submit: Callable[[], asyncio.Future[T]]) -> T:
