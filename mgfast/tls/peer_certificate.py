@@ -8,6 +8,7 @@ Certificate handshake message (TLS 1.2 and 1.3), so we keep its first entry, the
 from __future__ import annotations
 
 import _ssl
+import functools
 import ssl
 from typing import Any
 
@@ -52,8 +53,10 @@ def leaf_from_certificate_message(message: bytes, version: int) -> bytes | None:
     return der if len(der) == cert_length else None
 
 
+@functools.lru_cache(maxsize=256)
 def describe(der: bytes | None) -> tuple[str, str, str]:
-    """(subject, issuer, serial in hex) of a DER certificate, empty strings if unreadable."""
+    """(subject, issuer, serial in hex) of a DER certificate, empty strings if unreadable.
+    Cached: a client retrying with a refused certificate is parsed once, not per attempt."""
     if not der:
         return "", "", ""
     try:

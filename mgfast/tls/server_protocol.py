@@ -4,10 +4,16 @@ Why not the event loop's own TLS transport: asyncio's and uvloop's close a rejec
 without writing the pending TLS alert, so curl reports "Empty reply from server" instead of
 "alert certificate revoked". Here every exit path flushes the outgoing BIO before closing.
 
+A resumed session (a TLS session ticket) skips OpenSSL's certificate verification, so a client
+revoked after it got its ticket could come back. With ``recheck_resumed``, the certificate of a
+resumed session is verified against the store as it is now, before the application sees the
+connection; if it no longer passes, the connection is closed (the ticket OpenSSL just wrote for
+it is never sent) and reported with the reason, as a failed handshake is.
+
 States::
 
     HANDSHAKE --ok--> OPEN --close/EOF--> CLOSED
-        \\--failure or timeout (alert flushed)--> CLOSED
+        \\--failure, timeout or refused resumption (alert flushed)--> CLOSED
 """
 
 from __future__ import annotations
@@ -19,7 +25,6 @@ import time
 from typing import Any, Callable
 
 from mgfast.tls.outcome import HandshakeOutcome, classify
-from mgfast.tls.peer_certificate import describe
 
 log = logging.getLogger("mgfast.tls")
 
@@ -36,11 +41,13 @@ HANDSHAKE, OPEN, CLOSED = "handshake", "open", "closed"
 class TlsServerProtocol(asyncio.Protocol):
     def __init__(self, context: ssl.SSLContext, app: asyncio.Protocol, *,
                  handshake_timeout: float,
-                 on_handshake: Callable[[HandshakeOutcome, "TlsServerProtocol"], None]) -> None:
+                 on_handshake: Callable[[HandshakeOutcome, "TlsServerProtocol"], None],
+                 recheck_resumed: Callable[[bytes | None], str | None] | None = None) -> None:
         # global
         self.context = context
         self.handshake_timeout = handshake_timeout
         self.on_handshake = on_handshake
+        self.recheck_resumed = recheck_resumed  # certificate -> None, or why it is refused
         # per connection
         self.app = app
         self.app_transport = _AppTransport(self)
@@ -110,8 +117,17 @@ class TlsServerProtocol(asyncio.Protocol):
             self._handshake_failed(exc)
             return
         self._cancel_timer()
+        sslobj = self.sslobj
+        if sslobj.session_reused and self.recheck_resumed is not None:  # type: ignore[union-attr]
+            # no Certificate message in a resumed handshake: the session's own certificate
+            self.peer_leaf_der = sslobj.getpeercert(binary_form=True)  # type: ignore[union-attr]
+            refused = self.recheck_resumed(self.peer_leaf_der)
+            if refused is not None:
+                self._refuse_resumed(refused)
+                return
+        else:
+            self.peer_leaf_der = getattr(sslobj, "peer_leaf_der", None)
         self.state = OPEN
-        self.peer_leaf_der = getattr(self.sslobj, "peer_leaf_der", None)
         self._flush()
         self._report(None)
         self.app_transport.app_connected = True
@@ -126,6 +142,19 @@ class TlsServerProtocol(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def _refuse_resumed(self, reason: str) -> None:
+        self.state = CLOSED
+        self.outgoing.read()  # a new session ticket, among others: not for this client
+        try:
+            self.sslobj.unwrap()  # type: ignore[union-attr]  # close_notify
+        except (ssl.SSLError, OSError):
+            pass
+        self._flush()
+        self._report(None, reason=reason,
+                     detail="resumed session: the client certificate no longer verifies")
+        if self.transport is not None:
+            self.transport.close()
+
     def _on_handshake_timeout(self) -> None:
         self.timer = None
         if self.state == HANDSHAKE:
@@ -134,15 +163,15 @@ class TlsServerProtocol(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.abort()
 
-    def _report(self, exc: BaseException | None) -> None:
-        reason = classify(exc)
-        subject, issuer, serial = describe(self.peer_leaf_der)
-        detail = ""
+    def _report(self, exc: BaseException | None, *, reason: str | None = None,
+                detail: str = "") -> None:
+        if reason is None:
+            reason = classify(exc)
         if exc is not None:
             detail = getattr(exc, "verify_message", "") or getattr(exc, "reason", "") or str(exc)
         outcome = HandshakeOutcome(
             reason=reason, duration=time.monotonic() - self.started, peer=self.peer,
-            detail=str(detail), subject=subject, issuer=issuer, serial=serial)
+            detail=str(detail), certificate=self.peer_leaf_der)
         try:
             self.on_handshake(outcome, self)
         except Exception:
