@@ -25,6 +25,7 @@ import time
 from typing import Any, Callable
 
 from mgfast.tls.outcome import HandshakeOutcome, classify
+from mgfast.tls.peer_certificate import stop_capturing
 
 log = logging.getLogger("mgfast.tls")
 
@@ -118,6 +119,7 @@ class TlsServerProtocol(asyncio.Protocol):
             return
         self._cancel_timer()
         sslobj = self.sslobj
+        stop_capturing(sslobj)  # type: ignore[arg-type]  # no Python call per record from now on
         if sslobj.session_reused and self.recheck_resumed is not None:  # type: ignore[union-attr]
             # no Certificate message in a resumed handshake: the session's own certificate
             self.peer_leaf_der = sslobj.getpeercert(binary_form=True)  # type: ignore[union-attr]
