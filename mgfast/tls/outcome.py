@@ -46,7 +46,8 @@ def classify(exc: BaseException | None) -> str:
 class HandshakeOutcome:
     """One handshake's verdict. The client certificate's subject, issuer and serial are read
     from its DER when first asked for (a rejection log, the revoked-by-issuer metric), not on
-    every handshake: parsing a certificate in Python costs about a tenth of a handshake."""
+    every handshake: parsing one with ``cryptography`` costs about 14 us, 1-2% of a full
+    handshake's server CPU, for nothing when the handshake succeeds."""
 
     __slots__ = ("reason", "duration", "peer", "detail", "certificate", "_names")
 
