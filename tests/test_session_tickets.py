@@ -70,14 +70,25 @@ def client_context(seed: SeedCa) -> ssl.SSLContext:
     return _client_contexts[seed.workdir]
 
 
+def tls12_context(seed: SeedCa) -> ssl.SSLContext:
+    key = seed.workdir / "tls1.2"
+    if key not in _client_contexts:
+        context = ssl.create_default_context(cafile=str(seed.ca_crt))
+        context.load_cert_chain(str(seed.client_crt), str(seed.client_key))
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        _client_contexts[key] = context
+    return _client_contexts[key]
+
+
 class Connection:
     """One client connection to a TlsServerProtocol; ``session`` offers a saved one."""
 
     def __init__(self, seed: SeedCa, context: ssl.SSLContext, *,
                  session: ssl.SSLSession | None = None,
-                 recheck: TlsReloader | None = None) -> None:
+                 recheck: TlsReloader | None = None,
+                 client: ssl.SSLContext | None = None) -> None:
         self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.client = client_context(seed).wrap_bio(self.incoming, self.outgoing,
+        self.client = (client or client_context(seed)).wrap_bio(self.incoming, self.outgoing,
                                               server_hostname="127.0.0.1", session=session)
         self.outcomes: list[HandshakeOutcome] = []
         self.app = App()
@@ -137,6 +148,9 @@ def test_the_default_server_context_issues_no_ticket(seed) -> None:
     connection = Connection(seed, context)
     assert connection.server.state == OPEN and connection.client.session is not None
     assert connection.ticket is None
+    old = Connection(seed, context, client=tls12_context(seed))
+    assert old.server.state == OPEN and old.client.version() == "TLSv1.2"
+    assert old.ticket is None  # nor the TLS 1.2 ticket extension
 
 
 @in_loop
@@ -152,6 +166,10 @@ def test_a_ticket_from_one_worker_resumes_on_another(seed) -> None:
     # no Certificate message in a resumed handshake: the session's certificate stands in
     assert again.server.peer_leaf_der == leaf_der(seed.client_crt)
     assert again.ticket is not None  # a fresh ticket for the next time
+    tls12 = Connection(seed, worker_a.context, recheck=worker_a, client=tls12_context(seed))
+    assert tls12.client.version() == "TLSv1.2" and tls12.ticket is not None
+    assert Connection(seed, worker_b.context, session=tls12.ticket, recheck=worker_b,
+                      client=tls12_context(seed)).client.session_reused
     # a worker with a secret of its own (one per process: OpenSSL's default) cannot resume it
     other = TlsReloader(tls, bytes(32))
     full = Connection(seed, other.context, session=first.ticket, recheck=other)
@@ -171,6 +189,7 @@ def test_a_rebuilt_context_keeps_the_key_and_the_next_period_changes_it(seed) ->
     clock[0] = 1020.0  # the next period (1020 / 60 = 17, 1000 / 60 = 16.7)
     reloader._rotate()
     assert reloader.ticket_period == 17
+    assert first.server.sslobj.session.timeout == 60  # a session lives one key period
     late = Connection(seed, reloader.context, session=first.ticket, recheck=reloader)
     assert not late.client.session_reused  # the old key is gone: a full handshake, accepted
     assert late.server.state == OPEN and [o.reason for o in late.outcomes] == ["ok"]
@@ -285,3 +304,33 @@ def test_after_a_key_rotation_an_old_ticket_falls_back_to_a_full_handshake(seed,
         out = s_client(port, seed, "-sess_in", str(saved))
         assert "New, TLSv1.3" in out and "HTTP/1.1 200 OK" in out, out[-2000:]
         assert server.proc.poll() is None
+
+
+def test_without_tickets_a_client_with_nagle_on_is_not_held_back_by_a_delayed_ack(seed, tmp_path):
+    """With no ticket to send, the server must ACK the client's Finished at once: otherwise a
+    client that leaves Nagle's algorithm on (Python's socket) holds its request back until
+    the kernel's delayed ACK, 40 ms, on every connection. Compared with a TCP_NODELAY client,
+    which never waits, so the bound holds on a slow machine too."""
+    config = seed_server_config(seed, tmp_path)
+    config["workers"] = 1
+    context = ssl.create_default_context(cafile=str(seed.ca_crt))
+    context.load_cert_chain(str(seed.client_crt), str(seed.client_key))
+
+    def exchange_ms(nodelay: bool) -> float:
+        started = time.perf_counter()
+        with socket.create_connection(("127.0.0.1", config["port"]), timeout=scaled(10)) as raw:
+            if nodelay:
+                raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                tls.sendall(REQUEST)  # a second small write right after the Finished
+                response = b""
+                while chunk := tls.recv(4096):
+                    response += chunk
+        assert response.startswith(b"HTTP/1.1 200 OK")
+        return (time.perf_counter() - started) * 1000
+
+    with GatewayProcess("server", config, tmp_path):
+        runs = [(exchange_ms(False), exchange_ms(True)) for _ in range(9)]
+    nagle = sorted(r[0] for r in runs)[4]
+    nodelay = sorted(r[1] for r in runs)[4]
+    assert nagle - nodelay < 25, (nagle, nodelay)  # a delayed ACK is 40 ms or more

@@ -82,8 +82,9 @@ async def serve(config: ServerConfig, stop: asyncio.Event, writer: Writer, *,
         reloader = TlsReloader(config.tls, ticket_secret)
         reloader.start()
         # a resumed session skipped certificate verification: check it against the store now
-        recheck = (reloader.resumed_verdict
-                   if reloader.resumption and config.tls.peers is not None else None)
+        # (by ticket with session_tickets; a TLS 1.2 client may also resume by session ID
+        # on the worker that made the session, tickets or not)
+        recheck = reloader.resumed_verdict if config.tls.peers is not None else None
         rejections = RejectionLog()
         handshake_timeout = config.tls.handshake_timeout
 

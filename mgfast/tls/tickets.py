@@ -96,8 +96,10 @@ class TicketKeys:
 
 
 def disable(context: ssl.SSLContext) -> None:
-    """No tickets: nothing would use them, and each costs CPU on every full handshake."""
+    """No tickets: nothing would use them, and each costs CPU on every full handshake.
+    ``num_tickets`` governs TLS 1.3; ``OP_NO_TICKET`` the TLS 1.2 ticket extension."""
     context.num_tickets = 0
+    context.options |= ssl.OP_NO_TICKET
 
 
 def enable(context: ssl.SSLContext, key: bytes, lifetime: float) -> bool:
@@ -109,6 +111,7 @@ def enable(context: ssl.SSLContext, key: bytes, lifetime: float) -> bool:
         return False
     assert _FUNCTIONS is not None  # install_key succeeded
     _FUNCTIONS[1](_ctx(context), max(1, math.ceil(lifetime)))
+    context.options &= ~ssl.OP_NO_TICKET  # TLS 1.2 clients get one under the same key
     context.num_tickets = TICKETS_PER_HANDSHAKE
     return True
 
