@@ -93,6 +93,10 @@ def exchange(context: ssl.SSLContext, port: int,
              session: ssl.SSLSession | None = None) -> Exchange:
     """One connection: handshake (offering ``session``), GET /health, the whole response."""
     raw = socket.create_connection(("127.0.0.1", port), timeout=CONNECT_TIMEOUT)
+    # as curl and most HTTP clients: without it, a server that sends nothing after the
+    # handshake (no session ticket) and delays its ACK holds the request back 40 ms (mgfast
+    # ACKs at once, nginx does not), which would measure the client, not the server
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         tls = context.wrap_socket(raw, server_hostname="127.0.0.1", session=session)
     except BaseException:
