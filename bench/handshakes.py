@@ -169,7 +169,8 @@ def client_main(conn, port: int, ca: str, crt: str, key: str, resume: bool = Fal
             latencies.append((t1 - t0) * 1000)
         else:
             failures[error] = failures.get(error, 0) + 1
-    conn.send({"ok": ok, "reused": reused, "tickets": tickets, "failures": failures, "latencies_ms": latencies,
+    conn.send({"ok": ok, "reused": reused, "tickets": tickets, "failures": failures,
+               "latencies_ms": latencies,
                "tls": tls_seen, "warmup_ok": warmup_ok})
 
 

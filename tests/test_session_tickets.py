@@ -261,6 +261,7 @@ def test_a_saved_session_resumes_on_either_worker(seed, tmp_path) -> None:
         saved = tmp_path / "session.pem"
         out = s_client(port, seed, "-sess_out", str(saved))
         assert "New, TLSv1.3" in out and "HTTP/1.1 200 OK" in out
+        assert "session_tickets=on" in server.log()  # said at start-up
         # 8 connections from 8 source ports: the kernel spreads them over both workers, and
         # every one resumes (a worker with a key of its own would answer "New" about half)
         for _ in range(8):
