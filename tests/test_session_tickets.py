@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import logging
 import math
 import socket
 import ssl
@@ -174,6 +175,19 @@ def test_a_ticket_from_one_worker_resumes_on_another(seed) -> None:
     other = TlsReloader(tls, bytes(32))
     full = Connection(seed, other.context, session=first.ticket, recheck=other)
     assert not full.client.session_reused and full.server.state == OPEN
+
+
+def test_without_openssl_access_the_server_runs_without_resumption(seed, monkeypatch,
+                                                                    caplog) -> None:
+    """Where ctypes cannot reach OpenSSL's ticket keys: logged once, no tickets, no crash."""
+    monkeypatch.setattr(tickets, "_FUNCTIONS", None)
+    monkeypatch.setattr(tickets, "_warned", False)
+    tls = with_tickets(server_tls(seed))
+    with caplog.at_level(logging.WARNING, logger="mgfast.tls"):
+        first, second = TlsReloader(tls, SECRET), TlsReloader(tls, SECRET)
+    assert not first.resumption and not second.resumption
+    assert first.context.num_tickets == 0 and second.context.num_tickets == 0
+    assert sum("without session resumption" in r.getMessage() for r in caplog.records) == 1
 
 
 @in_loop
