@@ -1215,6 +1215,34 @@ def decode_media_batch(body):
     return results
 
 
+def batch_writes(list items):
+    """decode_media_batch's items -> (messages, eos, frame_bytes) of the decoded ones, as a
+    writer takes them: each message's frames ``[topic, message, *data]``, their EOS flags
+    (None when none is an end of stream) and the frames' total size. MediaErrors are skipped;
+    the caller maps them back by position."""
+    cdef list messages = []
+    cdef list eos = []
+    cdef bint any_eos = False
+    cdef Py_ssize_t size = 0
+    cdef list frames
+    cdef tuple item
+    for obj in items:
+        if type(obj) is not tuple:
+            continue
+        item = <tuple>obj
+        frames = [item[0], item[1]]
+        frames.extend(<list>item[2])
+        for frame in frames:
+            size += len(frame)
+        messages.append(frames)
+        if <int>item[3] == 9:  # Kind.END_OF_STREAM
+            any_eos = True
+            eos.append(True)
+        else:
+            eos.append(False)
+    return messages, eos if any_eos else None, size
+
+
 # ---- encoding -------------------------------------------------------------------------------
 
 cdef inline Py_ssize_t _varint_size(uint64_t v) noexcept nogil:

@@ -11,14 +11,17 @@ pyzmq itself loaded: its symbols are looked up through pyzmq's extension module 
 the socket handle and the functions always come from the same library. Every call is
 non-blocking (ZMQ_DONTWAIT); waiting stays with the asyncio socket's poll. Frames are copied
 (in: into ``bytes``; out: by libzmq into its message), which for small frames costs less than
-any zero-copy bookkeeping; ``recv_many`` can hand large received frames over uncopied instead,
-as read-only memoryviews of a small object that owns libzmq's message (``ZmqFrame``).
+any zero-copy bookkeeping. Large frames need not be: ``recv_many`` can hand them over uncopied,
+as read-only memoryviews of a small object that owns libzmq's message (``ZmqFrame``), and a
+frame that is a view of a ``SendBuffer`` goes to libzmq by reference (``zmq_msg_init_data``).
 """
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_FillInfo, PyBuffer_Release,
                              PyBUF_SIMPLE)
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.object cimport PyObject
+from libc.string cimport memcpy
 from libc.stdint cimport uintptr_t
 from libc.errno cimport EAGAIN, EINTR
 
@@ -40,13 +43,58 @@ cdef extern from *:
     ctypedef struct mg_zmq_msg_t:
         pass
 
+cdef extern from *:
+    """
+    /* A SendBuffer's bytes and a count of their owners: the SendBuffer object and each libzmq
+       message that refers to them. libzmq drops its reference from its I/O thread, without the
+       GIL, hence the atomics; whoever drops the last one frees the block. */
+    typedef struct { long refs; unsigned char data[]; } mg_shared_t;
+    static long mg_shared_alive = 0;
+    static mg_shared_t* mg_shared_new(size_t size) {
+        mg_shared_t* s = (mg_shared_t*)malloc(sizeof(mg_shared_t) + size);
+        if (s) { s->refs = 1; __atomic_add_fetch(&mg_shared_alive, 1, __ATOMIC_RELAXED); }
+        return s;
+    }
+    static void mg_shared_acquire(mg_shared_t* s) {
+        __atomic_add_fetch(&s->refs, 1, __ATOMIC_RELAXED);
+    }
+    static void mg_shared_release(void* data, void* hint) {
+        mg_shared_t* s = (mg_shared_t*)hint;
+        (void)data;
+        if (__atomic_sub_fetch(&s->refs, 1, __ATOMIC_ACQ_REL) == 0) {
+            free(s);
+            __atomic_sub_fetch(&mg_shared_alive, 1, __ATOMIC_RELAXED);
+        }
+    }
+    static long mg_shared_count(void) { return __atomic_load_n(&mg_shared_alive, __ATOMIC_RELAXED); }
+    """
+    ctypedef struct mg_shared_t:
+        long refs
+        unsigned char data[1]
+    mg_shared_t* mg_shared_new(size_t size) nogil
+    void mg_shared_acquire(mg_shared_t* s) nogil
+    void mg_shared_release(void* data, void* hint) noexcept nogil
+    long mg_shared_count() nogil
+
 cdef enum:
     ZMQ_DONTWAIT = 1
     ZMQ_SNDMORE = 2
 
+cdef extern from "Python.h":
+    bint PyMemoryView_Check(object)
+    PyObject* PyMemoryView_GET_BASE(object)  # the exporter the memoryview was made from
+
 cdef enum:
     # Parts whose buffers fit on the stack while a multipart is sent (Savant sends a few).
     _STACK_PARTS = 16
+
+# A frame of at least this many bytes that is a view of a SendBuffer goes to libzmq by
+# reference; below it, libzmq's own copy costs less than a reference's bookkeeping (a small
+# allocation for libzmq's content record, two atomic operations and the release call from the
+# I/O thread). Measured in bench/zero_copy.py.
+cdef enum:
+    _ZERO_COPY_MIN = 32 * 1024
+ZERO_COPY_MIN = _ZERO_COPY_MIN
 
 ctypedef int (*msg_init_t)(mg_zmq_msg_t*) noexcept nogil
 ctypedef int (*msg_recv_t)(mg_zmq_msg_t*, void*, int) noexcept nogil
@@ -56,6 +104,9 @@ ctypedef int (*msg_more_t)(const mg_zmq_msg_t*) noexcept nogil
 ctypedef int (*msg_close_t)(mg_zmq_msg_t*) noexcept nogil
 ctypedef int (*msg_move_t)(mg_zmq_msg_t*, mg_zmq_msg_t*) noexcept nogil
 ctypedef int (*send_t)(void*, const void*, size_t, int) noexcept nogil
+ctypedef void (*free_fn_t)(void*, void*) noexcept nogil
+ctypedef int (*msg_init_data_t)(mg_zmq_msg_t*, void*, size_t, free_fn_t, void*) noexcept nogil
+ctypedef int (*msg_send_t)(mg_zmq_msg_t*, void*, int) noexcept nogil
 ctypedef int (*errno_t)() noexcept nogil
 
 cdef msg_init_t _msg_init
@@ -66,6 +117,8 @@ cdef msg_more_t _msg_more
 cdef msg_close_t _msg_close
 cdef msg_move_t _msg_move
 cdef send_t _send
+cdef msg_init_data_t _msg_init_data
+cdef msg_send_t _msg_send
 cdef errno_t _errno
 
 
@@ -79,7 +132,7 @@ cdef void* _symbol(void* lib, const char* name) except NULL:
 
 cdef _load():
     global _msg_init, _msg_recv, _msg_data, _msg_size, _msg_more, _msg_close, _msg_move
-    global _send, _errno
+    global _send, _msg_init_data, _msg_send, _errno
     path = _pyzmq_backend.__file__.encode()
     cdef void* lib = dlopen(path, RTLD_NOW | RTLD_NOLOAD)
     if lib == NULL:
@@ -94,6 +147,8 @@ cdef _load():
     _msg_close = <msg_close_t>_symbol(lib, b"zmq_msg_close")
     _msg_move = <msg_move_t>_symbol(lib, b"zmq_msg_move")
     _send = <send_t>_symbol(lib, b"zmq_send")
+    _msg_init_data = <msg_init_data_t>_symbol(lib, b"zmq_msg_init_data")
+    _msg_send = <msg_send_t>_symbol(lib, b"zmq_msg_send")
     _errno = <errno_t>_symbol(lib, b"zmq_errno")
 
 
@@ -126,6 +181,84 @@ cdef class ZmqFrame:
 
     def __len__(self):
         return self.size
+
+
+cdef class SendBuffer:
+    """Bytes that libzmq can send without copying: a fixed-size writable block, filled once
+    (``append``, or ``unfilled`` + ``advance`` to read into it), whose large slices go to
+    libzmq by reference. The block lives until this object and every message sent from it
+    are gone, so nothing waits on libzmq and no Python object is touched off the GIL. Memory
+    is taken without being zeroed: a block costs resident memory only as it is filled."""
+
+    cdef mg_shared_t* shared
+    cdef readonly Py_ssize_t size
+    cdef readonly Py_ssize_t filled
+
+    def __cinit__(self, Py_ssize_t size):
+        if size < 0:
+            raise ValueError(f"a SendBuffer cannot have a negative size ({size})")
+        self.shared = mg_shared_new(<size_t>size)
+        if self.shared == NULL:
+            raise MemoryError()
+        self.size = size
+
+    def __dealloc__(self):
+        if self.shared != NULL:
+            mg_shared_release(NULL, self.shared)
+
+    def __getbuffer__(self, Py_buffer* view, int flags):
+        PyBuffer_FillInfo(view, self, self.shared.data, self.size, 0, flags)
+
+    def __releasebuffer__(self, Py_buffer* view):
+        pass
+
+    def __len__(self):
+        return self.size
+
+    def append(self, data):
+        """Copy ``data`` (any bytes-like) in after what was filled; ValueError past the end."""
+        cdef Py_buffer view
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            if view.len > self.size - self.filled:
+                raise ValueError(f"{view.len} bytes do not fit in the {self.size - self.filled} "
+                                 f"left of a SendBuffer")
+            memcpy(self.shared.data + self.filled, view.buf, <size_t>view.len)
+            self.filled += view.len
+        finally:
+            PyBuffer_Release(&view)
+
+    def unfilled(self):
+        """A writable memoryview of what is not filled yet, to read into (then ``advance``)."""
+        return memoryview(self)[self.filled:]
+
+    def advance(self, Py_ssize_t count):
+        """Count ``count`` more bytes as filled (written through ``unfilled``)."""
+        if count < 0 or count > self.size - self.filled:
+            raise ValueError(f"cannot advance a SendBuffer by {count} bytes "
+                             f"({self.size - self.filled} unfilled)")
+        self.filled += count
+
+
+def send_buffers_alive():
+    """SendBuffer blocks not freed yet: held by a SendBuffer or by a message in libzmq."""
+    return mg_shared_count()
+
+
+cdef mg_shared_t* _shared_of(object frame, Py_buffer* view):
+    """The SendBuffer block a large frame's bytes lie in, or NULL (then libzmq copies it)."""
+    cdef object base
+    cdef SendBuffer owner
+    if view.len < _ZERO_COPY_MIN:
+        return NULL
+    if PyMemoryView_Check(frame):
+        base = <object>PyMemoryView_GET_BASE(frame)
+    else:
+        base = frame
+    if type(base) is not SendBuffer:
+        return NULL
+    owner = <SendBuffer>base
+    return owner.shared
 
 
 cdef list _recv_one(void* sock, Py_ssize_t keep_from=0, Py_ssize_t first_kept=1):
@@ -198,6 +331,23 @@ cdef int _send_view(void* sock, Py_buffer* view, int flags) except -2:
     raise zmq.ZMQError(err)
 
 
+cdef int _send_ref(void* sock, Py_buffer* view, mg_shared_t* shared, int flags) except -2:
+    """As _send_view, handing libzmq a reference to the SendBuffer block instead of a copy."""
+    cdef mg_zmq_msg_t msg
+    cdef int err
+    mg_shared_acquire(shared)
+    if _msg_init_data(&msg, view.buf, <size_t>view.len, mg_shared_release, shared) != 0:
+        mg_shared_release(NULL, shared)
+        raise zmq.ZMQError(_errno())
+    if _msg_send(&msg, sock, flags) >= 0:
+        return 0  # libzmq owns the message, and with it our reference
+    err = _errno()
+    _msg_close(&msg)  # still ours after a failed send: closing it drops the reference
+    if err == EAGAIN or err == EINTR:
+        return -1
+    raise zmq.ZMQError(err)
+
+
 cdef bint _send_one(void* sock, object frames) except -1:
     """Sends a whole multipart; False if the socket would block on its first part (libzmq
     admits a multipart whole once its first part is accepted). Raises on anything else.
@@ -210,20 +360,32 @@ cdef bint _send_one(void* sock, object frames) except -1:
     cdef Py_ssize_t i
     cdef Py_buffer stack_views[_STACK_PARTS]
     cdef Py_buffer* views = stack_views
+    cdef mg_shared_t* stack_shared[_STACK_PARTS]
+    cdef mg_shared_t** shared = stack_shared
     cdef int more
+    cdef int rc
     if count == 0:
         raise ValueError("a multipart needs at least one frame")
     if count > _STACK_PARTS:
         views = <Py_buffer*>PyMem_Malloc(count * sizeof(Py_buffer))
-        if views == NULL:
+        shared = <mg_shared_t**>PyMem_Malloc(count * sizeof(mg_shared_t*))
+        if views == NULL or shared == NULL:
+            PyMem_Free(views)
+            PyMem_Free(shared)
             raise MemoryError()
     try:
         while taken < count:
-            PyObject_GetBuffer(frames[taken], &views[taken], PyBUF_SIMPLE)
+            frame = frames[taken]
+            PyObject_GetBuffer(frame, &views[taken], PyBUF_SIMPLE)
             taken += 1
+            shared[taken - 1] = _shared_of(frame, &views[taken - 1])
         for i in range(count):
             more = ZMQ_SNDMORE if i < count - 1 else 0
-            if _send_view(sock, &views[i], ZMQ_DONTWAIT | more) < 0:
+            if shared[i] != NULL:
+                rc = _send_ref(sock, &views[i], shared[i], ZMQ_DONTWAIT | more)
+            else:
+                rc = _send_view(sock, &views[i], ZMQ_DONTWAIT | more)
+            if rc < 0:
                 if i == 0:
                     return False
                 raise zmq.ZMQError(EAGAIN, "the socket refused the rest of a multipart")
@@ -233,6 +395,7 @@ cdef bint _send_one(void* sock, object frames) except -1:
             PyBuffer_Release(&views[i])
         if views != stack_views:
             PyMem_Free(views)
+            PyMem_Free(shared)
 
 
 def send_multipart(uintptr_t handle, frames):

@@ -9,7 +9,7 @@ import os
 import sys
 
 from mgfast import __version__, logs
-from mgfast.memory import return_large_buffers
+from mgfast.memory import CLIENT_TOP_PAD, SERVER_TOP_PAD, return_large_buffers
 
 # Exit status for a start-up failure (bad config, unusable certificate, port in use).
 EXIT_STARTUP = 2
@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.log_level:
         os.environ["MGFAST_LOG_LEVEL"] = args.log_level  # child processes read it too
     logs.setup(args.log_level)
-    return_large_buffers()  # children spawned by the server do the same
+    # children spawned by the server do the same
+    return_large_buffers(CLIENT_TOP_PAD if args.command == "client" else SERVER_TOP_PAD)
     try:
         if args.command == "server":
             return _server(args)

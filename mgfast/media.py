@@ -30,6 +30,10 @@ decode_media_batch(body) -> list
     A MediaBatch of ``(topic, message, data)`` items (at most ``MAX_BATCH_ITEMS`` items and
     ``MAX_BATCH_DATA_PARTS`` parts). Decoding returns per item the ``decode_media`` tuple or that
     item's MediaError; it raises only when the batch as a whole is malformed or over the limits.
+
+batch_writes(items) -> (messages, eos, frame_bytes)
+    The decoded items of a batch as a writer takes them (``OutStreamWriter.submit_group``):
+    their frame lists, EOS flags (None if none is an EOS) and total frame size, in one C loop.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ from mgfast._media import (  # noqa: E402
     MAX_BATCH_ITEMS,
     MAX_DATA_PARTS,
     MAX_VARINT_LEN,
+    batch_writes,
     decode_media,
     decode_media_batch,
     encode_media,
@@ -77,6 +82,7 @@ __all__ = [
     "MAX_VARINT_LEN",
     "Kind",
     "MediaError",
+    "batch_writes",
     "decode_media",
     "decode_media_batch",
     "encode_media",

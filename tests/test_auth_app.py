@@ -42,9 +42,9 @@ class RecordingWriter:
         self.topics.append(bytes(frames[0]))
         return self._done(WriteResult.SUCCESS)
 
-    def submit_group(self, items):
-        self.topics.extend(bytes(frames[0]) for frames, _ in items)
-        return self._done([WriteResult.SUCCESS] * len(items))
+    def submit_group(self, messages, eos):
+        self.topics.extend(bytes(frames[0]) for frames in messages)
+        return self._done([WriteResult.SUCCESS] * len(messages))
 
 
 def media(topic: bytes, labels=()) -> bytes:

@@ -256,3 +256,36 @@ def test_a_client_that_never_reads_its_answers_is_not_read_either(server):
     assert sent < 20 * MiB, f"the server read {sent // MiB} MiB of requests nobody read answers to"
     assert watch.peak - idle < 32 * MiB
     back_to_idle(server, idle)
+
+
+@pytest.fixture
+def patient_server(tmp_path):
+    """Lingering long enough that a worker starved of CPU for a moment does not end it."""
+    linger = {"linger_time": {"secs": 30, "nanos": 0}, "linger_timeout": {"secs": 5, "nanos": 0}}
+    with GatewayProcess("server", server_config(f"pub+bind:{endpoint('tcp', tmp_path)}",
+                                                http=linger), tmp_path) as server:
+        wait_until(lambda: len(server.children()) >= 2, what="the server's children")
+        yield server
+
+
+def test_what_follows_a_rejection_is_read_and_dropped_not_kept(patient_server):
+    """Lingering close: after the 413 the server half-closes and reads what the client goes on
+    sending (so that its close cannot reset the answers away), dropping it: 32 MiB behind the
+    rejection all get through, the tree's memory does not grow with them, and once the
+    client closes its side it reads every answer and a clean EOF."""
+    server = patient_server
+    idle = idle_rss(server)
+    piece = b"z" * 65536
+    with RssWatch(server.proc.pid) as watch, connect(server) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n" * 4
+                     + b"POST / HTTP/1.1\r\nHost: a\r\nContent-Type: application/protobuf\r\n"
+                       b"Content-Length: %d\r\n\r\n" % (64 * MiB))
+        sent = send_until_closed(sock, iter(lambda: piece, None), 32 * MiB)
+        sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := sock.recv(65536):  # a reset would raise
+            data += chunk
+    assert sent >= 32 * MiB, f"the server stopped reading after {sent // MiB} MiB"
+    assert [a[:3] for a in data.split(b"HTTP/1.1 ")[1:]] == [b"200"] * 4 + [b"413"]
+    assert watch.peak - idle < 16 * MiB, f"peak +{(watch.peak - idle) // MiB} MiB"
+    back_to_idle(server, idle)

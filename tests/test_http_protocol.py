@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from mgfast._zmq_io import ZERO_COPY_MIN, SendBuffer
 from mgfast.config.model import HttpLimits
 from mgfast.http import responses
 from mgfast.http.server_protocol import HttpServerProtocol, Request
@@ -280,16 +281,47 @@ def test_requests_right_at_the_limits_pass():
     assert transport.out.startswith(b"HTTP/1.1 200 ")
 
 
-def test_a_body_buffer_grows_with_what_arrives_not_with_what_is_announced():
+def _rss_bytes() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+def test_a_body_costs_memory_as_it_arrives_not_as_it_is_announced():
     async def go():
         limits = HttpLimits(max_body_size=1 << 30)
+        before = _rss_bytes()
         app, protocol, transport = await feed(
             b"POST /x HTTP/1.1\r\nContent-Length: 500000000\r\n\r\nab", bytewise=False,
             limits=limits)
         protocol.data_received(b"cd")
-        return protocol
-    protocol = run(go())
-    assert bytes(protocol.request.body) == b"abcd" and len(protocol.request.body) == 4
+        return protocol, _rss_bytes() - before
+    protocol, grown = run(go())
+    body = protocol.request.body
+    assert body.filled == 4 and bytes(memoryview(body)[:4]) == b"abcd"
+    assert grown < 16 << 20  # of the 500 MB announced
+
+
+@pytest.mark.parametrize("pieces", [1, 7, 500])
+def test_bodies_arrive_whole_whatever_their_size_framing_and_pieces(pieces):
+    large = bytes(range(256)) * (ZERO_COPY_MIN // 256 + 3)
+    data = (b"POST /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"
+            b"POST /b HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(large) + large +
+            b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"2\r\nde\r\n1\r\nf\r\n0\r\n\r\n")
+
+    async def go():
+        app = EchoApp()
+        protocol = HttpServerProtocol(app, HttpLimits())
+        protocol.connection_made(FakeTransport())
+        step = len(data) // pieces + 1
+        for i in range(0, len(data), step):
+            protocol.data_received(data[i:i + step])
+        return app
+    app = run(go())
+    assert [bytes(r.body) for r in app.seen] == [b"abc", large, b"def"]
+    assert type(app.seen[1].body) is SendBuffer  # its frames go to libzmq uncopied
 
 
 def test_head_gets_the_headers_of_get_without_the_body():

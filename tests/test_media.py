@@ -17,6 +17,7 @@ from mgfast.media import (
     MAX_DATA_PARTS,
     Kind,
     MediaError,
+    batch_writes,
     decode_media,
     decode_media_batch,
     encode_media,
@@ -602,6 +603,22 @@ def test_batch_with_one_corrupt_item():
     assert isinstance(results[1], MediaError) and str(results[1]) == "topic is not valid UTF-8"
     assert isinstance(results[3], MediaError) and "truncated length" in str(results[3])
     assert str(results[4]) == "Media has no message field"
+
+
+def test_batch_writes_are_the_decoded_items_as_a_writer_takes_them():
+    user = pb.serialize(pb.savant_message(kind=8))
+    items = [media(user, data=[b"x", b"yz"]), media(topic=b"\xff"), media(EOS), media(user)]
+    decoded = decode_media_batch(b"".join(ld(1, i) for i in items))
+    messages, eos, size = batch_writes(decoded)
+    assert [[bytes(f) for f in m] for m in messages] == [
+        [b"cam-1", user, b"x", b"yz"], [b"cam-1", EOS], [b"cam-1", user]]
+    assert eos == [False, True, False]
+    assert size == sum(len(f) for m in messages for f in m)
+    assert messages[0][0].obj is decoded[0][0].obj  # views of the body: nothing copied
+    assert batch_writes(decoded[:1] + decoded[3:]) == (
+        [list(decoded[0][:2]) + decoded[0][2], list(decoded[3][:2])], None,
+        5 + 2 * len(user) + 3 + 5)
+    assert batch_writes([]) == ([], None, 0)
 
 
 def test_batch_empty():

@@ -51,7 +51,7 @@ def test_a_stalled_out_stream_holds_at_most_inflight_ops_messages_in_the_only_wo
         await writer.start()
         frames = [b"cam", b"\x0a\x03abc"]
         answers = [writer.submit(frames, eos=False) for _ in range(40)]
-        answers.append(writer.submit_group([(frames, False)] * 5))
+        answers.append(writer.submit_group([frames] * 5, None))
         await asyncio.sleep(0.05)
         depth = writer.writer.queue_depth  # no reader: nothing can be sent
         results = await asyncio.gather(*answers)

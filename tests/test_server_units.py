@@ -50,15 +50,15 @@ class ScriptedWriter:
         self.written.append([bytes(f) for f in frames])
         return self._future(result)
 
-    def submit_group(self, items):
+    def submit_group(self, messages, eos):
         results = []
-        for frames, _ in items:
+        for frames in messages:
             result = self.results.pop(0)
             results.append(result)
             self.written.append([bytes(f) for f in frames])
             if result not in (WriteResult.SUCCESS, WriteResult.ACK):
                 break
-        results += [WriteResult.NOT_ATTEMPTED] * (len(items) - len(results))
+        results += [WriteResult.NOT_ATTEMPTED] * (len(messages) - len(results))
         return self._future(results)
 
 

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from mgfast.config.model import Identity, Peers, ServerTls
+from mgfast._zmq_io import SendBuffer
+from mgfast.config.model import HttpLimits, Identity, Peers, ServerTls
+from mgfast.http.server_protocol import HttpServerProtocol
 from mgfast.tls import peer_certificate
 from mgfast.tls.context import server_context
 from mgfast.tls.outcome import HandshakeOutcome
@@ -20,7 +22,7 @@ from mgfast.tls.rejection_log import RejectionLog
 from mgfast.tls.reloader import TlsReloader
 from mgfast.tls.server_protocol import CLOSED, OPEN, TlsServerProtocol
 from tests.seed_ca import SeedCa
-from tests.test_http_protocol import FakeTransport
+from tests.test_http_protocol import EchoApp, FakeTransport
 
 
 def leaf_der(path: Path) -> bytes:
@@ -157,6 +159,43 @@ def test_the_message_callback_is_taken_off_once_the_certificate_is_seen(seed) ->
             client.pump(server, transport)
             assert client.read() == b"PING"
         assert len(calls) == during_handshake
+
+    asyncio.run(scenario())
+
+
+class CountingHttp(HttpServerProtocol):
+    """Counts the plaintext that came through data_received (and so through the parser)."""
+
+    parsed = 0
+
+    def data_received(self, data) -> None:
+        self.parsed += len(data)
+        super().data_received(data)
+
+
+def test_a_large_body_is_decrypted_straight_into_its_buffer_and_pipelining_goes_on(seed):
+    async def scenario() -> None:
+        app = EchoApp()
+        http = CountingHttp(app, HttpLimits())
+        server = TlsServerProtocol(server_context(server_tls(seed)), http, handshake_timeout=5,
+                                   on_handshake=lambda outcome, _: None)
+        transport = PeerTransport()
+        server.connection_made(transport)
+        client = Client(seed)
+        client.pump(server, transport)
+        body = bytes(range(256)) * 400  # 100 KiB: several TLS records
+        client.sslobj.write(b"POST /big HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body)
+                            + body + b"POST /next HTTP/1.1\r\nContent-Length: 2\r\n\r\nok")
+        client.pump(server, transport)
+        await asyncio.sleep(0.05)
+        assert [(r.path, bytes(r.body)) for r in app.seen] == [(b"/big", body), (b"/next", b"ok")]
+        assert type(app.seen[0].body) is SendBuffer
+        assert http.parsed < 20_000  # the head and the first record; the rest went uncopied
+        client.pump(server, transport)
+        answers = b""
+        while chunk := client.read():
+            answers += chunk
+        assert answers.count(b"HTTP/1.1 200 OK") == 2 and answers.endswith(b"POST /next ok")
 
     asyncio.run(scenario())
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import zmq
 
-from mgfast._zmq_io import recv_many, recv_multipart, send_many, send_multipart
+from mgfast._zmq_io import (ZERO_COPY_MIN, SendBuffer, recv_many, recv_multipart,
+                            send_buffers_alive, send_many, send_multipart)
 from tests.util import wait_until
 
 
@@ -117,3 +118,64 @@ def test_a_bad_part_sends_nothing_so_the_next_message_is_not_joined_to_half_of_i
     wide = [b"p%d" % i for i in range(parts)]
     assert send_multipart(dealer.underlying, wide) is True
     assert wait_until(lambda: recv_multipart(router.underlying))[1:] == wide
+
+
+@pytest.mark.parametrize("parts", [3, 40])  # part buffers on the stack and on the heap
+def test_large_views_of_a_send_buffer_go_to_libzmq_by_reference_and_outlive_it(pair, parts):
+    dealer, router = pair
+    alive = send_buffers_alive()
+    size = ZERO_COPY_MIN * 2
+    body = SendBuffer(size + 10)
+    body.append(b"A" * 10)
+    target = body.unfilled()
+    target[:size] = b"B" * size
+    body.advance(size)
+    assert body.filled == len(body) == size + 10
+    view = memoryview(body)
+    small, large = view[:10], view[10:]
+    frames = [b"topic", small, large] + [b"x"] * (parts - 3)
+    assert send_multipart(dealer.underlying, frames) is True
+    del view, small, large, target, frames
+    # inproc hands the very message over: the receiver's frame is the SendBuffer's block, so
+    # a write after the send shows through (the small frame was copied, the large one not)
+    memoryview(body)[:ZERO_COPY_MIN] = b"C" * ZERO_COPY_MIN
+    [got] = wait_until(lambda: recv_many(router.underlying, 1, ZERO_COPY_MIN, 1))
+    assert bytes(got[2]) == b"A" * 10
+    assert bytes(got[3]) == b"C" * (ZERO_COPY_MIN - 10) + b"B" * (size - ZERO_COPY_MIN + 10)
+    del body  # libzmq's message still refers to the block: it stays
+    assert send_buffers_alive() == alive + 1
+    assert bytes(got[3][-3:]) == b"BBB"
+    del got  # the last reference: the block is freed
+    assert send_buffers_alive() == alive
+
+
+def test_a_send_buffer_refused_by_a_full_socket_is_released(pair):
+    dealer, _ = pair
+    alive = send_buffers_alive()
+    slow = zmq.Context.instance().socket(zmq.DEALER)
+    slow.sndhwm = 1
+    slow.linger = 0
+    slow.connect("tcp://127.0.0.1:1")  # nobody listens: the queue fills
+    try:
+        body = SendBuffer(ZERO_COPY_MIN)
+        body.append(b"z" * ZERO_COPY_MIN)
+        sent = send_many(slow.underlying, [[memoryview(body)]] * 10, 0, 10)
+        assert 0 < sent < 10
+    finally:
+        slow.close()
+    del body
+    wait_until(lambda: send_buffers_alive() == alive)  # closing dropped the queued ones
+
+
+def test_a_send_buffer_is_filled_once_and_never_past_its_size():
+    body = SendBuffer(4)
+    body.append(b"ab")
+    with pytest.raises(ValueError, match="do not fit"):
+        body.append(b"cde")
+    with pytest.raises(ValueError, match="cannot advance"):
+        body.advance(3)
+    body.unfilled()[:] = b"cd"
+    body.advance(2)
+    assert bytes(body) == b"abcd" and len(body.unfilled()) == 0
+    with pytest.raises(ValueError, match="negative"):
+        SendBuffer(-1)

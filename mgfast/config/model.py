@@ -80,6 +80,8 @@ class HttpLimits:
     header_timeout: float = 10.0
     body_timeout: float = 60.0
     idle_timeout: float = 75.0
+    linger_time: float = 2.0  # a closing connection's input is read and dropped this long at most
+    linger_timeout: float = 0.5  # ... and stops being read after this long without any
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -113,6 +113,8 @@ _HTTP = Obj({  # mgfast
     "header_timeout": opt(_POSITIVE),
     "body_timeout": opt(_POSITIVE),
     "idle_timeout": opt(_POSITIVE),
+    "linger_time": opt(_POSITIVE),
+    "linger_timeout": opt(_POSITIVE),
 }, HttpLimits, example='{"max_body_size": 33554432}')
 
 _METRICS = Obj({  # mgfast; turned into a Listen by checks.finish_listener

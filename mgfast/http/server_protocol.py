@@ -10,16 +10,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter, deque
-from typing import Awaitable, Callable, Protocol as TypingProtocol
+from typing import Awaitable, Callable, Protocol as TypingProtocol, Union
 
 import httptools
 
+from mgfast._zmq_io import ZERO_COPY_MIN, SendBuffer
 from mgfast.config.model import HttpLimits
 from mgfast.http import responses
 from mgfast.http.deadlines import Deadline, Deadlines
+from mgfast.http.linger import linger
 from mgfast.http.responses import Response
 
 log = logging.getLogger("mgfast.http")
+
+Buffer = Union[bytes, memoryview]  # what arrives: a socket's bytes, or a view of decrypted ones
 
 # Pipelined requests buffered per connection before reading pauses.
 MAX_PIPELINED = 16
@@ -31,11 +35,15 @@ class _Stop(Exception):
 
 
 class Request:
-    """One parsed request; the body is bytes when it came in one piece, else a bytearray.
-    ``peer`` (the client's IP address) is set only by ``AddressedHttpServerProtocol``."""
+    """One request, and its parsing state while it is parsed (as uvicorn's request cycle: a
+    new request starts from fresh state, nothing to reset). The body is bytes when it came in
+    one piece, a ``SendBuffer`` when it announced a large length (its frames then reach libzmq
+    uncopied), else a bytearray. ``peer`` (the client's IP address) is set only by
+    ``AddressedHttpServerProtocol``."""
 
     __slots__ = ("method", "path", "content_type", "authorization", "body", "keep_alive",
-                 "peer")
+                 "peer", "head_size", "head_spill", "body_size", "content_length",
+                 "expect_continue")
 
     peer: str  # set by AddressedHttpServerProtocol only
 
@@ -44,8 +52,14 @@ class Request:
         self.path = b""
         self.content_type = b""
         self.authorization = b""
-        self.body: bytes | bytearray = b""
+        self.body: bytes | bytearray | SendBuffer = b""
         self.keep_alive = True
+        # parsing
+        self.head_size = 0  # bytes of request line and headers the parser has handed over
+        self.head_spill = 0  # bytes of whole reads that fell inside the unfinished head
+        self.body_size = 0
+        self.content_length: int | None = None  # llhttp validates the header itself
+        self.expect_continue = False
 
 
 class App(TypingProtocol):
@@ -74,16 +88,13 @@ class HttpServerProtocol(asyncio.Protocol):
         self.writing_paused = False  # the client does not read its answers fast enough
         self.stopping = False  # the server is draining: answer what was read, then close
         self.closing = False
+        self.peer_closed = False  # EOF seen: no input can be left unread, so no linger
         self.failure: Response | None = None  # a rejection waiting for the answers before it
         # per request (being parsed)
         self.request: Request | None = None
         self.in_head = False  # between the request's first byte and the end of its headers
         self.began = False  # a request began during the current data_received
-        self.head_size = 0  # bytes of request line and headers the parser has handed over
-        self.head_spill = 0  # bytes of whole reads that fell inside one unfinished head
-        self.body_size = 0
-        self.content_length: int | None = None  # llhttp validates the header itself
-        self.expect_continue = False
+        self.body_left = 0  # bytes of a large announced body still to come, past the parser
 
     # -- asyncio protocol interface --------------------------------------------------------
 
@@ -95,9 +106,16 @@ class HttpServerProtocol(asyncio.Protocol):
             min(limits.header_timeout, limits.body_timeout, limits.idle_timeout))
         self._arm(limits.header_timeout, self._on_idle_timeout)
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: Buffer) -> None:
         if self.closing or self.failure is not None:
             return
+        rest: Buffer | None = self._take_body(data) if self.body_left else data
+        if rest:
+            self._parse(rest)
+        if self.queue and not self.busy and not self.closing:
+            self._next()  # after the whole buffer: pipelined requests are handled together
+
+    def _parse(self, data: Buffer) -> None:
         in_head = self.in_head
         self.began = False
         try:
@@ -114,12 +132,55 @@ class HttpServerProtocol(asyncio.Protocol):
             if in_head and self.in_head and not self.began:
                 # The parser buffers an unfinished header line itself, out of our sight: count
                 # whole reads that fall inside one head, so an endless header cannot grow it.
-                self.head_spill += len(data)
-                if self.head_spill > self.limits.max_header_size:
-                    self._reject_head(431, "request header block", self.head_spill,
+                request = self.request
+                request.head_spill += len(data)  # type: ignore[union-attr]
+                if request.head_spill > self.limits.max_header_size:  # type: ignore[union-attr]
+                    self._reject_head(431, "request header block",
+                                      request.head_spill,  # type: ignore[union-attr]
                                       "max_header_size")
-        if self.queue and not self.busy and not self.closing:
-            self._next()  # after the whole buffer: pipelined requests are handled together
+            request = self.request
+            if request is not None and isinstance(request.body, SendBuffer) \
+                    and not self.closing and self.failure is None:
+                # the rest of a large announced body bypasses the parser (and its copy)
+                self.body_left = request.body.size - request.body.filled
+
+    # -- a large announced body, past the parser -------------------------------------------
+
+    def _take_body(self, data: Buffer) -> Buffer | None:
+        """Copy the body's next bytes into its SendBuffer; what follows the body, if any, is
+        returned for the parser."""
+        left = self.body_left
+        body = self.request.body  # type: ignore[union-attr]
+        assert isinstance(body, SendBuffer)
+        if len(data) < left:
+            body.append(data)
+            self.body_left = left - len(data)
+            return None
+        rest = memoryview(data)[left:] if len(data) > left else None
+        body.append(data if rest is None else memoryview(data)[:left])
+        self._body_done()
+        return rest
+
+    def body_target(self) -> memoryview | None:
+        """Where a TLS layer may decrypt the next bytes straight to (the unfilled part of a
+        large body: it is then never copied), or None when they are for ``data_received``."""
+        if not self.body_left or self.closing or self.failure is not None:
+            return None
+        return self.request.body.unfilled()[:self.body_left]  # type: ignore[union-attr]
+
+    def body_received(self, count: int) -> None:
+        """``count`` bytes were written to ``body_target()``."""
+        self.request.body.advance(count)  # type: ignore[union-attr]
+        self.body_left -= count
+        if not self.body_left:
+            self._body_done()
+            if self.queue and not self.busy and not self.closing:
+                self._next()
+
+    def _body_done(self) -> None:
+        self.body_left = 0
+        self.parser = httptools.HttpRequestParser(self)  # the old one still awaits the body
+        self.on_message_complete()
 
     def pause_writing(self) -> None:
         # A client that pipelines without reading its answers: stop answering and reading
@@ -139,6 +200,7 @@ class HttpServerProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         # A half-closed client still gets the answers to what it sent.
+        self.peer_closed = True
         return bool(self.busy or self.queue)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -155,73 +217,80 @@ class HttpServerProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.request = Request()
         self.in_head = self.began = True
-        self.head_size = self.head_spill = 0
-        self.body_size = 0
-        self.content_length = None
-        self.expect_continue = False
         if not self.busy:
             self._arm(self.limits.header_timeout, self._on_request_timeout)
 
     def on_url(self, url: bytes) -> None:
         request = self.request
         request.path += url  # type: ignore[union-attr]
-        self.head_size += len(url)
+        request.head_size += len(url)  # type: ignore[union-attr]
         if len(request.path) > self.limits.max_line_size:  # type: ignore[union-attr]
             self._reject_head(414, "request target", len(request.path),  # type: ignore[union-attr]
                               "max_line_size")
             raise _Stop
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        request = self.request
+        assert request is not None  # on_message_begin made it
         size = len(name) + len(value)
-        self.head_size += size + 4  # ": " and CRLF
+        request.head_size += size + 4  # ": " and CRLF
         limits = self.limits
         if size > limits.max_line_size:
             self._reject_head(431, f"header {responses.quote(name)}", size,
                               "max_line_size")
             raise _Stop
-        if self.head_size > limits.max_header_size:
-            self._reject_head(431, "request header block", self.head_size, "max_header_size")
+        if request.head_size > limits.max_header_size:
+            self._reject_head(431, "request header block", request.head_size,
+                              "max_header_size")
             raise _Stop
         name = name.lower()
-        request = self.request
         if name == b"content-type":
-            request.content_type = value  # type: ignore[union-attr]
+            request.content_type = value
         elif name == b"authorization":
-            request.authorization = value  # type: ignore[union-attr]
+            request.authorization = value
         elif name == b"content-length":
-            self.content_length = int(value) if value.isdigit() else None
+            request.content_length = int(value) if value.isdigit() else None
         elif name == b"expect" and value.lower() == b"100-continue":
-            self.expect_continue = True
+            request.expect_continue = True
 
     def on_headers_complete(self) -> None:
         self.in_head = False
         request = self.request
         request.method = self.parser.get_method()  # type: ignore[union-attr]
         request.keep_alive = self.parser.should_keep_alive()  # type: ignore[union-attr]
-        length = self.content_length
+        length = request.content_length  # type: ignore[union-attr]
         if length is not None and length > self.limits.max_body_size:
             self._reject_body(length)
             raise _Stop
-        if self.expect_continue and self.transport is not None:
+        if length is not None and length >= ZERO_COPY_MIN:
+            # Taken at the announced length, but not zeroed: it becomes resident memory only
+            # as the body arrives, so a client announcing much and sending little costs
+            # what it sends.
+            request.body = SendBuffer(length)  # type: ignore[union-attr]
+        if request.expect_continue and self.transport is not None:  # type: ignore[union-attr]
             self.transport.write(responses.CONTINUE)
         if not self.busy:
             self._arm(self.limits.body_timeout, self._on_request_timeout)
 
     def on_body(self, body: bytes) -> None:
-        size = self.body_size
-        self.body_size = end = size + len(body)
+        request = self.request
+        assert request is not None  # on_message_begin made it
+        size = request.body_size
+        request.body_size = end = size + len(body)
         if end > self.limits.max_body_size:
             self._reject_body(end)
             raise _Stop
-        request = self.request
-        if not size:
-            request.body = body  # type: ignore[union-attr]  # one piece: no copy
+        buffer = request.body
+        if isinstance(buffer, SendBuffer):
+            buffer.append(body)
             return
-        buffer = request.body  # type: ignore[union-attr]
-        if buffer.__class__ is bytes:
-            # A second piece: the buffer grows with what arrives (never to the announced
-            # length up front, which would let a client reserve memory it never sends).
-            buffer = request.body = bytearray(buffer)  # type: ignore[union-attr]
+        if not size:
+            request.body = body  # one piece: no copy
+            return
+        if isinstance(buffer, bytes):
+            # A second piece of a small or unannounced body: the buffer grows with what
+            # arrives, never to an announced length (see the SendBuffer in on_headers_complete).
+            buffer = request.body = bytearray(buffer)
         buffer += body
 
     def on_message_complete(self) -> None:
@@ -271,6 +340,9 @@ class HttpServerProtocol(asyncio.Protocol):
             return  # resume_writing goes on
         if self.failure is not None:
             self._fail(self.failure)
+        elif self.peer_closed:
+            if not self.closing:
+                self._close()  # a half-closed client has its answers; no request can follow
         elif not self.closing and self.request is None:
             self._arm(self.limits.idle_timeout, self._on_idle_timeout)
 
@@ -382,10 +454,12 @@ class HttpServerProtocol(asyncio.Protocol):
             self.transport.abort()
 
     def _close(self) -> None:
+        """Every close but ``abort``: the answers written so far go out first, then the
+        input is lingered on (``http/linger.py``), so the close cannot reset them away."""
         self.closing = True
         self._disarm()
         if self.transport is not None:
-            self.transport.close()
+            linger(self.transport, self, self.limits, peer_closed=self.peer_closed)
         if not self.busy:
             self._forget()
 
@@ -393,6 +467,7 @@ class HttpServerProtocol(asyncio.Protocol):
         """Drop what the connection holds, now rather than at the next cyclic GC (the parser
         and this protocol refer to each other): a closed connection keeps no body alive."""
         self.request = None
+        self.body_left = 0
         self.queue.clear()
         self.failure = None
         self.parser = None  # type: ignore[assignment]

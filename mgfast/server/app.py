@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING, Any, Awaitable, Protocol as TypingProtocol, Se
 from mgfast.http import responses
 from mgfast.http.responses import Response
 from mgfast.http.server_protocol import Request
-from mgfast.media import Kind, MediaError, decode_media, decode_media_batch, routing_labels
+from mgfast.media import (Kind, MediaError, batch_writes, decode_media, decode_media_batch,
+                          routing_labels)
 from mgfast.zmq.sockets import StreamClosed
-from mgfast.zmq.writer import Buffer, WriteResult
+from mgfast.zmq.writer import Buffer, Frames, WriteResult
 
 if TYPE_CHECKING:
     from mgfast._media import DecodedMedia
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
     from mgfast.auth.rules import Rule
     from mgfast.server.stats import WorkerStats
 
-Write = tuple[list[Buffer], bool]  # (frames, eos), as Writer.submit_group
 
 log = logging.getLogger("mgfast.server")
 
@@ -61,7 +61,7 @@ _RESULT_RESPONSES = {
 class Writer(TypingProtocol):
     def submit(self, frames: Sequence[Buffer], *, eos: bool) -> asyncio.Future[WriteResult]: ...
 
-    def submit_group(self, items: Sequence[tuple[Sequence[Buffer], bool]]
+    def submit_group(self, messages: list[Frames], eos: list[bool] | None
                      ) -> asyncio.Future[list[WriteResult]]: ...
 
 
@@ -104,42 +104,46 @@ class GatewayApp:
         if self.guard is not None:
             return self._guarded_group(requests)
         answers: list[Response | None] = [None] * len(requests)
-        writes: list[Write] = []
-        where = []  # the request index of each write
+        messages: list[Frames] = []
+        eos: list[bool] = []
+        where = []  # the request index of each message
         for i, request in enumerate(requests):
             try:
                 topic, message, data, kind = decode_media(request.body)
             except MediaError as exc:
                 answers[i] = responses.text(400, str(exc))
                 continue
-            writes.append(([topic, message, *data], kind == _EOS))
+            messages.append([topic, message, *data])
+            eos.append(kind == _EOS)
             where.append(i)
-        return self._submit_group(answers, writes, where)
+        return self._submit_group(answers, messages, eos, where)
 
-    def _submit_group(self, answers: list[Response | None], writes: list[Write],
-                      where: list[int]) -> list[Response] | asyncio.Future[list[Response]]:
-        if not writes:
+    def _submit_group(self, answers: list[Response | None], messages: list[Frames],
+                      eos: list[bool], where: list[int]
+                      ) -> list[Response] | asyncio.Future[list[Response]]:
+        if not messages:
             return answers  # type: ignore[return-value]  # every one answered: no None left
         started = time.perf_counter()
         try:
-            written = self.writer.submit_group(writes)
+            written = self.writer.submit_group(messages, eos if True in eos else None)
         except StreamClosed as exc:
             return [a or _unavailable(exc) for a in answers]
         future = written.get_loop().create_future()
         written.add_done_callback(
-            partial(self._group_written, future, answers, writes, where, started))
+            partial(self._group_written, future, answers, messages, where, started))
         return future
 
     def _group_written(self, future: asyncio.Future[list[Response]],
-                       answers: list[Response | None], writes: list[Write], where: list[int],
-                       started: float, written: asyncio.Future[list[WriteResult]]) -> None:
+                       answers: list[Response | None], messages: list[Frames],
+                       where: list[int], started: float,
+                       written: asyncio.Future[list[WriteResult]]) -> None:
         if future.done():
             return
         failure = _write_failure(written)
         if failure is not None:
             future.set_result([a or failure for a in answers])
             return
-        for (frames, _), i, result in zip(writes, where, written.result()):
+        for frames, i, result in zip(messages, where, written.result()):
             if result is WriteResult.NOT_ATTEMPTED:
                 answers[i] = _NOT_ATTEMPTED
             else:
@@ -185,7 +189,7 @@ class GatewayApp:
             self._count(started, response.status, frames)
         answer.set_result(response)
 
-    def _count(self, started: float, status: int, frames: list[Buffer]) -> None:
+    def _count(self, started: float, status: int, frames: Frames) -> None:
         stats = self.stats
         if stats is not None:
             stats.latencies.append(time.perf_counter() - started)
@@ -252,7 +256,8 @@ class GatewayApp:
             if isinstance(verdict, asyncio.Future):
                 verdicts[i] = await verdict
         answers: list[Response | None] = [None] * len(requests)
-        writes: list[Write] = []
+        messages: list[Frames] = []
+        eos: list[bool] = []
         where = []
         for i, (request, record) in enumerate(zip(requests, verdicts)):
             if record.__class__ is Response:
@@ -266,9 +271,10 @@ class GatewayApp:
             if record.rule is not None and not _labels_ok(record.rule, message):  # type: ignore[union-attr]
                 answers[i] = guard.labels_denied()  # type: ignore[union-attr]
                 continue
-            writes.append(([topic, message, *data], kind == _EOS))
+            messages.append([topic, message, *data])
+            eos.append(kind == _EOS)
             where.append(i)
-        result = self._submit_group(answers, writes, where)
+        result = self._submit_group(answers, messages, eos, where)
         return result if isinstance(result, list) else await result
 
     async def _write_batch(self, items: Sequence[DecodedMedia | MediaError | object]
@@ -276,48 +282,47 @@ class GatewayApp:
         """All valid items go to the writer at once as one group; the answer lists a status per
         item up to and including the first failed write (later ones were not sent)."""
         started = time.perf_counter()
-        writes: list[Write] = []
-        for item in items:
-            if item.__class__ is tuple:
-                topic, message, data, kind = item
-                writes.append(([topic, message, *data], kind == _EOS))
+        messages, eos, size = batch_writes(items)  # type: ignore[arg-type]
         try:
-            results = await self.writer.submit_group(writes) if writes else []
+            results = await self.writer.submit_group(messages, eos) if messages else []
         except StreamClosed as exc:
             return _unavailable(exc)
         failed = False
-        if len(writes) == len(items) and (not results or results[-1] is WriteResult.SUCCESS):
+        if len(messages) == len(items) and (not results or results[-1] is WriteResult.SUCCESS):
             statuses = [200] * len(items)  # every item valid and written (pub, dealer: usual)
-            written = writes
+            forwarded = len(messages)
         else:
-            statuses, written = self._batch_statuses(items, writes, results)
+            statuses, written = self._batch_statuses(items, messages, results)
             failed = statuses[-1] >= 500 if statuses else False
+            forwarded = len(written)
+            size = sum([sum(map(len, frames)) for frames in written])
         stats = self.stats
         if stats is not None:
             stats.latencies.append(time.perf_counter() - started)  # one POST
-            stats.forwarded += len(written)
-            stats.forwarded_bytes += sum([sum(map(len, frames)) for frames, _ in written])
+            stats.forwarded += forwarded
+            stats.forwarded_bytes += size
         return Response(200, orjson.dumps({"results": statuses}), b"application/json",
                         close=failed)
 
     @staticmethod
-    def _batch_statuses(items: Sequence[DecodedMedia | MediaError | object], writes: list[Write],
-                        results: list[WriteResult]) -> tuple[list[int], list[Write]]:
-        """Statuses up to the first item not attempted, and the writes answered 200."""
+    def _batch_statuses(items: Sequence[DecodedMedia | MediaError | object],
+                        messages: list[Frames], results: list[WriteResult]
+                        ) -> tuple[list[int], list[Frames]]:
+        """Statuses up to the first item not attempted, and the messages answered 200."""
         statuses: list[int] = []
         written = []
-        outcomes = iter(zip(writes, results))
+        outcomes = iter(zip(messages, results))
         for item in items:
             if item.__class__ is not tuple:  # a MediaError: that item alone is malformed
                 statuses.append(401 if item is _DENIED else 400)
                 continue
-            write, result = next(outcomes)
+            frames, result = next(outcomes)
             if result is WriteResult.NOT_ATTEMPTED:
                 break
             status = _RESULT_RESPONSES[result].status
             statuses.append(status)
             if status == 200:
-                written.append(write)
+                written.append(frames)
         return statuses, written
 
 # An earlier message of its group failed: it was not sent (its connection closes before this

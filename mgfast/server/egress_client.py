@@ -18,7 +18,7 @@ from typing import Any, Sequence
 from mgfast.server import egress_wire
 from mgfast.server.pending_limit import PendingLimit
 from mgfast.zmq.sockets import StreamClosed
-from mgfast.zmq.writer import Buffer, WriteResult
+from mgfast.zmq.writer import Buffer, Frames, WriteResult
 
 log = logging.getLogger("mgfast.egress")
 
@@ -63,35 +63,39 @@ class EgressClient:
 
     def submit(self, frames: Sequence[Buffer], *, eos: bool) -> asyncio.Future[WriteResult]:
         """One message; the future's result is its WriteResult."""
-        return self._submit(((frames, eos),), grouped=False)
+        return self._submit([frames], [eos] if eos else None, grouped=False)
 
-    def submit_group(self, items: Sequence[tuple[Sequence[Buffer], bool]]
+    def submit_group(self, messages: list[Frames], eos: list[bool] | None
                      ) -> asyncio.Future[list[WriteResult]]:
-        """(frames, eos) items in order as one group: the first failure stops the rest
-        (WriteResult.NOT_ATTEMPTED), so what was written is a prefix. The future's result
-        lists a WriteResult per item."""
-        return self._submit(items, grouped=True)
+        """Messages in order as one group (``eos``: their flags, or None if none is an EOS):
+        the first failure stops the rest (WriteResult.NOT_ATTEMPTED), so what was written is a
+        prefix. The future's result lists a WriteResult per message."""
+        return self._submit(messages, eos, grouped=True)
 
-    def _submit(self, items: Sequence[tuple[Sequence[Buffer], bool]], grouped: bool
-                ) -> asyncio.Future[Any]:
+    def _submit(self, messages: Sequence[Sequence[Buffer]], eos: list[bool] | None,
+                grouped: bool) -> asyncio.Future[Any]:
         """Queue now unless the worker's bound on messages waiting for the egress is reached;
         then wait for room first."""
-        return self.limit.admit(len(items), lambda: self._enqueue(items, grouped=grouped))
+        return self.limit.admit(len(messages),
+                                lambda: self._enqueue(messages, eos, grouped=grouped))
 
-    def _enqueue(self, items: Sequence[tuple[Sequence[Buffer], bool]], *, grouped: bool
-                 ) -> asyncio.Future[Any]:
+    def _enqueue(self, messages: Sequence[Sequence[Buffer]], eos: list[bool] | None, *,
+                 grouped: bool) -> asyncio.Future[Any]:
         """Add messages to this loop iteration's batch (the flush goes out at its end); the
         future gets their result (``grouped``: the list of their results)."""
         append_count = self.counts.append
         extend_frames = self.frames.extend
-        for i, (frames, eos) in enumerate(items):
-            flags = len(frames) | (egress_wire.EOS_BIT if eos else 0)
-            if grouped:
-                flags |= egress_wire.GROUP_BIT | (egress_wire.GROUP_START_BIT if i == 0 else 0)
+        group = egress_wire.GROUP_BIT if grouped else 0
+        for i, frames in enumerate(messages):
+            flags = len(frames) | group
+            if eos is not None and eos[i]:
+                flags |= egress_wire.EOS_BIT
+            if grouped and i == 0:
+                flags |= egress_wire.GROUP_START_BIT
             extend_frames(frames)
             append_count(flags)
         future = self.loop.create_future()
-        self.waiters.append(_Waiter(future, len(items), not grouped))
+        self.waiters.append(_Waiter(future, len(messages), not grouped))
         if not self.flush_scheduled:
             self.flush_scheduled = True
             self.loop.call_soon(self._flush)

@@ -8,7 +8,7 @@ from typing import Sequence
 from mgfast.zmq.settings import OutStreamConfig
 from mgfast.fps_log import FpsLog
 from mgfast.server.pending_limit import PendingLimit
-from mgfast.zmq.writer import Buffer, OutStreamWriter, WriteResult
+from mgfast.zmq.writer import Buffer, Frames, OutStreamWriter, WriteResult
 
 
 class InlineWriter:
@@ -30,13 +30,13 @@ class InlineWriter:
             self.fps.add(1)
         return self.limit.admit(1, lambda: self.writer.submit(frames, eos))
 
-    def submit_group(self, items: Sequence[tuple[Sequence[Buffer], bool]]
+    def submit_group(self, messages: list[Frames], eos: list[bool] | None
                      ) -> asyncio.Future[list[WriteResult]]:
         """As EgressClient.submit_group: in order, stopping at the first failure."""
         if self.fps is not None:
-            self.fps.add(len(items))
-        return self.limit.admit(len(items), lambda: self.writer.submit_group(
-            [frames for frames, _ in items], [eos for _, eos in items]))
+            self.fps.add(len(messages))
+        return self.limit.admit(len(messages),
+                                lambda: self.writer.submit_group(messages, eos))
 
     async def close(self) -> None:
         await self.writer.close()

@@ -102,7 +102,8 @@ async def serve(config: ServerConfig, stop: asyncio.Event, writer: Writer, *,
         def factory() -> asyncio.Protocol:
             return TlsServerProtocol(reloader.context, http_protocol(),
                                      handshake_timeout=handshake_timeout,
-                                     on_handshake=on_handshake, recheck_resumed=recheck)
+                                     on_handshake=on_handshake, limits=limits,
+                                     recheck_resumed=recheck)
 
         if reload is not None:
             async def reload_on_request() -> None:

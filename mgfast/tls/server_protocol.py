@@ -14,6 +14,10 @@ States::
 
     HANDSHAKE --ok--> OPEN --close/EOF--> CLOSED
         \\--failure, timeout or refused resumption (alert flushed)--> CLOSED
+
+A close (after close_notify) or a rejected handshake (after its alert) lingers on the socket as
+the plain HTTP server does (``http/linger.py``): the client's unread input cannot turn the FIN
+into a RST that loses the answers, or the alert, on their way.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import ssl
 import time
 from typing import Any, Callable
 
+from mgfast.config.model import HttpLimits
+from mgfast.http.linger import linger
 from mgfast.tls.outcome import HandshakeOutcome, classify
 from mgfast.tls.peer_certificate import stop_capturing
 
@@ -45,14 +51,19 @@ class TlsServerProtocol(asyncio.Protocol):
     def __init__(self, context: ssl.SSLContext, app: asyncio.Protocol, *,
                  handshake_timeout: float,
                  on_handshake: Callable[[HandshakeOutcome, "TlsServerProtocol"], None],
+                 limits: HttpLimits = HttpLimits(),
                  recheck_resumed: Callable[[bytes | None], str | None] | None = None) -> None:
         # global
         self.context = context
         self.handshake_timeout = handshake_timeout
+        self.limits = limits  # how long a close lingers
         self.on_handshake = on_handshake
         self.recheck_resumed = recheck_resumed  # certificate -> None, or why it is refused
         # per connection
         self.app = app
+        # the app's buffer for the next bytes of a large body, decrypted there uncopied
+        self.body_target: Callable[[], memoryview | None] | None = getattr(
+            app, "body_target", None)
         self.app_transport = _AppTransport(self)
         self.transport: asyncio.Transport | None = None
         self.incoming = ssl.MemoryBIO()
@@ -65,6 +76,7 @@ class TlsServerProtocol(asyncio.Protocol):
         self.peer_leaf_der: bytes | None = None
         self.plaintext: list[bytes] = []  # written by the app this loop iteration, not yet sent
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.peer_closed = False  # EOF seen on the socket: nothing left to linger on
 
     # -- asyncio protocol interface --------------------------------------------------------
 
@@ -85,6 +97,7 @@ class TlsServerProtocol(asyncio.Protocol):
             self._read_plaintext()
 
     def eof_received(self) -> bool | None:
+        self.peer_closed = True
         self.incoming.write_eof()
         if self.state == HANDSHAKE:
             self._handshake_failed(ConnectionResetError("peer closed during the handshake"))
@@ -145,8 +158,7 @@ class TlsServerProtocol(asyncio.Protocol):
         self.peer_leaf_der = getattr(self.sslobj, "peer_leaf_der", None)
         self._flush()  # the alert: the whole point of driving the BIOs ourselves
         self._report(exc)
-        if self.transport is not None:
-            self.transport.close()
+        self._close_socket()
 
     def _ack_now(self) -> None:
         """ACK the client's Finished at once. With no session ticket to send, the server has
@@ -172,8 +184,7 @@ class TlsServerProtocol(asyncio.Protocol):
         self._flush()
         self._report(None, reason=reason,
                      detail="resumed session: the client certificate no longer verifies")
-        if self.transport is not None:
-            self.transport.close()
+        self._close_socket()
 
     def _on_handshake_timeout(self) -> None:
         self.timer = None
@@ -229,7 +240,7 @@ class TlsServerProtocol(asyncio.Protocol):
             self.transport.write(self.outgoing.read())
 
     def close(self) -> None:
-        """Send close_notify, then close the socket once written."""
+        """Send close_notify, then close the socket once written, lingering on its input."""
         if self.state == OPEN:
             self._send_plaintext()  # what the app wrote before closing goes first
         if self.state == OPEN:
@@ -239,8 +250,13 @@ class TlsServerProtocol(asyncio.Protocol):
             except (ssl.SSLError, OSError):
                 pass  # we do not wait for the peer's close_notify
             self._flush()
+        self._close_socket()
+
+    def _close_socket(self) -> None:
+        """What is flushed leaves first; what comes after is read and dropped, never
+        decrypted (``linger`` replaces this protocol on the socket until it closes)."""
         if self.transport is not None:
-            self.transport.close()
+            linger(self.transport, self, self.limits, peer_closed=self.peer_closed)
 
     def abort(self) -> None:
         self.state = CLOSED
@@ -250,17 +266,22 @@ class TlsServerProtocol(asyncio.Protocol):
     # -- incoming flow ---------------------------------------------------------------------
 
     def _read_plaintext(self) -> None:
-        sslobj, incoming = self.sslobj, self.incoming
+        sslobj, incoming, app = self.sslobj, self.incoming, self.app
         read = sslobj.read  # type: ignore[union-attr]
+        body_target = self.body_target
         while self.state == OPEN:
+            target = body_target() if body_target is not None else None
             try:
                 # typeshed: read() returns bytes; given a buffer it returns the count
-                count: int = read(READ_CHUNK, _read_buffer)  # type: ignore[assignment]
+                if target is None:
+                    count: int = read(READ_CHUNK, _read_buffer)  # type: ignore[assignment]
+                else:
+                    count = read(len(target), target)  # type: ignore[assignment]
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:
                 self._flush()
-                if not self.app.eof_received():
+                if not app.eof_received():
                     self.close()
                 return
             except (ssl.SSLError, OSError) as exc:
@@ -270,7 +291,10 @@ class TlsServerProtocol(asyncio.Protocol):
                 return
             if not count:
                 break
-            self.app.data_received(_read_view[:count])  # type: ignore[arg-type]  # any buffer
+            if target is None:
+                app.data_received(_read_view[:count])  # type: ignore[arg-type]  # any buffer
+            else:
+                app.body_received(count)  # type: ignore[attr-defined]  # with body_target
             if not incoming.pending and not sslobj.pending():  # type: ignore[union-attr]
                 break  # all read: another read would only raise SSLWantReadError
         self._flush()  # key updates, session tickets
@@ -301,6 +325,9 @@ class _AppTransport(asyncio.Transport):
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.tls.write(data)
+
+    def can_write_eof(self) -> bool:
+        return False  # close() sends close_notify and lingers on the socket itself
 
     def close(self) -> None:
         self.tls.close()
