@@ -1,4 +1,5 @@
-"""Full mutual-TLS handshakes per second: mgfast server against nginx, a new connection each time.
+"""Mutual-TLS handshakes per second: mgfast server against nginx, a new connection each time;
+and, reported apart, mgfast with session resumption on and clients that reuse their session.
 
 Both servers get the seed guide's certificates (tests.seed_ca: server certificate for IP
 127.0.0.1, RSA 2048) and require and verify a client certificate with the CA's CRL:
@@ -8,7 +9,12 @@ Both servers get the seed guide's certificates (tests.seed_ca: server certificat
 - Debian's nginx (``nginx-light``, installed with apt-get if missing), run in the foreground
   from a generated config in the work directory: ``ssl_verify_client on``,
   ``ssl_client_certificate`` = the CA certificate, ``ssl_crl`` = the CA's CRL,
-  ``worker_processes`` N and ``location /health { return 200 '{"status":"healthy"}'; }``.
+  ``worker_processes`` N and ``location /health { return 200 '{"status":"healthy"}'; }``,
+  and no session tickets, like mgfast by default (each ticket costs the server CPU on every full
+  handshake): ``ssl_session_tickets off`` plus ``ssl_conf_command NumTickets 0``, since with
+  the first alone nginx still sends TLS 1.3 tickets (stateful ones; counted: one per exchange);
+- a second ``mgfast server`` as the first plus ``tls.session_tickets`` {``enabled: true``}, for
+  the resumed-handshake measurement.
 
 A second client certificate is issued and revoked before either server starts, so both load a
 CRL with one entry; each server must refuse that certificate (checked once per server).
@@ -16,7 +22,10 @@ CRL with one entry; each server must refuse that certificate (checked once per s
 The load: ``clients`` Python processes, each looping over: new TCP connection to 127.0.0.1,
 full TLS handshake with the client certificate (a fresh session every time: no session is ever
 offered for resumption, tickets are disabled on the client, and ``session_reused`` is counted),
-``GET /health`` with ``Connection: close``, read the whole 200 response, close. After a warm-up,
+``GET /health`` with ``Connection: close``, read the whole 200 response, close. Every exchange
+also records whether the server sent a session ticket (``tickets`` in the results).
+Resumed: the same loop, except that each client offers the session of its previous exchange (the
+first one is a full handshake), against the mgfast server with resumption on. After a warm-up,
 the completed exchanges in a fixed window give handshakes/s; server CPU per handshake is the
 server's whole process tree over that window. The targets alternate (mgfast, nginx, mgfast, ...)
 for ``rounds`` rounds, each after waiting for a quiet machine.
@@ -61,20 +70,35 @@ QUICK = Options(warmup_s=1.0, window_s=2.0, rounds=1)
 
 # ---- load generator (one process per client) -----------------------------------------------------
 
-def client_context(ca: str, crt: str, key: str) -> ssl.SSLContext:
+def client_context(ca: str, crt: str, key: str, *, resume: bool = False) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the server: CA + IP SAN
     context.load_verify_locations(cafile=ca)
     context.load_cert_chain(crt, key)
-    context.options |= ssl.OP_NO_TICKET  # and no session is ever passed in: full handshakes
+    if not resume:
+        context.options |= ssl.OP_NO_TICKET  # and no session is ever passed in: full handshakes
     return context
 
 
-def exchange(context: ssl.SSLContext, port: int) -> tuple[int, bool, str, bytes]:
-    """One connection: handshake, GET /health, the whole response.
-    (status, session reused, "version cipher", body)."""
+@dataclass
+class Exchange:
+    status: int
+    reused: bool  # the session offered was resumed
+    tls: str  # "version cipher"
+    body: bytes
+    session: ssl.SSLSession | None
+    ticket: bool  # the server sent a session ticket
+
+
+def exchange(context: ssl.SSLContext, port: int,
+             session: ssl.SSLSession | None = None) -> Exchange:
+    """One connection: handshake (offering ``session``), GET /health, the whole response."""
     raw = socket.create_connection(("127.0.0.1", port), timeout=CONNECT_TIMEOUT)
+    # as curl and most HTTP clients: without it, a server that sends nothing after the
+    # handshake (no session ticket) and delays its ACK holds the request back 40 ms (mgfast
+    # ACKs at once, nginx does not), which would measure the client, not the server
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
-        tls = context.wrap_socket(raw, server_hostname="127.0.0.1")
+        tls = context.wrap_socket(raw, server_hostname="127.0.0.1", session=session)
     except BaseException:
         raw.close()
         raise
@@ -98,17 +122,21 @@ def exchange(context: ssl.SSLContext, port: int) -> tuple[int, bool, str, bytes]
                 raise ConnectionError("closed inside the response body")
             body += chunk
         status = int(head.split(b" ", 2)[1])
-        return status, tls.session_reused, f"{tls.version()} {tls.cipher()[0]}", body
+        got = tls.session  # tickets arrive before the response: read by now
+        return Exchange(status, tls.session_reused, f"{tls.version()} {tls.cipher()[0]}", body,
+                        got, bool(got is not None and got.has_ticket))
 
 
-def client_main(conn, port: int, ca: str, crt: str, key: str) -> None:
+def client_main(conn, port: int, ca: str, crt: str, key: str, resume: bool = False) -> None:
     """Load generator process: ``("run", t_start, t_end)`` (CLOCK_MONOTONIC, shared by all
-    processes) -> stats of the exchanges that completed inside [t_start, t_end]."""
-    context = client_context(ca, crt, key)
+    processes) -> stats of the exchanges that completed inside [t_start, t_end]. With
+    ``resume``, each exchange offers the session of the one before."""
+    context = client_context(ca, crt, key, resume=resume)
     conn.send("ready")
     command = conn.recv()
     _, t_start, t_end = command
-    ok = reused = 0
+    ok = reused = tickets = 0
+    session = None
     failures: dict[str, int] = {}
     latencies: list[float] = []
     tls_seen = ""
@@ -119,11 +147,15 @@ def client_main(conn, port: int, ca: str, crt: str, key: str) -> None:
         if t0 >= t_end:
             break
         try:
-            status, was_reused, tls_seen, _ = exchange(context, port)
-            error = None if status == 200 else f"HTTP {status}"
+            result = exchange(context, port, session)
+            was_reused, got_ticket, tls_seen = result.reused, result.ticket, result.tls
+            if resume and result.ticket:
+                session = result.session
+            error = None if result.status == 200 else f"HTTP {result.status}"
         except (OSError, ssl.SSLError, ValueError, IndexError) as exc:
             error = f"{type(exc).__name__}: {str(exc)[:120]}"
-            was_reused = False
+            was_reused = got_ticket = False
+            session = None
         t1 = now()
         if t0 < t_start or t1 > t_end:  # warm-up, or finished after the window closed
             warmup_ok += error is None
@@ -133,10 +165,12 @@ def client_main(conn, port: int, ca: str, crt: str, key: str) -> None:
         if error is None:
             ok += 1
             reused += was_reused
+            tickets += got_ticket
             latencies.append((t1 - t0) * 1000)
         else:
             failures[error] = failures.get(error, 0) + 1
-    conn.send({"ok": ok, "reused": reused, "failures": failures, "latencies_ms": latencies,
+    conn.send({"ok": ok, "reused": reused, "tickets": tickets, "failures": failures,
+               "latencies_ms": latencies,
                "tls": tls_seen, "warmup_ok": warmup_ok})
 
 
@@ -145,11 +179,12 @@ def revoked_check(port: int, seed, crt: Path, key: Path, log: Path | None = None
     handshake (TLS 1.3: the alert arrives at the first read); nginx completes it and answers
     ``400 The SSL certificate error``, logging the reason at ``info`` level."""
     good = client_context(str(seed.ca_crt), str(seed.client_crt), str(seed.client_key))
-    control = exchange(good, port)[0]
+    control = exchange(good, port).status
     log_size = log.stat().st_size if log is not None and log.exists() else 0
     context = client_context(str(seed.ca_crt), str(crt), str(key))
     try:
-        status, _, _, body = exchange(context, port)
+        result = exchange(context, port)
+        status, body = result.status, result.body
     except (OSError, ssl.SSLError) as exc:
         return {"rejected": True, "how": f"handshake failed: {str(exc)[:120]}",
                 "valid_cert_status": control}
@@ -188,6 +223,8 @@ http {{
         ssl_client_certificate {ca};
         ssl_verify_client on;
         ssl_crl {crl};
+        ssl_session_tickets off;
+        ssl_conf_command NumTickets 0;
         location /health {{
             default_type application/json;
             return 200 '{{"status":"healthy"}}';
@@ -225,8 +262,8 @@ def start_nginx(binary: str, work: Path, port: int, seed, workers: int) -> Proc:
     return proc
 
 
-def start_mgfast(work: Path, port: int, seed, workers: int) -> Proc:
-    config = {
+def start_mgfast(work: Path, port: int, seed, workers: int, *, resumption: bool = False) -> Proc:
+    config: dict = {
         "ip": "127.0.0.1",
         "port": port,
         "workers": workers,
@@ -236,12 +273,18 @@ def start_mgfast(work: Path, port: int, seed, workers: int) -> Proc:
         },
         "out_stream": {"url": f"pub+bind:ipc://{work}/handshakes-out"},
     }
-    return gateway("server", config, work, name="server-handshakes")
+    name = "server-handshakes"
+    if resumption:
+        config["tls"]["session_tickets"] = {"enabled": True}
+        config["out_stream"]["url"] += "-resumed"
+        name += "-resumed"
+    return gateway("server", config, work, name=name)
 
 
 # ---- one measurement -----------------------------------------------------------------------------
 
-def measure(target: str, port: int, roots: list[int], seed, opts: Options, progress) -> dict:
+def measure(target: str, port: int, roots: list[int], seed, opts: Options, progress, *,
+            resume: bool = False) -> dict:
     background = wait_quiet(f"handshakes {target}", progress)
     ctx = multiprocessing.get_context("spawn")
     pipes, procs = [], []
@@ -250,7 +293,7 @@ def measure(target: str, port: int, roots: list[int], seed, opts: Options, progr
             parent, child = ctx.Pipe()
             p = ctx.Process(target=client_main, name=f"hs-client-{i}",
                             args=(child, port, str(seed.ca_crt), str(seed.client_crt),
-                                  str(seed.client_key)), daemon=True)
+                                  str(seed.client_key), resume), daemon=True)
             p.start()
             pipes.append(parent)
             procs.append(p)
@@ -298,6 +341,7 @@ def measure(target: str, port: int, roots: list[int], seed, opts: Options, progr
         "failed": sum(failures.values()),
         "failures": failures,
         "reused": sum(s["reused"] for s in stats),
+        "tickets": sum(s["tickets"] for s in stats),
         "warmup_ok": sum(s["warmup_ok"] for s in stats),
         "server_cpu_us_per_hs": server_cpu / ok * 1e6 if ok else None,
         "client_cpu_us_per_hs": client_cpu / ok * 1e6 if ok else None,
@@ -328,10 +372,14 @@ def run(opts: Options, work: Path, *, progress=print, argv: list[str] | None = N
         "rounds": [], "revoked": {}, "peak_rss_mib": {}, "processes": {},
     }
     mg_port, ng_port = free_port(), free_port()
-    progress(f"handshakes: mgfast server and nginx, {opts.workers} workers each, "
-             f"{opts.clients} client processes, {opts.rounds} x {opts.window_s:g} s windows ...")
+    resumed_port = free_port()
+    progress(f"handshakes: mgfast server and nginx (no session tickets), {opts.workers} "
+             f"workers each, {opts.clients} client processes, {opts.rounds} x "
+             f"{opts.window_s:g} s windows; then mgfast with session resumption ...")
     mgfast = start_mgfast(work, mg_port, seed, opts.workers)
+    resumed = None
     try:
+        resumed = start_mgfast(work, resumed_port, seed, opts.workers, resumption=True)
         nginx = start_nginx(nginx_bin, work, ng_port, seed, opts.workers)
         try:
             targets = {"mgfast": (mg_port, [mgfast.pid]), "nginx": (ng_port, [nginx.pid])}
@@ -342,15 +390,17 @@ def run(opts: Options, work: Path, *, progress=print, argv: list[str] | None = N
                 progress(f"  {name}: revoked client certificate "
                          f"{'rejected' if check['rejected'] else 'ACCEPTED'} ({check['how']}); "
                          f"valid one: HTTP {check['valid_cert_status']}")
+            runs = [(name, port, roots, False) for name, (port, roots) in targets.items()]
+            runs.append(("mgfast-resumed", resumed_port, [resumed.pid], True))
             for round_ in range(opts.rounds):
-                for name, (port, roots) in targets.items():
-                    row = measure(name, port, roots, seed, opts, progress)
+                for name, port, roots, resume in runs:
+                    row = measure(name, port, roots, seed, opts, progress, resume=resume)
                     row["round"] = round_ + 1
                     result["rounds"].append(row)
                     progress(f"  {name} round {round_ + 1}: {row['handshakes_per_s']:,.0f} "
                              f"handshakes/s, server {row['server_cpu_us_per_hs'] or 0:,.0f} us "
                              f"CPU/handshake, p50 {row['p50_ms']:.1f} ms, failed {row['failed']}, "
-                             f"reused {row['reused']}, background "
+                             f"reused {row['reused']}, tickets {row['tickets']}, background "
                              f"{row['background']['busy_cpus']:.2f} CPUs")
             for name, (_, roots) in targets.items():
                 result["peak_rss_mib"][name] = peak_rss_mib(roots)
@@ -362,23 +412,38 @@ def run(opts: Options, work: Path, *, progress=print, argv: list[str] | None = N
                 .splitlines() if "[emerg]" in line or "[alert]" in line][:5]
     finally:
         mgfast.stop()
-    summary = {}
-    for name in ("mgfast", "nginx"):
+        if resumed is not None:
+            resumed.stop()
+    summary: dict = {}
+    for name in ("mgfast", "nginx", "mgfast-resumed"):
         rows = [r for r in result["rounds"] if r["target"] == name]
         summary[name] = {
             "handshakes_per_s": statistics.mean(r["handshakes_per_s"] for r in rows),
             "server_cpu_us_per_hs": statistics.mean(r["server_cpu_us_per_hs"] or 0 for r in rows),
             "failed": sum(r["failed"] for r in rows),
             "reused": sum(r["reused"] for r in rows),
+            "ok": sum(r["ok"] for r in rows),
+            "tickets": sum(r["tickets"] for r in rows),
         }
     nginx_rate = summary["nginx"]["handshakes_per_s"]
     summary["ratio"] = summary["mgfast"]["handshakes_per_s"] / nginx_rate if nginx_rate else None
     nginx_cpu = summary["nginx"]["server_cpu_us_per_hs"]
     summary["cpu_ratio"] = (summary["mgfast"]["server_cpu_us_per_hs"] / nginx_cpu
                             if nginx_cpu else None)
+    full_cpu = summary["mgfast"]["server_cpu_us_per_hs"]
+    summary["resumed_cpu_ratio"] = (summary["mgfast-resumed"]["server_cpu_us_per_hs"] / full_cpu
+                                    if full_cpu else None)
+    full_rate = summary["mgfast"]["handshakes_per_s"]
+    summary["resumed_rate_ratio"] = (summary["mgfast-resumed"]["handshakes_per_s"] / full_rate
+                                     if full_rate else None)
     result["summary"] = summary
     progress(f"  mgfast / nginx: {summary['ratio']:.2f}x handshakes/s, "
-             f"{summary['cpu_ratio']:.2f}x server CPU per handshake")
+             f"{summary['cpu_ratio']:.2f}x server CPU per handshake (tickets sent: mgfast "
+             f"{summary['mgfast']['tickets']}, nginx {summary['nginx']['tickets']})")
+    progress(f"  mgfast resumed / mgfast full: {summary['resumed_rate_ratio']:.2f}x "
+             f"handshakes/s, {summary['resumed_cpu_ratio']:.2f}x server CPU per handshake "
+             f"({summary['mgfast-resumed']['reused']} of {summary['mgfast-resumed']['ok']} "
+             f"resumed)")
     return result
 
 

@@ -35,26 +35,30 @@ def _error_section(title: str, section: dict) -> list[str]:
 
 def handshakes_rows(section: dict) -> tuple[list[str], list[list[str]]]:
     header = ["server", "round", "handshakes/s", "server CPU us/handshake",
-              "client CPU us/handshake", "p50 / p99 ms", "failed", "resumed",
+              "client CPU us/handshake", "p50 / p99 ms", "failed", "resumed", "tickets",
               "machine busy (others)", "background before"]
     rows = []
     for r in section["rounds"]:
         rows.append([r["target"], str(r["round"]), _f(r["handshakes_per_s"]),
                      _f(r["server_cpu_us_per_hs"]), _f(r["client_cpu_us_per_hs"]),
                      f"{_f(r['p50_ms'], 1)} / {_f(r['p99_ms'], 1)}", str(r["failed"]),
-                     str(r["reused"]),
+                     str(r["reused"]), str(r.get("tickets", "-")),
                      f"{_f(r['machine_busy_cpus'], 2)} ({_f(r['other_cpus'], 2)})",
                      _background(r["background"])])
     s = section["summary"]
-    for name in ("mgfast", "nginx"):
+    for name in ("mgfast", "nginx", "mgfast-resumed"):
+        if name not in s:  # results from before the resumed measurement
+            continue
         rows.append([f"**{name} mean**", "", f"**{_f(s[name]['handshakes_per_s'])}**",
                      f"**{_f(s[name]['server_cpu_us_per_hs'])}**", "", "",
-                     str(s[name]["failed"]), str(s[name]["reused"]), "", ""])
+                     str(s[name]["failed"]), str(s[name]["reused"]),
+                     str(s[name].get("tickets", "-")), "", ""])
     return header, rows
 
 
 def handshakes_markdown(section: dict) -> list[str]:
-    title = "Mutual-TLS handshakes: mgfast server vs nginx, a new connection per request"
+    title = ("Mutual-TLS handshakes: mgfast server vs nginx, a new connection per request; "
+             "mgfast with session resumption")
     if "error" in section:
         return _error_section(title, section)
     o, s = section["options"], section["summary"]
@@ -65,12 +69,18 @@ def handshakes_markdown(section: dict) -> list[str]:
         *_when(section),
         f"- both servers: the seed guide's certificates (RSA 2048), client certificate required "
         f"and checked against the CA and its CRL (one revoked entry), {o['workers']} workers "
-        f"(mgfast `workers`, nginx `worker_processes`); {section['nginx']}; negotiated {tls}",
+        f"(mgfast `workers`, nginx `worker_processes`); {section['nginx']}; negotiated {tls}; "
+        f"no session tickets from either (mgfast's default; nginx `ssl_session_tickets off` and "
+        f"`ssl_conf_command NumTickets 0`): "
+        f"the *tickets* column counts exchanges in which the server sent one",
         f"- load: {o['clients']} Python client processes, each: new TCP connection, full "
         f"handshake with the client certificate (no session offered, tickets off), "
         f"`GET /health` (`Connection: close`), the whole 200, close; counted over "
         f"{o['window_s']:g} s after {o['warmup_s']:g} s of warm-up; rounds: {o['rounds']}, "
         f"alternating mgfast / nginx, each after waiting for a quiet machine",
+        f"- *mgfast-resumed*: a second mgfast server, the same plus `tls.session_tickets` "
+        f"{{`enabled`: true}}; each client offers the session of its previous exchange (its "
+        f"first is a full handshake), so *resumed* counts the resumed handshakes",
         "",
         markdown(*handshakes_rows(section)),
         "",
@@ -83,6 +93,11 @@ def handshakes_markdown(section: dict) -> list[str]:
         f"CPUs busy during the window, in parentheses what was neither server nor load "
         f"generator; *background before*: CPUs busy in the second before the round started.",
         "",
+        *([f"**mgfast resumed / mgfast full: {_f(s['resumed_rate_ratio'], 2)}x handshakes/s, "
+           f"{_f(s['resumed_cpu_ratio'], 2)}x server CPU per handshake.** A resumed handshake "
+           f"skips the certificate exchange (no RSA signature or verification on either side) "
+           f"and still re-checks the client certificate against the store.", ""]
+          if "resumed_cpu_ratio" in s else []),
         "Revoked client certificate (fairness check, before the load): "
         + "; ".join(f"{name} {'**rejected**' if c['rejected'] else '**ACCEPTED**'} "
                     f"({c['how']}; the valid certificate: HTTP {c['valid_cert_status']})"
@@ -263,6 +278,12 @@ def summary_lines(extras: dict) -> list[str]:
                      f"{_f(s['mgfast']['server_cpu_us_per_hs'])} vs "
                      f"{_f(s['nginx']['server_cpu_us_per_hs'])} us/handshake; failed "
                      f"{s['mgfast']['failed']} / {s['nginx']['failed']}")
+        if "mgfast-resumed" in s:
+            r = s["mgfast-resumed"]
+            lines.append(f"handshakes resumed (mgfast): {_f(r['handshakes_per_s'])}/s, server CPU "
+                         f"{_f(r['server_cpu_us_per_hs'])} us/handshake "
+                         f"({_f(s['resumed_cpu_ratio'], 2)}x full), {r['reused']} of {r['ok']} "
+                         f"resumed")
     bp = extras.get("backpressure")
     if bp and "error" not in bp:
         for r in bp["runs"]:

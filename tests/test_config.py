@@ -25,6 +25,7 @@ from mgfast.config.model import (
     ClientConfig,
     Listen,
     ServerConfig,
+    SessionTickets,
     WaitStrategy,
 )
 from mgfast.zmq.settings import TopicPrefixSpec
@@ -187,6 +188,7 @@ def test_mgfast_extension_keys(certs: Path) -> None:
     assert (server.http.header_timeout, server.http.body_timeout,
             server.http.idle_timeout) == (5.0, 30.0, 60.0)
     assert server.tls.handshake_timeout == 3.5 and server.tls.recheck_interval == 2.0
+    assert server.tls.session_tickets == SessionTickets(enabled=True, rotate_interval=600.0)
     assert server.out_stream.url.socket_type == "dealer" and not server.out_stream.url.bind
 
     client = load_client_config(write(certs, (CONFIGS / "client_mgfast.json").read_bytes()),
@@ -635,6 +637,12 @@ def test_metrics_port_must_differ_from_the_gateway_port(certs: Path) -> None:
      "longer than zero"),
     (("tls", "handshake_timeout"), {"secs": 0, "nanos": 0}, "tls.handshake_timeout",
      "longer than zero"),
+    (("tls", "session_tickets"), {"enabled": True, "rotate_interval": {"secs": 0, "nanos": 5}},
+     "tls.session_tickets.rotate_interval", "too short: the minimum is 1 s"),
+    (("tls", "session_tickets"), {"rotate_interval": {"secs": 8 * 86400, "nanos": 0}},
+     "tls.session_tickets.rotate_interval", "at most 7 days"),
+    (("tls", "session_tickets"), {"enabled": "yes"}, "tls.session_tickets.enabled", "true"),
+    (("tls", "session_tickets"), True, "tls.session_tickets", '{"enabled": true'),
     (("metrics",), {"ip": "0.0.0.0:9100", "port": 9100}, "metrics.ip", "port goes in"),
     (("auth",), {"basic": {"etcd": {}, "cache": {"size": 1}}}, "auth.basic.etcd.urls",
      "required key is missing"),

@@ -14,6 +14,7 @@ import pytest
 from mgfast._zmq_io import SendBuffer
 from mgfast.config.model import HttpLimits, Identity, Peers, ServerTls
 from mgfast.http.server_protocol import HttpServerProtocol
+from mgfast.tls import peer_certificate
 from mgfast.tls.context import server_context
 from mgfast.tls.outcome import HandshakeOutcome
 from mgfast.tls.peer_verifier import PeerVerifier
@@ -127,6 +128,37 @@ def test_a_verified_client_gets_through_and_plaintext_flows_both_ways(seed) -> N
         assert client.read() == b"HELLO"
         server.connection_lost(None)
         assert server.state == CLOSED and server.app.lost
+
+    asyncio.run(scenario())
+
+
+def test_the_message_callback_is_taken_off_once_the_certificate_is_seen(seed) -> None:
+    """Python is called per record only during the handshake, not for every request after."""
+    async def scenario() -> None:
+        calls: list[int] = []
+
+        def counting(*args) -> None:
+            calls.append(args[3])
+            peer_certificate._on_message(*args)
+
+        context = server_context(server_tls(seed))
+        peer_certificate._set_raw_callback(context, counting)
+        server = TlsServerProtocol(context, App(), handshake_timeout=5.0,
+                                   on_handshake=lambda outcome, _: None)
+        transport = PeerTransport()
+        server.connection_made(transport)
+        client = Client(seed)
+        client.pump(server, transport)
+        assert server.state == OPEN and server.peer_leaf_der == leaf_der(seed.client_crt)
+        during_handshake = len(calls)
+        assert during_handshake > 0
+        for _ in range(5):
+            client.sslobj.write(b"ping")
+            client.pump(server, transport)
+            await asyncio.sleep(0)
+            client.pump(server, transport)
+            assert client.read() == b"PING"
+        assert len(calls) == during_handshake
 
     asyncio.run(scenario())
 

@@ -32,6 +32,15 @@ class Peers:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class SessionTickets:
+    """mgfast: TLS session resumption by tickets. Off by default: a ticket costs server CPU on
+    every full handshake and saves it only for clients that reconnect with it."""
+
+    enabled: bool = False
+    rotate_interval: float = 3600.0  # a new ticket key for all workers every so often
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ServerTls:
     identity: Identity
     peers: Peers | None = None
@@ -39,6 +48,7 @@ class ServerTls:
     # certificate was revoked in the hash directory is closed.
     handshake_timeout: float = 10.0
     recheck_interval: float = 5.0
+    session_tickets: SessionTickets = field(default_factory=SessionTickets)  # mgfast
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -20,6 +20,7 @@ from mgfast.config.model import (
     RetryStrategy,
     ServerConfig,
     ServerTls,
+    SessionTickets,
     Statistics,
     WaitStrategy,
 )
@@ -73,11 +74,22 @@ _PEERS = Obj({
     "crl_enabled": opt(Bool()),
 }, Peers, example='{"lookup_hash_directory": "/etc/certs/lookup-hash-dir", "crl_enabled": true}')
 
+_SESSION_TICKETS = Obj({  # mgfast
+    "enabled": opt(Bool()),
+    # at least a second: a key per shorter period would mostly make clients miss; at most the
+    # 7 days TLS 1.3 allows a ticket to live (RFC 8446 4.6.1)
+    "rotate_interval": opt(Duration(min_s=1.0, max_s=7 * 86400.0,
+                                    why="a ticket lives at most one key period, and TLS 1.3 "
+                                        "allows at most 7 days",
+                                    example='{"secs": 3600, "nanos": 0}')),
+}, SessionTickets, example='{"enabled": true, "rotate_interval": {"secs": 3600, "nanos": 0}}')
+
 _SERVER_TLS = Obj({
     "identity": req(_IDENTITY),
     "peers": opt(_PEERS),
     "handshake_timeout": opt(_POSITIVE),  # mgfast
     "recheck_interval": opt(_POSITIVE),  # mgfast
+    "session_tickets": opt(_SESSION_TICKETS),  # mgfast
 }, ServerTls, example='{"identity": {"certificate": "server.crt", "key": "server.key"}}', hints={
     "peer_lookup_hash_directory": 'that is the pre-0.2.0 name; write "peers": '
                                   '{"lookup_hash_directory": "...", "crl_enabled": false}',

@@ -74,6 +74,8 @@ def run(config: ServerConfig, workers: int | None = None) -> int:
             "url": f"{scheme}://{config.ip}:{config.port}", "workers": count,
             "out_stream": str(config.out_stream.url), "config": config.source,
             "client_certificates": "required" if config.tls and config.tls.peers else "no",
+            "session_tickets": ("on" if config.tls and config.tls.session_tickets.enabled
+                                else "off"),
             "basic_auth": ("etcd " + ",".join(config.auth.etcd.endpoints)) if config.auth
             else "no"})
 

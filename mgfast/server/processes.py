@@ -77,14 +77,15 @@ async def _egress(config: ServerConfig, endpoint: str, conn: Connection) -> None
         await exporter
 
 
-def worker_main(config: ServerConfig, index: int, endpoint: str | None,
+def worker_main(config: ServerConfig, index: int, endpoint: str | None, ticket_secret: bytes,
                 conn: Connection) -> None:
-    """A worker; with ``endpoint`` None it is the only one and owns the out_stream itself."""
+    """A worker; with ``endpoint`` None it is the only one and owns the out_stream itself.
+    ``ticket_secret`` is the same for all workers: their TLS session ticket keys derive from it."""
     _child_setup()
-    uvloop.run(_worker(config, index, endpoint, conn))
+    uvloop.run(_worker(config, index, endpoint, ticket_secret, conn))
 
 
-async def _worker(config: ServerConfig, index: int, endpoint: str | None,
+async def _worker(config: ServerConfig, index: int, endpoint: str | None, ticket_secret: bytes,
                   conn: Connection) -> None:
     from mgfast.fps_log import FpsLog
     from mgfast.server.egress_client import EgressClient
@@ -123,7 +124,7 @@ async def _worker(config: ServerConfig, index: int, endpoint: str | None,
                 export.run(export.egress_tick(inline.writer), stop)))
     try:
         await serve(config, stop, writer, sock=sock, reload=reload, stats=stats,
-                    ready=lambda: conn.send(("ready", None)))
+                    ready=lambda: conn.send(("ready", None)), ticket_secret=ticket_secret)
     finally:
         await writer.close()
         await asyncio.gather(*side_tasks)

@@ -37,6 +37,7 @@ from mgfast.config.model import Listen, ServerConfig
 from mgfast.metrics import multiprocess as metrics
 from mgfast.server import processes
 from mgfast.server.worker import DRAIN_TIMEOUT
+from mgfast.tls.tickets import new_secret
 
 if TYPE_CHECKING:
     from multiprocessing.connection import _ConnectionBase  # what wait() returns
@@ -98,8 +99,11 @@ class Supervisor:
         endpoint = f"ipc://{self.tmpdir}/egress" if needs_egress else None
         self.egress = (Child("egress", processes.egress_main, (config, endpoint))
                        if endpoint else None)
-        self.workers = [Child(f"worker-{i}", processes.worker_main, (config, i, endpoint))
-                        for i in range(workers)]
+        # one secret for all workers, also those restarted: they derive the same TLS session
+        # ticket keys from it (mgfast.tls.tickets), so a ticket resumes on any worker
+        ticket_secret = new_secret()
+        self.workers = [Child(f"worker-{i}", processes.worker_main,
+                              (config, i, endpoint, ticket_secret)) for i in range(workers)]
         self.stopping = False
         self.stop_signal_at: float | None = None  # monotonic time of the first stop signal
         self.wake_r, self.wake_w = socket.socketpair()

@@ -55,9 +55,11 @@ def check_port_free(ip: str, port: int, source: str, field: str = "port") -> Non
 async def serve(config: ServerConfig, stop: asyncio.Event, writer: Writer, *,
                 sock: socket.socket | None = None, stats: WorkerStats | None = None,
                 reload: asyncio.Event | None = None,
-                ready: Callable[[], None] | None = None) -> None:
+                ready: Callable[[], None] | None = None,
+                ticket_secret: bytes | None = None) -> None:
     """Serve until ``stop`` is set; setting ``reload`` re-reads the TLS material at once.
-    With ``stats`` (metrics on), counts go there and are exported once a second."""
+    With ``stats`` (metrics on), counts go there and are exported once a second.
+    ``ticket_secret``: the supervisor's, so that all workers share session ticket keys."""
     auth = None
     protocol_class = HttpServerProtocol
     if config.auth is not None:
@@ -77,8 +79,12 @@ async def serve(config: ServerConfig, stop: asyncio.Event, writer: Writer, *,
     if config.tls is None:
         factory: Callable[[], asyncio.Protocol] = http_protocol
     else:
-        reloader = TlsReloader(config.tls)
+        reloader = TlsReloader(config.tls, ticket_secret)
         reloader.start()
+        # a resumed session skipped certificate verification: check it against the store now
+        # (by ticket with session_tickets; a TLS 1.2 client may also resume by session ID
+        # on the worker that made the session, tickets or not)
+        recheck = reloader.resumed_verdict if config.tls.peers is not None else None
         rejections = RejectionLog()
         handshake_timeout = config.tls.handshake_timeout
 
@@ -96,7 +102,8 @@ async def serve(config: ServerConfig, stop: asyncio.Event, writer: Writer, *,
         def factory() -> asyncio.Protocol:
             return TlsServerProtocol(reloader.context, http_protocol(),
                                      handshake_timeout=handshake_timeout,
-                                     on_handshake=on_handshake, limits=limits)
+                                     on_handshake=on_handshake, limits=limits,
+                                     recheck_resumed=recheck)
 
         if reload is not None:
             async def reload_on_request() -> None:

@@ -2,7 +2,8 @@
 
 The server verifies client certificates against an OpenSSL hash directory (``capath``), which
 OpenSSL reads lazily by subject hash, so CA certificates and CRLs added later govern new
-handshakes. ``VERIFY_CRL_CHECK_CHAIN`` checks the CRLs of the whole chain.
+handshakes. ``VERIFY_CRL_CHECK_CHAIN`` checks the CRLs of the whole chain. The server issues no
+session tickets unless ``mgfast.tls.tickets`` turns them on with the key all workers share.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from mgfast.config.model import ClientTls, Identity, ServerTls
 from mgfast.tls.ciphersuites import prefer_aes128
 from mgfast.tls.peer_certificate import capture_client_certificates
+from mgfast.tls.tickets import disable as no_session_tickets
 
 
 class TlsSetupError(Exception):
@@ -42,6 +44,7 @@ def server_context(tls: ServerTls) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_alpn_protocols(["http/1.1"])
     prefer_aes128(context)  # the server's order decides (OP_CIPHER_SERVER_PREFERENCE)
+    no_session_tickets(context)  # a per-process ticket key would make them useless anyway
     _load_identity(context, tls.identity, "tls.identity")
     if tls.peers is not None:
         directory = tls.peers.lookup_hash_directory

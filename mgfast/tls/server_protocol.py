@@ -4,10 +4,16 @@ Why not the event loop's own TLS transport: asyncio's and uvloop's close a rejec
 without writing the pending TLS alert, so curl reports "Empty reply from server" instead of
 "alert certificate revoked". Here every exit path flushes the outgoing BIO before closing.
 
+A resumed session (a TLS session ticket) skips OpenSSL's certificate verification, so a client
+revoked after it got its ticket could come back. With ``recheck_resumed``, the certificate of a
+resumed session is verified against the store as it is now, before the application sees the
+connection; if it no longer passes, the connection is closed (the ticket OpenSSL just wrote for
+it is never sent) and reported with the reason, as a failed handshake is.
+
 States::
 
     HANDSHAKE --ok--> OPEN --close/EOF--> CLOSED
-        \\--failure or timeout (alert flushed)--> CLOSED
+        \\--failure, timeout or refused resumption (alert flushed)--> CLOSED
 
 A close (after close_notify) or a rejected handshake (after its alert) lingers on the socket as
 the plain HTTP server does (``http/linger.py``): the client's unread input cannot turn the FIN
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 import time
 from typing import Any, Callable
@@ -25,7 +32,7 @@ from typing import Any, Callable
 from mgfast.config.model import HttpLimits
 from mgfast.http.linger import linger
 from mgfast.tls.outcome import HandshakeOutcome, classify
-from mgfast.tls.peer_certificate import describe
+from mgfast.tls.peer_certificate import stop_capturing
 
 log = logging.getLogger("mgfast.tls")
 
@@ -37,18 +44,21 @@ _read_buffer = bytearray(READ_CHUNK)
 _read_view = memoryview(_read_buffer)
 
 HANDSHAKE, OPEN, CLOSED = "handshake", "open", "closed"
+_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux
 
 
 class TlsServerProtocol(asyncio.Protocol):
     def __init__(self, context: ssl.SSLContext, app: asyncio.Protocol, *,
                  handshake_timeout: float,
                  on_handshake: Callable[[HandshakeOutcome, "TlsServerProtocol"], None],
-                 limits: HttpLimits = HttpLimits()) -> None:
+                 limits: HttpLimits = HttpLimits(),
+                 recheck_resumed: Callable[[bytes | None], str | None] | None = None) -> None:
         # global
         self.context = context
         self.handshake_timeout = handshake_timeout
         self.limits = limits  # how long a close lingers
         self.on_handshake = on_handshake
+        self.recheck_resumed = recheck_resumed  # certificate -> None, or why it is refused
         # per connection
         self.app = app
         # the app's buffer for the next bytes of a large body, decrypted there uncopied
@@ -123,8 +133,20 @@ class TlsServerProtocol(asyncio.Protocol):
             self._handshake_failed(exc)
             return
         self._cancel_timer()
+        sslobj = self.sslobj
+        stop_capturing(sslobj)  # type: ignore[arg-type]  # no Python call per record from now on
+        if sslobj.session_reused and self.recheck_resumed is not None:  # type: ignore[union-attr]
+            # no Certificate message in a resumed handshake: the session's own certificate
+            self.peer_leaf_der = sslobj.getpeercert(binary_form=True)  # type: ignore[union-attr]
+            refused = self.recheck_resumed(self.peer_leaf_der)
+            if refused is not None:
+                self._refuse_resumed(refused)
+                return
+        else:
+            self.peer_leaf_der = getattr(sslobj, "peer_leaf_der", None)
         self.state = OPEN
-        self.peer_leaf_der = getattr(self.sslobj, "peer_leaf_der", None)
+        if not self.outgoing.pending:
+            self._ack_now()
         self._flush()
         self._report(None)
         self.app_transport.app_connected = True
@@ -138,6 +160,32 @@ class TlsServerProtocol(asyncio.Protocol):
         self._report(exc)
         self._close_socket()
 
+    def _ack_now(self) -> None:
+        """ACK the client's Finished at once. With no session ticket to send, the server has
+        nothing to say after a TLS 1.3 handshake, so the kernel delays the ACK (40 ms on Linux);
+        a client that leaves Nagle's algorithm on (Python's own ``socket``) holds its request
+        until that ACK arrives: 40 ms per connection. Tickets used to carry the ACK."""
+        if _QUICKACK is None or self.transport is None:
+            return
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+            except OSError:
+                pass  # not TCP (a Unix socket in tests), or gone already
+
+    def _refuse_resumed(self, reason: str) -> None:
+        self.state = CLOSED
+        self.outgoing.read()  # a new session ticket, among others: not for this client
+        try:
+            self.sslobj.unwrap()  # type: ignore[union-attr]  # close_notify
+        except (ssl.SSLError, OSError):
+            pass
+        self._flush()
+        self._report(None, reason=reason,
+                     detail="resumed session: the client certificate no longer verifies")
+        self._close_socket()
+
     def _on_handshake_timeout(self) -> None:
         self.timer = None
         if self.state == HANDSHAKE:
@@ -146,15 +194,15 @@ class TlsServerProtocol(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.abort()
 
-    def _report(self, exc: BaseException | None) -> None:
-        reason = classify(exc)
-        subject, issuer, serial = describe(self.peer_leaf_der)
-        detail = ""
+    def _report(self, exc: BaseException | None, *, reason: str | None = None,
+                detail: str = "") -> None:
+        if reason is None:
+            reason = classify(exc)
         if exc is not None:
             detail = getattr(exc, "verify_message", "") or getattr(exc, "reason", "") or str(exc)
         outcome = HandshakeOutcome(
             reason=reason, duration=time.monotonic() - self.started, peer=self.peer,
-            detail=str(detail), subject=subject, issuer=issuer, serial=serial)
+            detail=str(detail), certificate=self.peer_leaf_der)
         try:
             self.on_handshake(outcome, self)
         except Exception:
