@@ -310,3 +310,18 @@ def test_the_rejection_log_says_each_rejection_once_per_window(caplog) -> None:
     rejections(outcome())
     assert logged() == [("revoked", "10.0.0.1:5000", 0), ("revoked", "10.0.0.2:5000", 0),
                         ("unknown_ca", "10.0.0.1:5000", 0), ("revoked", "10.0.0.1:5000", 2)]
+
+
+def test_only_a_handshake_opens_a_connection(seed) -> None:
+    """The checked transition: a connection closed (say, by its handshake timeout) cannot be
+    opened by a handshake step that completes afterwards."""
+    async def scenario() -> None:
+        server = TlsServerProtocol(server_context(server_tls(seed)), App(), handshake_timeout=5,
+                                   on_handshake=lambda outcome, _: None)
+        server.connection_made(PeerTransport())
+        server.abort()
+        with pytest.raises(RuntimeError, match="closed -> open"):
+            server._opened()
+        assert server.state is CLOSED
+
+    asyncio.run(scenario())

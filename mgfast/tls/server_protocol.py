@@ -23,6 +23,7 @@ into a RST that loses the answers, or the alert, on their way.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import socket
 import ssl
@@ -43,7 +44,16 @@ READ_CHUNK = 256 * 1024
 _read_buffer = bytearray(READ_CHUNK)
 _read_view = memoryview(_read_buffer)
 
-HANDSHAKE, OPEN, CLOSED = "handshake", "open", "closed"
+class TlsState(enum.Enum):
+    """The connection's states. Only a finished handshake opens (``_opened`` checks it);
+    anything may close."""
+
+    HANDSHAKE = "handshake"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+HANDSHAKE, OPEN, CLOSED = TlsState.HANDSHAKE, TlsState.OPEN, TlsState.CLOSED
 _QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux
 
 
@@ -69,7 +79,7 @@ class TlsServerProtocol(asyncio.Protocol):
         self.incoming = ssl.MemoryBIO()
         self.outgoing = ssl.MemoryBIO()
         self.sslobj: ssl.SSLObject | None = None
-        self.state = HANDSHAKE
+        self.state: TlsState = HANDSHAKE
         self.started = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.peer = ""
@@ -144,7 +154,7 @@ class TlsServerProtocol(asyncio.Protocol):
                 return
         else:
             self.peer_leaf_der = getattr(sslobj, "peer_leaf_der", None)
-        self.state = OPEN
+        self._opened()
         if not self.outgoing.pending:
             self._ack_now()
         self._flush()
@@ -159,6 +169,11 @@ class TlsServerProtocol(asyncio.Protocol):
         self._flush()  # the alert: the whole point of driving the BIOs ourselves
         self._report(exc)
         self._close_socket()
+
+    def _opened(self) -> None:
+        if self.state is not HANDSHAKE:  # e.g. a timeout closed it while a read was running
+            raise RuntimeError(f"TLS connection from {self.peer}: {self.state.value} -> open")
+        self.state = OPEN
 
     def _ack_now(self) -> None:
         """ACK the client's Finished at once. With no session ticket to send, the server has
