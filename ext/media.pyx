@@ -1144,8 +1144,7 @@ def decode_media(body):
     return _media_tuple(mv, p, v.len, &m)
 
 
-def message_kind(message):
-    """Content field number (5..11, 0 if none) of a Savant message; MediaError if malformed."""
+cdef int _kind_of(object message) except -1:
     cdef Py_buffer v
     cdef int kind
     cdef int rc
@@ -1156,6 +1155,17 @@ def message_kind(message):
     if rc:
         raise _error(&e)
     return kind
+
+
+def message_kind(message):
+    """Content field number (5..11, 0 if none) of a Savant message; MediaError if malformed."""
+    return _kind_of(message)
+
+
+def is_end_of_stream(message):
+    """Whether a Savant message is an end of stream (message_kind 9) in one call, for the
+    client's reader, which asks it of every message; MediaError if malformed."""
+    return _kind_of(message) == 9  # Kind.END_OF_STREAM
 
 
 def routing_labels(message):

@@ -71,6 +71,7 @@ from mgfast._media import (  # noqa: E402
     encode_media_batch,
     encode_media_batch_pieces,
     encode_media_pieces,
+    is_end_of_stream,
     message_kind,
     routing_labels,
 )
@@ -89,6 +90,7 @@ __all__ = [
     "encode_media_batch",
     "encode_media_batch_pieces",
     "encode_media_pieces",
+    "is_end_of_stream",
     "message_kind",
     "routing_labels",
 ]

@@ -236,8 +236,8 @@ class FakeLane:
     def __init__(self) -> None:
         self.items: list[Pending] = []
 
-    def submit(self, item: Pending) -> None:
-        self.items.append(item)
+    def submit_many(self, items: list[Pending]) -> None:
+        self.items.extend(items)
 
 
 @pytest.fixture

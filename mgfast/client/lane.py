@@ -59,9 +59,12 @@ class Pending:
 
     def __init__(self, topic: bytes, frames: list[Frame]) -> None:
         self.topic = topic
-        self.message = frames[1]
-        self.extra = frames[2:]
-        self.size = sum(map(len, frames))
+        self.message = message = frames[1]
+        self.extra = extra = frames[2:]
+        size = len(topic) + len(message)
+        for part in extra:
+            size += len(part)
+        self.size = size
 
 
 class Lane:
@@ -117,10 +120,16 @@ class Lane:
         return len(self.sent) + len(self.unsent)
 
     def submit(self, item: Pending) -> None:
-        if len(item.extra) > MAX_DATA_PARTS:
-            self._rejected(item, f"more than {MAX_DATA_PARTS} extra parts", status=0)
-            return
-        self.unsent.append(item)
+        self.submit_many([item])
+
+    def submit_many(self, items: list[Pending]) -> None:
+        """Messages read in this order, for this lane."""
+        unsent = self.unsent
+        for item in items:
+            if len(item.extra) > MAX_DATA_PARTS:
+                self._rejected(item, f"more than {MAX_DATA_PARTS} extra parts", status=0)
+            else:
+                unsent.append(item)
         if not self._ready:
             self._wake()
         else:
