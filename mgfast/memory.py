@@ -1,21 +1,25 @@
-"""Give freed request buffers back to the operating system (glibc's allocator).
+"""glibc's allocator, set for streams of large frames that must still give memory back.
 
-glibc serves a large allocation from its own mapping and unmaps it on free, but after the first
-such free it raises that threshold (up to 32 MiB), so later bodies of a few MiB come from the
-heap and stay in the process's RSS after they are freed. One hostile client sending big bodies
-would then leave a worker tens of MiB larger for good. A fixed threshold keeps every buffer
-over 256 KiB a mapping of its own: freed means returned, and a growing body buffer is resized
-by ``mremap`` without a copy. Small allocations are another matter: a burst of them (the
-event loop's write buffers for a client that reads no answers, say) leaves free pages inside
-the heap that glibc returns only on ``malloc_trim``; ``HeapTrimmer`` calls it once a second
-(about 2 us when there is nothing to return). Elsewhere (musl, macOS) this does nothing.
+A stream of 100 KiB frames (or of 4 MiB batches of them) allocates and frees the same few MiB
+over and over. Whatever glibc hands back to the kernel in between is faulted in anew, zeroed,
+on the next touch: with glibc's defaults (and with the fixed 256 KiB mmap threshold this module
+once set, so that a freed body was a returned body) that was 17 to 25 page faults per message in
+a worker and in the client, a tenth of their CPU on single frames and half of it on batches
+(``perf stat``, bench.pipeline large). So freed memory stays with the process for reuse:
 
-The other side of returning memory is taking it again: each page the kernel hands back is
-zeroed on first touch. A stream of 100 KiB frames allocates and frees a few MiB at the heap's
-top over and over; trimmed at every free, that was 17 page faults per message in a worker and
-26 in the client (``perf stat``, bench.pipeline large), a tenth of their CPU. A top pad keeps
-that much of the heap's top mapped: the worker's faults fell to 0.3 per message with 4 MiB,
-the client's (whose libzmq holds up to ``inflight_ops`` frames) needed 8 MiB.
+- allocations up to ``MMAP_THRESHOLD`` (32 MiB: the default ``http.max_body_size``) come from
+  the heap, not from a mapping of their own that is unmapped on free;
+- a free does not trim the heap's top below ``TRIM_THRESHOLD``, and a trim keeps ``top_pad``
+  (4 MiB in the server's processes, 16 MiB in the client, whose libzmq holds up to
+  ``inflight_ops`` frames);
+- ``HeapTrimmer`` gives back what is free (``malloc_trim``: the top and whole free pages inside
+  the heap) at a tick (every quarter of a second in the server) when the process was quiet over
+  the last period (under a tenth of a CPU), or when more than ``MAX_FREE`` (64 MiB) lies free:
+  a stream keeps its pages, and one hostile client's big bodies leave a worker no larger once
+  it stops. A tick costs a few microseconds when there is nothing to return.
+
+Setting any of these turns off glibc's dynamic thresholds. Elsewhere (musl, macOS) this does
+nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -31,9 +36,15 @@ if TYPE_CHECKING:
 M_TRIM_THRESHOLD = -1  # from <malloc.h>
 M_TOP_PAD = -2
 M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD = 256 * 1024
+MMAP_THRESHOLD = 32 * 1024 * 1024
+TRIM_THRESHOLD = 64 * 1024 * 1024
 SERVER_TOP_PAD = 4 * 1024 * 1024  # under the hostile-input tests' 8 MiB of idle slack
-CLIENT_TOP_PAD = 16 * 1024 * 1024
+CLIENT_TOP_PAD = 64 * 1024 * 1024
+CLIENT_TRIM_THRESHOLD = 256 * 1024 * 1024
+CLIENT_MAX_FREE = 256 * 1024 * 1024
+MAX_FREE = 64 * 1024 * 1024
+SERVER_TRIM_PERIOD = 0.25  # seconds
+CLIENT_TRIM_PERIOD = 1.0
 
 
 def _libc_function(name: str) -> CFuncPtr | None:
@@ -44,30 +55,45 @@ def _libc_function(name: str) -> CFuncPtr | None:
         return None
 
 
-def return_large_buffers(top_pad: int = SERVER_TOP_PAD) -> bool:
-    """Fix glibc's mmap threshold and keep ``top_pad`` bytes of the heap's top mapped; True if
-    the allocator took both."""
+def keep_freed_memory(top_pad: int = SERVER_TOP_PAD, trim_threshold: int = TRIM_THRESHOLD
+                      ) -> bool:
+    """Set glibc's thresholds and ``top_pad`` (see the module docs); True if it took all."""
     mallopt = _libc_function("mallopt")
     if mallopt is None:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    # Setting either threshold turns off glibc's dynamic adjustment of both.
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-                and mallopt(M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD)
+                and mallopt(M_TRIM_THRESHOLD, trim_threshold)
                 and mallopt(M_TOP_PAD, top_pad))
 
 
-class HeapTrimmer:
-    """Calls ``malloc_trim(0)`` every ``period`` seconds on the running loop."""
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
 
-    def __init__(self, period: float = 1.0) -> None:
+
+class HeapTrimmer:
+    """Calls ``malloc_trim(0)`` on the running loop every ``period`` seconds in which the
+    process used less than ``quiet`` of a CPU, or when more than ``max_free`` bytes are free."""
+
+    def __init__(self, period: float = SERVER_TRIM_PERIOD, *, quiet: float = 0.1,
+                 max_free: int = MAX_FREE) -> None:
         self.period = period
+        self.quiet = quiet
+        self.max_free = max_free
         self.trim = _libc_function("malloc_trim")
+        self.mallinfo2 = _libc_function("mallinfo2")  # glibc 2.33 and later
+        self.cpu = 0.0
         self.timer: asyncio.TimerHandle | None = None
+        self.trims = 0  # for tests
 
     def start(self) -> None:
         if self.trim is not None:
             self.trim.argtypes = (ctypes.c_size_t,)
+            if self.mallinfo2 is not None:
+                self.mallinfo2.restype = _MallInfo2
+            self.cpu = time.process_time()
             self.timer = asyncio.get_running_loop().call_later(self.period, self._tick)
 
     def stop(self) -> None:
@@ -75,7 +101,16 @@ class HeapTrimmer:
             self.timer.cancel()
             self.timer = None
 
+    def free_bytes(self) -> int:
+        """Bytes free inside the heaps (0 where glibc cannot tell)."""
+        return int(self.mallinfo2().fordblks) if self.mallinfo2 is not None else 0
+
     def _tick(self) -> None:
         assert self.trim is not None  # start() arms the timer only then
-        self.trim(0)
+        cpu = time.process_time()  # every thread's: libzmq's I/O thread moves frames too
+        busy = (cpu - self.cpu) / self.period
+        self.cpu = cpu
+        if busy < self.quiet or self.free_bytes() > self.max_free:
+            self.trim(0)
+            self.trims += 1
         self.timer = asyncio.get_running_loop().call_later(self.period, self._tick)

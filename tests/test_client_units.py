@@ -10,7 +10,7 @@ from zlib import crc32
 import pytest
 
 from mgfast.client.forwarder import Forwarder
-from mgfast.client.lane import RETRY_LOG_INTERVAL, Lane, Pending
+from mgfast.client.lane import FILL_BYTES, RETRY_LOG_INTERVAL, Lane, Pending
 from mgfast.client.stats import ClientStats
 from mgfast.config.loader import load_client_config
 from mgfast.config.model import RetryStrategy
@@ -28,6 +28,8 @@ class FakeConnection:
     def __init__(self) -> None:
         self.on_response = None
         self.on_failure = None
+        self.on_writable = None
+        self.writable = True  # as a real transport under its high-water mark
         self.connected = False
         self.connects = 0
         self.written: list[tuple[object, bytes]] = []  # (entry, the request's bytes)
@@ -115,6 +117,38 @@ async def until(condition, what: str) -> None:
 
 def item(topic: bytes) -> Pending:
     return Pending(topic, [topic, MESSAGE])
+
+
+def test_a_lane_writes_no_more_while_its_transport_is_backed_up_nor_past_a_fill_budget():
+    """Flow control: a paused transport gets nothing until it resumes; one fill stops after
+    FILL_BYTES of bodies and the rest follows in the next turn (16 pipelined 4 MiB batches
+    written at once made TLS encrypt 64 MiB into one buffer)."""
+    async def scenario() -> None:
+        the_lane, conn, stats, released = lane(pipeline=16)
+        task = asyncio.create_task(the_lane.run())
+        conn.writable = False
+        big = b"x" * (FILL_BYTES // 2)
+        for i in range(6):
+            the_lane.submit(Pending(b"t%d" % i, [b"t%d" % i, MESSAGE, big]))
+        await until(lambda: conn.connected, "the connection")
+        the_lane._depth = 16  # past slow start
+        await asyncio.sleep(0.01)
+        assert conn.written == []  # backed up: nothing more is handed to the transport
+        fills: list[int] = []
+        send = conn.send
+        conn.send = lambda entries, data: fills.append(len(entries)) or send(entries, data)
+        conn.writable = True
+        conn.on_writable()
+        await until(lambda: len(conn.written) == 6, "every request, fill by fill")
+        assert fills == [2, 2, 2]  # each fill stopped once past FILL_BYTES
+        assert topics_written(conn) == [b"t%d" % i for i in range(6)]
+        while conn.pending:
+            conn.answer(200)
+        await until(lambda: stats.forwarded == 6, "all delivered")
+        the_lane.finish()
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(scenario())
 
 
 def test_a_lane_pipelines_in_order_and_grows_its_window_with_every_success() -> None:

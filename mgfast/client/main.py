@@ -31,6 +31,7 @@ from mgfast.client.health import HealthApp
 from mgfast.client.stats import ClientStats
 from mgfast.config.model import ClientConfig
 from mgfast.http.server_protocol import HttpServerProtocol
+from mgfast.memory import CLIENT_MAX_FREE, CLIENT_TRIM_PERIOD, HeapTrimmer
 from mgfast.tls.context import client_context
 from mgfast.zmq.sockets import EndpointError
 
@@ -119,9 +120,12 @@ async def _main(config: ClientConfig, context: ssl.SSLContext | None) -> int:
         "inflight_ops": config.in_stream.inflight_ops, "config": config.source,
         "metrics": (f"http://{config.metrics.ip}:{config.metrics.port}/metrics"
                     if config.metrics else "off")})
+    trimmer = HeapTrimmer(CLIENT_TRIM_PERIOD, max_free=CLIENT_MAX_FREE)  # what a burst of frames left free goes back
+    trimmer.start()
     await stop.wait()
 
     undelivered = await forwarder.stop(config.drain_timeout, force)
+    trimmer.stop()
     health.close()
     for connection in list(connections):
         connection.shutdown()

@@ -96,6 +96,7 @@ class _ResponseProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
+        self.paused = False  # the transport's write buffer is over its high-water mark
         # the response being parsed
         self.headers: dict[bytes, bytes] = {}
         self.body: list[bytes] = []
@@ -129,6 +130,13 @@ class _ResponseProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         return False  # close our side too; connection_lost follows
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self.connection._writable(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -217,6 +225,7 @@ class HttpClientConnection:
         # the owner's callbacks for entries other than request()'s futures
         self.on_response: Callable[[Any, ClientResponse], None] | None = None
         self.on_failure: Callable[[list[Any], HttpClientError], None] | None = None
+        self.on_writable: Callable[[], None] | None = None  # writes may go on (see writable)
         # state
         self.pending: deque[list[Any]] = deque()  # [entry, written at], oldest first
         self._protocol: _ResponseProtocol | None = None
@@ -234,6 +243,16 @@ class HttpClientConnection:
     @property
     def in_flight(self) -> int:
         return len(self.pending)
+
+    @property
+    def writable(self) -> bool:
+        """The transport takes more without piling up: its write buffer is under its
+        high-water mark (``on_writable`` says when it is again)."""
+        return self._protocol is not None and not self._protocol.paused
+
+    def _writable(self, protocol: _ResponseProtocol) -> None:
+        if protocol is self._protocol and self.on_writable is not None:
+            self.on_writable()
 
     def reusable(self) -> bool:
         """Open, and either busy or idle for less than ``idle_reuse`` seconds."""

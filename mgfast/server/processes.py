@@ -17,7 +17,7 @@ from multiprocessing.connection import Connection
 import uvloop
 
 from mgfast import logs
-from mgfast.memory import return_large_buffers
+from mgfast.memory import HeapTrimmer, keep_freed_memory
 from mgfast.config.model import ServerConfig
 from mgfast.metrics.multiprocess import enabled as metrics_enabled
 
@@ -30,7 +30,7 @@ REPLY_MARGIN = 5.0
 
 def _child_setup() -> None:
     _die_with_parent()
-    return_large_buffers()
+    keep_freed_memory()
     logs.setup()
 
 
@@ -70,7 +70,12 @@ async def _egress(config: ServerConfig, endpoint: str, conn: Connection) -> None
         from mgfast.metrics import export
         exporter = asyncio.ensure_future(export.run(export.egress_tick(egress.writer), stop))
     fps_task = asyncio.ensure_future(fps.run(stop)) if fps is not None else None
-    await egress.run(stop)
+    trimmer = HeapTrimmer()  # the egress holds every worker's frames for a moment
+    trimmer.start()
+    try:
+        await egress.run(stop)
+    finally:
+        trimmer.stop()
     if fps_task is not None:
         await fps_task
     if exporter is not None:
