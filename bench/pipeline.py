@@ -2,12 +2,17 @@
 
     savant-rs writer --> [path] --> savant-rs reader
 
-    direct       writer (dealer+connect ipc) -> reader (router+bind ipc): the ceiling
-    stunnel      writer -> stunnel client (unix socket) ==mutual TLS over 127.0.0.1==>
-                 stunnel server -> reader: what an operator would otherwise deploy
-    mgfast b=1   writer -> mgfast client (router+bind ipc) ==HTTPS, mutual TLS==> mgfast server
-                 (out_stream dealer+connect ipc) -> reader; batch 1 = exactly the upstream API
+    direct       writer (dealer+connect) -> reader (router+bind): the ceiling
+    stunnel      writer -> stunnel client ==mutual TLS over TCP 127.0.0.1==> stunnel server
+                 -> reader: what an operator would otherwise deploy
+    mgfast b=1   writer -> mgfast client (router+bind) ==HTTPS, mutual TLS==> mgfast server
+                 (out_stream dealer+connect) -> reader; batch 1 = exactly the upstream API
     mgfast b=64  the same with ``batch: 64`` (MediaBatch framing between mgfast peers)
+
+Every ZeroMQ endpoint of a path (writer to path, path to reader, or writer to reader) is of one
+*transport*: ``ipc`` (Unix sockets in the work directory; stunnel accepts and connects on them
+too) or ``tcp`` (127.0.0.1, a free port each). Both run by default: Savant deployments use both,
+and the comparison with stunnel and direct is only fair over the transport the gateway uses.
 
 The writer and the reader are the same in every path (same sockets, same endpoints): DEALER to
 ROUTER gives back-pressure all the way, so nothing is dropped silently and "messages/s" is what
@@ -20,7 +25,8 @@ then a *load* phase (writer as fast as back-pressure lets it, bounded by count a
 a *paced* phase at a fixed rate below every path's capacity, for latency without queueing.
 See bench/README.md for what each number means.
 
-    python -m bench.pipeline [--quick]      # this part alone; python -m bench runs everything
+    python -m bench.pipeline [--quick] [--transport ipc|tcp]   # this part alone
+    python -m bench                                             # everything
 """
 
 from __future__ import annotations
@@ -54,6 +60,8 @@ SIZES = (
 )
 
 
+TRANSPORTS = ("ipc", "tcp")  # every ZeroMQ endpoint of a path is one of these
+
 PACED_MAX_LOAD = 0.5  # the paced phase runs at no more than this fraction of the load rate
 
 
@@ -76,10 +84,58 @@ class Options:
 QUICK = Options(load_seconds=1.5, paced_seconds=1.0, warmup=100)
 
 
+# ---- endpoints -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One ZeroMQ endpoint, as savant-rs and mgfast URLs write it (``zmq``, after the
+    ``type+bind:`` prefix) and as stunnel's ``accept`` / ``connect`` write it (``stunnel``)."""
+
+    zmq: str
+    stunnel: str
+
+
+_ports_given: set[int] = set()
+
+
+def new_port() -> int:
+    """A free TCP port on 127.0.0.1, never the same twice in one run: a port is bound only later,
+    by another process, so two free_port() calls in a row can return the same one (this
+    happened: an mgfast client got one port for its listener and its in_stream)."""
+    while (port := free_port()) in _ports_given:
+        pass
+    _ports_given.add(port)
+    return port
+
+
+def endpoint(transport: str, work: Path, name: str) -> Endpoint:
+    """A new endpoint: the Unix socket ``work/name``, or 127.0.0.1 on a free TCP port."""
+    if transport == "ipc":
+        path = work / name
+        return Endpoint(f"ipc://{path}", str(path))
+    if transport == "tcp":
+        port = new_port()
+        return Endpoint(f"tcp://127.0.0.1:{port}", f"127.0.0.1:{port}")
+    raise ValueError(f"unknown transport {transport!r}; choose from {', '.join(TRANSPORTS)}")
+
+
+def parse_transports(text: str | None) -> tuple[str, ...]:
+    """``--transport``: ``ipc``, ``tcp`` or both comma-separated (default: both, in that order)."""
+    if not text:
+        return TRANSPORTS
+    chosen = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    unknown = [t for t in chosen if t not in TRANSPORTS]
+    if unknown or not chosen:
+        raise ValueError(f"--transport {text!r}: choose from {', '.join(TRANSPORTS)} "
+                         "(comma-separated for several)")
+    return chosen
+
+
 # ---- paths ---------------------------------------------------------------------------------------
 
 class Path_:
-    """What sits between writer and reader; ``start`` returns the writer's URL."""
+    """What sits between writer and reader; ``start`` returns the writer's URL. Endpoints of its
+    own (where the writer connects) are of the same ``transport`` as the reader's."""
 
     key = ""
     label = ""
@@ -87,7 +143,8 @@ class Path_:
     def __init__(self) -> None:
         self.procs: list[Proc] = []
 
-    def start(self, work: Path, certs: Certs, reader_ipc: Path, opts: Options) -> str:
+    def start(self, work: Path, certs: Certs, transport: str, reader: Endpoint,
+              opts: Options) -> str:
         raise NotImplementedError
 
     @property
@@ -105,17 +162,17 @@ class Path_:
 class Direct(Path_):
     key, label = "direct", "direct (ceiling)"
 
-    def start(self, work, certs, reader_ipc, opts):
-        return f"dealer+connect:ipc://{reader_ipc}"
+    def start(self, work, certs, transport, reader, opts):
+        return f"dealer+connect:{reader.zmq}"
 
 
 class Stunnel(Path_):
     key, label = "stunnel", "stunnel mTLS"
 
-    def start(self, work, certs, reader_ipc, opts):
+    def start(self, work, certs, transport, reader, opts):
         binary = ensure_tool("stunnel4", "stunnel4")
-        port = free_port()
-        entry = work / "stunnel-in"
+        port = new_port()
+        entry = endpoint(transport, work, "stunnel-in")
         common = "foreground = yes\npid =\ndebug = 5\n"  # 5: logs "Configuration successful"
         # the TLS 1.3 suite mgfast prefers, so both tunnels pay the same cipher per byte
         suites = "ciphersuites = TLS_AES_128_GCM_SHA256\n"
@@ -123,14 +180,14 @@ class Stunnel(Path_):
         server_conf.write_text(
             common + "[gateway]\n"
             f"accept = 127.0.0.1:{port}\n"
-            f"connect = {reader_ipc}\n"
+            f"connect = {reader.stunnel}\n"
             f"cert = {certs.server_crt}\nkey = {certs.server_key}\n"
             f"CApath = {certs.hash_dir}\nCRLpath = {certs.hash_dir}\n"
             "verifyChain = yes\nrequireCert = yes\n" + suites)
         client_conf = work / "stunnel-client.conf"
         client_conf.write_text(
             common + "[gateway]\nclient = yes\n"
-            f"accept = {entry}\n"
+            f"accept = {entry.stunnel}\n"
             f"connect = 127.0.0.1:{port}\n"
             f"cert = {certs.client_crt}\nkey = {certs.client_key}\n"
             f"CAfile = {certs.ca}\nverifyChain = yes\ncheckIP = 127.0.0.1\n" + suites)
@@ -138,7 +195,7 @@ class Stunnel(Path_):
             self.procs.append(Proc(name, [binary, str(conf)], work))
         for proc in self.procs:
             proc.wait_log("Configuration successful")
-        return f"dealer+connect:ipc://{entry}"
+        return f"dealer+connect:{entry.zmq}"
 
 
 class Mgfast(Path_):
@@ -153,18 +210,18 @@ class Mgfast(Path_):
         self.label = (f"mgfast batch={batch}" + (f", pipeline={pipeline}" if pipeline else "")
                       + (f", {workers} worker{'s' * (workers > 1)}" if workers else ""))
 
-    def start(self, work, certs, reader_ipc, opts):
-        entry = work / "client-in"
+    def start(self, work, certs, transport, reader, opts):
+        entry = endpoint(transport, work, "client-in")
         duration = {"secs": 1, "nanos": 0}
         server = {
             "ip": "127.0.0.1",
-            "port": free_port(),
+            "port": new_port(),
             "tls": {
                 "identity": {"certificate": str(certs.server_crt), "key": str(certs.server_key)},
                 "peers": {"lookup_hash_directory": str(certs.hash_dir), "crl_enabled": True},
             },
             "out_stream": {
-                "url": f"dealer+connect:ipc://{reader_ipc}",
+                "url": f"dealer+connect:{reader.zmq}",
                 "send_timeout": duration, "send_retries": 3,
                 "receive_timeout": duration, "receive_retries": 3,
                 "send_hwm": 1000, "receive_hwm": 1000, "inflight_ops": 100,
@@ -176,10 +233,10 @@ class Mgfast(Path_):
         self.procs.append(gateway("server", server, work))
         client = {
             "ip": "127.0.0.1",
-            "port": free_port(),
+            "port": new_port(),
             "url": f"https://127.0.0.1:{server['port']}",
             "in_stream": {
-                "url": f"router+bind:ipc://{entry}",
+                "url": f"router+bind:{entry.zmq}",
                 "receive_timeout": duration, "receive_hwm": 1000,
                 "topic_prefix_spec": {"none": None}, "source_cache_size": 1000,
                 "inflight_ops": opts.inflight_ops,
@@ -194,7 +251,7 @@ class Mgfast(Path_):
         if self.pipeline is not None:
             client["pipeline"] = self.pipeline
         self.procs.append(gateway("client", client, work))
-        return f"dealer+connect:ipc://{entry}"
+        return f"dealer+connect:{entry.zmq}"
 
 
 def paths(opts: Options) -> list[Path_]:
@@ -282,13 +339,14 @@ def finish_profiles(spies: list) -> dict[str, list[tuple[str, float]]]:
 
 # ---- one scenario --------------------------------------------------------------------------------
 
-def run_scenario(path: Path_, size: Size, certs: Certs, work: Path, opts: Options) -> dict:
+def run_scenario(path: Path_, size: Size, transport: str, certs: Certs, work: Path,
+                 opts: Options) -> dict:
     work.mkdir(parents=True, exist_ok=True)
-    reader_ipc = work / "reader"
-    reader = PeerProcess(reader_main, f"router+bind:ipc://{reader_ipc}", opts.sources)
+    reader_at = endpoint(transport, work, "reader")
+    reader = PeerProcess(reader_main, f"router+bind:{reader_at.zmq}", opts.sources)
     writer = None
     try:
-        writer_url = path.start(work, certs, reader_ipc, opts)
+        writer_url = path.start(work, certs, transport, reader_at, opts)
         writer = PeerProcess(writer_main, writer_url, opts.sources, size.payload)
         roots = path.roots
 
@@ -319,7 +377,7 @@ def run_scenario(path: Path_, size: Size, certs: Certs, work: Path, opts: Option
         rate = unique / elapsed
         result = {
             "path": path.key, "label": path.label, "size": size.name, "payload": size.payload,
-            "sent": n_sent, "send_failed": failed, "received": unique,
+            "transport": transport, "sent": n_sent, "send_failed": failed, "received": unique,
             "lost": n_sent - failed - unique, "duplicates": got["duplicates"],
             "gaps": got["gaps"], "seconds": elapsed, "msgs_per_s": rate,
             "mb_per_s": rate * size.payload / 1e6,
@@ -363,22 +421,24 @@ def run_scenario(path: Path_, size: Size, certs: Certs, work: Path, opts: Option
 
 
 def run(opts: Options, work: Path, certs: Certs | None = None, *, sizes=SIZES,
-        only: set[str] | None = None, progress=print) -> list[dict]:
-    """Every path for every size; returns one result dict per scenario."""
+        transports=TRANSPORTS, only: set[str] | None = None, progress=print) -> list[dict]:
+    """Every path for every size and transport; returns one result dict per scenario."""
     certs = certs or Certs.create(work / "pki")
     results = []
-    for size in sizes:
+    for size, transport in ((s, t) for s in sizes for t in transports):
         for path in paths(opts):
             if only and path.key not in only:
                 continue
-            progress(f"pipeline: {path.label}, {size.name} ({size.payload} B) ...")
+            progress(f"pipeline: {path.label}, {size.name} ({size.payload} B), {transport} ...")
             started = time.monotonic()
             try:
-                result = run_scenario(path, size, certs, work / f"{path.key}-{size.name}", opts)
+                result = run_scenario(path, size, transport, certs,
+                                      work / f"{path.key}-{size.name}-{transport}", opts)
             except Exception as exc:  # one broken path must not hide the others' numbers
                 progress(f"  FAILED: {exc}")
                 results.append({"path": path.key, "label": path.label, "size": size.name,
-                                "payload": size.payload, "error": str(exc)})
+                                "payload": size.payload, "transport": transport,
+                                "error": str(exc)})
                 continue
             result["wall_s"] = time.monotonic() - started
             progress(f"  {result['msgs_per_s']:,.0f} msg/s, {result['mb_per_s']:,.1f} MB/s, "
@@ -396,12 +456,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="short phases (smoke run)")
     parser.add_argument("--only", help="comma-separated path keys: direct,stunnel,mgfast-b1,...")
     parser.add_argument("--size", choices=[s.name for s in SIZES], help="one size only")
+    parser.add_argument("--transport", help="ZeroMQ endpoints of every path: ipc, tcp, or "
+                        "ipc,tcp (the default: both)")
     parser.add_argument("--profile", action="store_true",
                         help="py-spy the gateway processes during each load phase")
     parser.add_argument("--workdir", help="keep configs, logs and sockets here (default: a "
                         "temporary directory, removed afterwards)")
     parser.add_argument("--workers", type=int, help="mgfast server `workers` (default: its own)")
     args = parser.parse_args(argv)
+    try:
+        transports = parse_transports(args.transport)
+    except ValueError as exc:
+        parser.error(str(exc))
     opts = QUICK if args.quick else Options()
     if args.workers is not None:
         opts = dataclasses.replace(opts, server_workers=args.workers)
@@ -410,10 +476,11 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [s for s in SIZES if args.size in (None, s.name)]
     only = set(args.only.split(",")) if args.only else None
     if args.workdir:
-        results = run(opts, Path(args.workdir).resolve(), sizes=sizes, only=only)
+        results = run(opts, Path(args.workdir).resolve(), sizes=sizes, transports=transports,
+                      only=only)
     else:
         with tempfile.TemporaryDirectory(prefix="mgfast-bench-") as tmp:
-            results = run(opts, Path(tmp), sizes=sizes, only=only)
+            results = run(opts, Path(tmp), sizes=sizes, transports=transports, only=only)
     print(json.dumps(results, indent=1))
     for r in results:
         print_profile(r)
@@ -424,7 +491,8 @@ def print_profile(result: dict, out=print) -> None:
     for process, frames in (result.get("profile") or {}).items():
         if not frames:  # idle the whole time (py-spy leaves idle samples out)
             continue
-        out(f"py-spy, {result['label']}, {result['size']}: {process}, top frames by own time")
+        out(f"py-spy, {result['label']}, {result['size']}, {result.get('transport', 'ipc')}: "
+            f"{process}, top frames by own time")
         for frame, percent in frames:
             out(f"  {percent:5.1f}%  {frame}")
 

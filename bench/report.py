@@ -20,9 +20,15 @@ def _ratio(a, b) -> str:
     return f"{a / b:.2f}x"
 
 
-def _by(results: list[dict], size: str, path: str) -> dict | None:
-    return next((r for r in results if r["size"] == size and r["path"] == path
-                 and "error" not in r), None)
+def transport(r: dict) -> str:
+    """The ZeroMQ transport of a pipeline result (results from before the option were ipc)."""
+    return r.get("transport", "ipc")
+
+
+def _by(results: list[dict], like: dict, path: str) -> dict | None:
+    """The result of ``path`` with the same size and transport as ``like``."""
+    return next((r for r in results if r["size"] == like["size"] and r["path"] == path
+                 and transport(r) == transport(like) and "error" not in r), None)
 
 
 def _cpu(r: dict) -> str:
@@ -38,19 +44,20 @@ def _cpu(r: dict) -> str:
 # ---- tables ----------------------------------------------------------------------------------------
 
 def pipeline_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
-    header = ["size", "path", "msg/s", "MB/s", "vs direct", "load p50 / p99 ms",
+    header = ["size", "transport", "path", "msg/s", "MB/s", "vs direct", "load p50 / p99 ms",
               "paced p50 / p99 ms", "gateway CPU us/msg", "peak RSS MiB", "procs",
               "machine busy (others)", "lost / dup"]
     rows = []
     for r in results:
         size = f"{r['size']} ({r['payload']:,} B)"
         if "error" in r:
-            rows.append([size, r["label"], "failed: " + r["error"].splitlines()[0][:80]]
-                        + [""] * (len(header) - 3))
+            rows.append([size, transport(r), r["label"],
+                         "failed: " + r["error"].splitlines()[0][:80]]
+                        + [""] * (len(header) - 4))
             continue
-        direct = _by(results, r["size"], "direct")
+        direct = _by(results, r, "direct")
         rows.append([
-            size, r["label"], _f(r["msgs_per_s"]), _f(r["mb_per_s"], 1),
+            size, transport(r), r["label"], _f(r["msgs_per_s"]), _f(r["mb_per_s"], 1),
             "-" if r["path"] == "direct" else _ratio(r["msgs_per_s"],
                                                      direct and direct["msgs_per_s"]),
             f"{_f(r['load_p50_ms'], 1)} / {_f(r['load_p99_ms'], 1)}",
@@ -64,15 +71,15 @@ def pipeline_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
 
 
 def ratio_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
-    header = ["size", "mgfast", "msg/s vs direct", "msg/s vs stunnel",
+    header = ["size", "transport", "mgfast", "msg/s vs direct", "msg/s vs stunnel",
               "CPU/msg vs stunnel", "paced p99 vs stunnel", "paced p99 vs direct"]
     rows = []
     for r in results:
         if not r["path"].startswith("mgfast") or "error" in r:
             continue
-        direct, stunnel = _by(results, r["size"], "direct"), _by(results, r["size"], "stunnel")
+        direct, stunnel = _by(results, r, "direct"), _by(results, r, "stunnel")
         rows.append([
-            r["size"], r["label"],
+            r["size"], transport(r), r["label"],
             _ratio(r["msgs_per_s"], direct and direct["msgs_per_s"]),
             _ratio(r["msgs_per_s"], stunnel and stunnel["msgs_per_s"]),
             _ratio(r["cpu_us_per_msg"], stunnel and stunnel["cpu_us_per_msg"]),
@@ -93,9 +100,10 @@ def server_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def markdown(header: list[str], rows: list[list[str]]) -> str:
+def markdown(header: list[str], rows: list[list[str]], left: int = 2) -> str:
+    """A Markdown table: the first ``left`` columns (names) left-aligned, the figures right."""
     lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|"]
+             "|" + "|".join("---" if i < left else "---:" for i in range(len(header))) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -115,17 +123,22 @@ def chart(pipeline: list[dict], server: list[dict], path: Path, title: str) -> N
     import matplotlib.pyplot as plt
 
     ok = [r for r in pipeline if "error" not in r]
+    several = len({transport(r) for r in ok}) > 1
+
+    def group(r: dict) -> str:  # one bar group per path, and per transport if there are several
+        return f"{r['label']} [{transport(r)}]" if several else r["label"]
+
     labels = []
     for r in ok:
-        if r["label"] not in labels:
-            labels.append(r["label"])
+        if group(r) not in labels:
+            labels.append(group(r))
     colors = {"direct": "#8c8c8c", "stunnel": "#4c72b0"}
 
     def color(label: str) -> str:
-        key = next((r["path"] for r in ok if r["label"] == label), "")
+        key = next((r["path"] for r in ok if group(r) == label), "")
         return colors.get(key, "#dd8452" if key.endswith("b1") else "#c44e52")
 
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    fig, axes = plt.subplots(2, 2, figsize=(18, 9) if several else (12, 8))
     panels = [
         (axes[0][0], "small", "msgs_per_s", "messages/s, small (200 B) (log)", False),
         (axes[0][1], "large", "mb_per_s", "MB/s, large (100 KiB)", False),
@@ -139,7 +152,7 @@ def chart(pipeline: list[dict], server: list[dict], path: Path, title: str) -> N
         for j, s in enumerate(sizes):
             xs, ys, cs = [], [], []
             for i, label in enumerate(labels):
-                r = next((r for r in ok if r["label"] == label and r["size"] == s), None)
+                r = next((r for r in ok if group(r) == label and r["size"] == s), None)
                 value = r and r.get(key)
                 if value is None or (isinstance(value, float) and math.isnan(value)):
                     continue
@@ -159,7 +172,8 @@ def chart(pipeline: list[dict], server: list[dict], path: Path, title: str) -> N
             ax.bar([0], [0], color="#bbbbbb", hatch="//", edgecolor="white", label="large")
             ax.legend(fontsize=8)
         ax.set_xticks(range(len(labels)))
-        ax.set_xticklabels(labels, fontsize=8)
+        ax.set_xticklabels(labels, fontsize=8, rotation=30 if several else 0,
+                           ha="right" if several else "center")
         ax.margins(y=0.15)
     if server:
         note = "server alone (h2load, HTTPS keep-alive): " + ", ".join(

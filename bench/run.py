@@ -136,13 +136,17 @@ def results_markdown(meta: dict, server: list[dict], pipe: list[dict]) -> str:
             "writer send to reader receive; *load* under that saturation (mostly queueing), "
             "*paced* at the fixed rate shown. Gateway CPU: all processes of the path (mgfast "
             "client + server trees, or both stunnels) over the load phase, per message "
-            "delivered. lost / dup must be 0 / 0.",
+            "delivered. lost / dup must be 0 / 0. transport: every ZeroMQ endpoint of the row's "
+            "path (writer to path, path to reader; or writer to reader) is an ipc socket or tcp "
+            "on 127.0.0.1; the TLS hops are TCP on 127.0.0.1 either way.",
             "",
-            report.markdown(*report.pipeline_rows(pipe)),
+            report.markdown(*report.pipeline_rows(pipe), left=3),
             "",
             "### Ratios (this run)",
             "",
-            report.markdown(*report.ratio_rows(pipe)),
+            "Each mgfast row against direct and stunnel of the same size and transport.",
+            "",
+            report.markdown(*report.ratio_rows(pipe), left=3),
             "",
         ]
     if server:
@@ -187,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                         "the sections of the others are kept from the previous results.json")
     parser.add_argument("--only", help="pipeline path keys, comma-separated "
                         "(direct, stunnel, mgfast-b1, mgfast-b64, and with -w1 / -w2 workers)")
+    parser.add_argument("--transport", help="pipeline ZeroMQ endpoints: ipc, tcp, or ipc,tcp "
+                        "(the default: both)")
     parser.add_argument("--server-workers", type=int,
                         help="mgfast server `workers` (default: the server's own default)")
     parser.add_argument("--out", default=str(BENCH),
@@ -205,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown part(s) {', '.join(sorted((skip | parts) - set(PARTS)))}; "
                      f"choose from {', '.join(PARTS)}")
     skip = set(PARTS) - parts
+    try:
+        transports = pipeline.parse_transports(args.transport)
+    except ValueError as exc:
+        parser.error(str(exc))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -234,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         server = [] if "server" in skip else server_http.run(
             args.quick, work / "server_http", certs, workers=args.server_workers)
         pipe = [] if "pipeline" in skip else pipeline.run(
-            opts, work / "pipeline", certs,
+            opts, work / "pipeline", certs, transports=transports,
             only=set(args.only.split(",")) if args.only else None)
         extras = run_extras(parts, args.quick, work, out, chart, args.server_workers)
         return server, pipe, extras
@@ -261,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "command": command_line(argv), "date": date, "wall_s": time.monotonic() - started,
         "git": git, "machine": machine, "tools": ", ".join(tools),
-        "options": (f"{opts.sources} sources round-robin, load phase <= {opts.load_seconds:g} s, "
+        "options": (f"ZeroMQ endpoints over {' and '.join(transports)}, "
+                    f"{opts.sources} sources round-robin, load phase <= {opts.load_seconds:g} s, "
                     f"paced phase {opts.paced_seconds:g} s, warm-up {opts.warmup} messages; "
                     f"mgfast client connections={opts.connections}, "
                     f"inflight_ops={opts.inflight_ops}"
