@@ -12,38 +12,24 @@ from __future__ import annotations
 
 import ctypes
 import logging
-from typing import TYPE_CHECKING
 import ssl
 
-if TYPE_CHECKING:
-    from _ctypes import CFuncPtr  # a foreign function, as CDLL's attributes are
+from mgfast.tls import libssl
 
 log = logging.getLogger("mgfast.tls")
 
 PREFERRED = b"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
 FIRST = "TLS_AES_128_GCM_SHA256"
 
-
-def _set_ciphersuites() -> CFuncPtr | None:
-    try:  # typeshed has no ssl._ssl: the compiled module, CPython's private API
-        function = ctypes.CDLL(ssl._ssl.__file__).SSL_CTX_set_ciphersuites  # type: ignore[attr-defined]
-    except (AttributeError, OSError):
-        return None
-    function.argtypes = (ctypes.c_void_p, ctypes.c_char_p)
-    function.restype = ctypes.c_int
-    return function
-
-
-_SET = _set_ciphersuites()
-# The SSL_CTX pointer is the first field after the object header of CPython's PySSLContext.
-_CTX_OFFSET = object.__basicsize__
+_SET = libssl.function("SSL_CTX_set_ciphersuites", (ctypes.c_void_p, ctypes.c_char_p),
+                      ctypes.c_int)
 
 
 def prefer_aes128(context: ssl.SSLContext) -> bool:
     """Put AES-128-GCM first among the context's TLS 1.3 suites; True if it now is."""
     if _SET is None:
         return False
-    ctx = ctypes.c_void_p.from_address(id(context) + _CTX_OFFSET).value
+    ctx = libssl.ssl_ctx(context)
     if not ctx or _SET(ctx, PREFERRED) != 1:
         return False
     first = next((c["name"] for c in context.get_ciphers() if c.get("protocol") == "TLSv1.3"),

@@ -19,12 +19,11 @@ import _ssl
 import ctypes
 import functools
 import ssl
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cryptography import x509
 
-if TYPE_CHECKING:
-    from _ctypes import CFuncPtr
+from mgfast.tls import libssl
 
 _HANDSHAKE = 22
 _CERTIFICATE = 11
@@ -32,18 +31,8 @@ _TLS13 = 0x0304
 # skips ssl.py's enum wrapping; typeshed does not list this private attribute of CPython's
 _set_raw_callback = _ssl._SSLContext._msg_callback.__set__  # type: ignore[attr-defined]
 
-
-def _set_msg_callback() -> CFuncPtr | None:
-    try:  # typeshed has no ssl._ssl: the compiled module, CPython's private API
-        function = ctypes.CDLL(ssl._ssl.__file__).SSL_set_msg_callback  # type: ignore[attr-defined]
-    except (AttributeError, OSError):
-        return None
-    function.argtypes = (ctypes.c_void_p, ctypes.c_void_p)
-    function.restype = None
-    return function
-
-
-_SET_MSG_CALLBACK = _set_msg_callback()
+_SET_MSG_CALLBACK = libssl.function("SSL_set_msg_callback",
+                                    (ctypes.c_void_p, ctypes.c_void_p), None)
 # PySSLSocket: the object header, then PyObject *Socket, SSL *ssl, PySSLContext *ctx
 _POINTER = ctypes.sizeof(ctypes.c_void_p)
 _SSL_OFFSET = object.__basicsize__ + _POINTER

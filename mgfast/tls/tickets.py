@@ -31,6 +31,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from mgfast.tls import libssl
+
 if TYPE_CHECKING:
     from _ctypes import CFuncPtr
 
@@ -45,20 +47,14 @@ _SET_KEYS, _GET_KEYS = 59, 58  # SSL_CTRL_SET_TLSEXT_TICKET_KEYS, SSL_CTRL_GET_T
 # handshake on memory BIOs: 0.95 ms with none, 1.13 ms with one, 1.30 ms with two); a second
 # one would only serve a second parallel connection, which few clients open.
 TICKETS_PER_HANDSHAKE = 1
-_CTX_OFFSET = object.__basicsize__  # the SSL_CTX pointer follows PySSLContext's object header
 
 
 def _functions() -> tuple[CFuncPtr, CFuncPtr] | None:
-    try:  # typeshed has no ssl._ssl: the compiled module, CPython's private API
-        lib = ctypes.CDLL(ssl._ssl.__file__)  # type: ignore[attr-defined]
-        ctrl, set_timeout = lib.SSL_CTX_ctrl, lib.SSL_CTX_set_timeout
-    except (AttributeError, OSError):
-        return None
-    ctrl.argtypes = (ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p)
-    ctrl.restype = ctypes.c_long
-    set_timeout.argtypes = (ctypes.c_void_p, ctypes.c_long)
-    set_timeout.restype = ctypes.c_long
-    return ctrl, set_timeout
+    ctrl = libssl.function("SSL_CTX_ctrl", (ctypes.c_void_p, ctypes.c_int, ctypes.c_long,
+                                            ctypes.c_void_p), ctypes.c_long)
+    set_timeout = libssl.function("SSL_CTX_set_timeout", (ctypes.c_void_p, ctypes.c_long),
+                                  ctypes.c_long)
+    return (ctrl, set_timeout) if ctrl is not None and set_timeout is not None else None
 
 
 _FUNCTIONS = _functions()
@@ -110,7 +106,7 @@ def enable(context: ssl.SSLContext, key: bytes, lifetime: float) -> bool:
         disable(context)
         return False
     assert _FUNCTIONS is not None  # install_key succeeded
-    _FUNCTIONS[1](_ctx(context), max(1, math.ceil(lifetime)))
+    _FUNCTIONS[1](libssl.ssl_ctx(context), max(1, math.ceil(lifetime)))
     context.options &= ~ssl.OP_NO_TICKET  # TLS 1.2 clients get one under the same key
     context.num_tickets = TICKETS_PER_HANDSHAKE
     return True
@@ -121,17 +117,13 @@ def install_key(context: ssl.SSLContext, key: bytes) -> bool:
     if _FUNCTIONS is None or len(key) != KEY_BYTES:
         return False
     ctrl = _FUNCTIONS[0]
-    ctx = _ctx(context)
+    ctx = libssl.ssl_ctx(context)
     if not ctx:
         return False
     if ctrl(ctx, _SET_KEYS, KEY_BYTES, ctypes.create_string_buffer(key, KEY_BYTES)) != 1:
         return False
     back = ctypes.create_string_buffer(KEY_BYTES)
     return bool(ctrl(ctx, _GET_KEYS, KEY_BYTES, back) == 1 and back.raw == key)
-
-
-def _ctx(context: ssl.SSLContext) -> int | None:
-    return ctypes.c_void_p.from_address(id(context) + _CTX_OFFSET).value
 
 
 def _warn_once() -> None:
