@@ -9,14 +9,16 @@ a worker and in the client, a tenth of their CPU on single frames and half of it
 
 - allocations up to ``MMAP_THRESHOLD`` (32 MiB: the default ``http.max_body_size``) come from
   the heap, not from a mapping of their own that is unmapped on free;
-- a free does not trim the heap's top below ``TRIM_THRESHOLD``, and a trim keeps ``top_pad``
-  (4 MiB in the server's processes, 16 MiB in the client, whose libzmq holds up to
-  ``inflight_ops`` frames);
+- a free does not trim the heap's top below ``TRIM_THRESHOLD``, and a trim keeps a top pad
+  (4 MiB in the server's processes; the client, whose libzmq holds up to ``inflight_ops``
+  frames and whose batches are 4 MiB each, keeps a 64 MiB pad and trims past 256 MiB: with the
+  server's values a b=64 stream of 100 KiB frames still cost it 53k faults in 4 s, with these
+  about a hundred);
 - ``HeapTrimmer`` gives back what is free (``malloc_trim``: the top and whole free pages inside
   the heap) at a tick (every quarter of a second in the server) when the process was quiet over
-  the last period (under a tenth of a CPU), or when more than ``MAX_FREE`` (64 MiB) lies free:
-  a stream keeps its pages, and one hostile client's big bodies leave a worker no larger once
-  it stops. A tick costs a few microseconds when there is nothing to return.
+  the last period (under a tenth of a CPU), or when more than ``MAX_FREE`` (64 MiB; 256 MiB in
+  the client) lies free: a stream keeps its pages, and one hostile client's big bodies leave a
+  worker no larger once it stops. A tick costs a few microseconds when there is nothing to return.
 
 Setting any of these turns off glibc's dynamic thresholds. Elsewhere (musl, macOS) this does
 nothing.
