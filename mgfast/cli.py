@@ -9,8 +9,7 @@ import os
 import sys
 
 from mgfast import __version__, logs
-from mgfast.memory import (CLIENT_TOP_PAD, CLIENT_TRIM_THRESHOLD, SERVER_TOP_PAD,
-                           keep_freed_memory)
+from mgfast.memory import CLIENT_TOP_PAD, CLIENT_TRIM_THRESHOLD, keep_freed_memory
 
 # Exit status for a start-up failure (bad config, unusable certificate, port in use).
 EXIT_STARTUP = 2
@@ -45,11 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.log_level:
         os.environ["MGFAST_LOG_LEVEL"] = args.log_level  # child processes read it too
     logs.setup(args.log_level)
-    # children spawned by the server do the same
     if args.command == "client":
         keep_freed_memory(CLIENT_TOP_PAD, CLIENT_TRIM_THRESHOLD)
     else:
-        keep_freed_memory(SERVER_TOP_PAD)
+        keep_freed_memory()  # the server's values; the children it spawns do the same
     try:
         if args.command == "server":
             return _server(args)

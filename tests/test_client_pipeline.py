@@ -206,7 +206,7 @@ def test_a_server_that_closes_after_every_answer_is_backed_off_not_spun_on():
                     retry=RetryStrategy(initial_delay=0.1, maximum_delay=0.1, multiplier=1),
                     stats=ClientStats(), release=lambda count: None)
         task = asyncio.ensure_future(lane.run())
-        lane.submit(Pending(b"cam", [b"cam", b"message"]))
+        lane.submit_many([Pending(b"cam", [b"cam", b"message"])])
         await asyncio.sleep(0.5)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -129,7 +129,7 @@ def test_a_lane_writes_no_more_while_its_transport_is_backed_up_nor_past_a_fill_
         conn.writable = False
         big = b"x" * (FILL_BYTES // 2)
         for i in range(6):
-            the_lane.submit(Pending(b"t%d" % i, [b"t%d" % i, MESSAGE, big]))
+            the_lane.submit_many([Pending(b"t%d" % i, [b"t%d" % i, MESSAGE, big])])
         await until(lambda: conn.connected, "the connection")
         the_lane._depth = 16  # past slow start
         await asyncio.sleep(0.01)
@@ -156,7 +156,7 @@ def test_a_lane_pipelines_in_order_and_grows_its_window_with_every_success() -> 
         the_lane, conn, stats, released = lane(pipeline=4)
         task = asyncio.create_task(the_lane.run())
         for i in range(8):
-            the_lane.submit(item(b"t%d" % i))
+            the_lane.submit_many([item(b"t%d" % i)])
         await until(lambda: conn.written, "the first request")
         await asyncio.sleep(0.005)
         assert len(conn.written) == 1  # a new connection starts with one request in flight
@@ -182,7 +182,7 @@ def test_a_rejected_message_is_skipped_and_a_transient_failure_resends_in_order(
         the_lane, conn, stats, released = lane(pipeline=1)
         task = asyncio.create_task(the_lane.run())
         for topic in (b"a", b"b", b"c"):
-            the_lane.submit(item(topic))
+            the_lane.submit_many([item(topic)])
         await until(lambda: len(conn.written) == 1, "a")
         conn.answer(400, b"bad message")  # permanent: counted, skipped
         await until(lambda: len(conn.written) == 2, "b")
@@ -206,11 +206,11 @@ def test_a_broken_connection_resends_what_it_held_and_counts_possible_duplicates
     async def scenario() -> None:
         the_lane, conn, stats, _ = lane(pipeline=4)
         task = asyncio.create_task(the_lane.run())
-        the_lane.submit(item(b"a"))
+        the_lane.submit_many([item(b"a")])
         await until(lambda: len(conn.written) == 1, "a")
         conn.answer(200)
-        the_lane.submit(item(b"b"))
-        the_lane.submit(item(b"c"))
+        the_lane.submit_many([item(b"b")])
+        the_lane.submit_many([item(b"c")])
         await until(lambda: len(conn.written) == 3, "b and c")
         conn.fail(ConnectionLost("reset"))  # written, unanswered: may have been forwarded
         await until(lambda: len(conn.written) == 4, "b again")  # a new connection: one first
@@ -233,7 +233,7 @@ def test_the_retry_warning_repeats_once_per_interval_of_the_injected_clock(caplo
     async def scenario() -> None:
         the_lane, conn, _, _ = lane(pipeline=1, clock=clock)
         task = asyncio.create_task(the_lane.run())
-        the_lane.submit(item(b"a"))
+        the_lane.submit_many([item(b"a")])
         for attempt in range(1, 5):
             await until(lambda: len(conn.written) == attempt, f"attempt {attempt}")
             if attempt == 3:

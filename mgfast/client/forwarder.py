@@ -97,11 +97,6 @@ class Forwarder:
             messages = await recv_many(free)
             stats.in_flight += len(messages)
             stats.read += len(messages)
-            if n == 1:
-                items = [Pending(topic, frames) for topic, frames in messages]
-                stats.read_bytes += sum([item.size for item in items])
-                lanes[0].submit_many(items)
-                continue
             per_lane: dict[int, list[Pending]] = {}
             size = 0
             for topic, frames in messages:

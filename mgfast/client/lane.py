@@ -3,7 +3,7 @@
     lane = Lane(index, target, batch=1, pipeline=16, retry=strategy, stats=stats,
                 release=free_slots)
     task = asyncio.create_task(lane.run())    # connects, negotiates, backs off
-    lane.submit(Pending(topic, frames))       # in read order
+    lane.submit_many([Pending(topic, frames)])  # in read order
     lane.finish()                             # deliver what is held, then run() returns
 
 Every topic maps to one lane (``forwarder``). A lane keeps its messages in order with up to
@@ -122,9 +122,6 @@ class Lane:
     def held(self) -> int:
         """Messages the lane holds: read, neither delivered nor rejected."""
         return len(self.sent) + len(self.unsent)
-
-    def submit(self, item: Pending) -> None:
-        self.submit_many([item])
 
     def submit_many(self, items: list[Pending]) -> None:
         """Messages read in this order, for this lane."""

@@ -120,7 +120,8 @@ async def _main(config: ClientConfig, context: ssl.SSLContext | None) -> int:
         "inflight_ops": config.in_stream.inflight_ops, "config": config.source,
         "metrics": (f"http://{config.metrics.ip}:{config.metrics.port}/metrics"
                     if config.metrics else "off")})
-    trimmer = HeapTrimmer(CLIENT_TRIM_PERIOD, max_free=CLIENT_MAX_FREE)  # what a burst of frames left free goes back
+    # what a burst of frames left free goes back once the stream is quiet
+    trimmer = HeapTrimmer(CLIENT_TRIM_PERIOD, max_free=CLIENT_MAX_FREE)
     trimmer.start()
     await stop.wait()
 

@@ -38,7 +38,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mgfast.server")
 
-T = TypeVar("T")
+T = TypeVar("T")  # an answer
+W = TypeVar("W")  # a writer's result
 
 MEDIA_TYPE = b"application/protobuf"
 # Upstream's protobuf extractor (actix-protobuf) takes both names of the media type.
@@ -128,15 +129,10 @@ class GatewayApp:
             return answers  # type: ignore[return-value]  # every one answered: no None left
         started = time.perf_counter()
         try:
-            written = self.writer.submit_group(messages, eos if True in eos else None)
+            written = self.writer.submit_group(messages, eos)
         except StreamClosed as exc:
             return [a or _unavailable(exc) for a in answers]
-        group = partial(self._group_written, answers, messages, where, started)
-        if written.done():  # written at once: answered inside the protocol's data_received
-            return group(written)
-        future: asyncio.Future[list[Response]] = written.get_loop().create_future()
-        written.add_done_callback(lambda w: _settle(future, partial(group, w)))
-        return future
+        return _answer(written, partial(self._group_written, answers, messages, where, started))
 
     def _group_written(self, answers: list[Response | None], messages: list[Frames],
                        where: list[int], started: float,
@@ -176,12 +172,7 @@ class GatewayApp:
             written = self.writer.submit(frames, eos=kind == _EOS)
         except StreamClosed as exc:
             return _unavailable(exc)
-        if written.done():  # written at once: answered inside the protocol's data_received
-            return self._written(started, frames, written)
-        answer: asyncio.Future[Response] = written.get_loop().create_future()
-        written.add_done_callback(
-            lambda w: _settle(answer, partial(self._written, started, frames, w)))
-        return answer
+        return _answer(written, partial(self._written, started, frames))
 
     def _written(self, started: float, frames: list[Buffer],
                  written: asyncio.Future[WriteResult]) -> Response:
@@ -292,11 +283,7 @@ class GatewayApp:
             written = self.writer.submit_group(messages, eos)
         except StreamClosed as exc:
             return _unavailable(exc)
-        if written.done():  # written at once: answered inside the protocol's data_received
-            return answer(written)
-        future: asyncio.Future[Response] = written.get_loop().create_future()
-        written.add_done_callback(lambda w: _settle(future, partial(answer, w)))
-        return future
+        return _answer(written, answer)
 
     def _batch_written(self, items: Sequence[DecodedMedia | MediaError | object],
                        messages: list[Frames], size: int, started: float,
@@ -361,10 +348,20 @@ def _labels_ok(rule: Rule, message: Buffer) -> bool:
         return False  # unreachable: decode_media checked the message's framing
 
 
-def _settle(future: asyncio.Future[T], answer: Callable[[], T]) -> None:
-    """Give ``future`` its answer, unless its connection went away (it was cancelled)."""
-    if not future.done():
-        future.set_result(answer())
+def _answer(written: asyncio.Future[W], answer: Callable[[asyncio.Future[W]], T]
+            ) -> T | asyncio.Future[T]:
+    """``answer(written)`` now if the writer took the message at once (the protocol then
+    answers inside its ``data_received``), else a future of it: one callback, no task."""
+    if written.done():
+        return answer(written)
+    future: asyncio.Future[T] = written.get_loop().create_future()
+
+    def settle(done: asyncio.Future[W]) -> None:
+        if not future.done():  # else the connection went away (cancelled)
+            future.set_result(answer(done))
+
+    written.add_done_callback(settle)
+    return future
 
 
 def _unavailable(exc: BaseException) -> Response:
