@@ -16,12 +16,14 @@ as read-only memoryviews of a small object that owns libzmq's message (``ZmqFram
 frame that is a view of a ``SendBuffer`` goes to libzmq by reference (``zmq_msg_init_data``).
 """
 
-from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize,
+                             PyBytes_GET_SIZE)
+from cpython.dict cimport PyDict_GetItem
 from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_FillInfo, PyBuffer_Release,
                              PyBUF_SIMPLE)
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
 from libc.stdint cimport uintptr_t
 from libc.errno cimport EAGAIN, EINTR
 
@@ -261,38 +263,46 @@ cdef mg_shared_t* _shared_of(object frame, Py_buffer* view):
     return owner.shared
 
 
+cdef object _frame(mg_zmq_msg_t* msg, bint keep):
+    """A received frame as bytes, or with ``keep`` as a memoryview of a ZmqFrame that takes
+    libzmq's message over (``msg`` is left empty either way, ready to close)."""
+    cdef Py_ssize_t size = <Py_ssize_t>_msg_size(msg)
+    cdef ZmqFrame frame
+    if keep:
+        frame = ZmqFrame()
+        _msg_move(&frame.msg, msg)
+        frame.size = size
+        return memoryview(frame)
+    return PyBytes_FromStringAndSize(<char*>_msg_data(msg), size)
+
+
+cdef int _recv_frame(void* sock, mg_zmq_msg_t* msg, bint first) except -2:
+    """Receive one frame into ``msg`` (initialised here): 1 if more frames follow, 0 if it was
+    the last, -1 if nothing was queued (only possible for a multipart's first frame)."""
+    cdef int err
+    _msg_init(msg)
+    if _msg_recv(msg, sock, ZMQ_DONTWAIT) < 0:
+        err = _errno()
+        _msg_close(msg)
+        if first and (err == EAGAIN or err == EINTR):
+            return -1  # EINTR: a signal; the caller's poll sees the message next
+        raise zmq.ZMQError(err)
+    return 1 if _msg_more(msg) else 0
+
+
 cdef list _recv_one(void* sock, Py_ssize_t keep_from=0, Py_ssize_t first_kept=1):
     """One whole multipart, or None if none is queued. With ``keep_from`` > 0, frames from
     index ``first_kept`` on of at least ``keep_from`` bytes come as memoryviews of a ZmqFrame."""
     cdef mg_zmq_msg_t msg
-    cdef list parts = None
+    cdef list parts = []
     cdef int more = 1
-    cdef int err
-    cdef Py_ssize_t size
-    cdef ZmqFrame frame
     while more:
-        _msg_init(&msg)
-        if _msg_recv(&msg, sock, ZMQ_DONTWAIT) < 0:
-            err = _errno()
-            _msg_close(&msg)
-            if parts is None and (err == EAGAIN or err == EINTR):
-                return None  # EINTR: a signal; the caller's poll sees the message next
-            raise zmq.ZMQError(err)
-        size = <Py_ssize_t>_msg_size(&msg)
-        more = _msg_more(&msg)
-        if keep_from > 0 and size >= keep_from and parts is not None \
-                and len(parts) >= first_kept:
-            frame = ZmqFrame()
-            _msg_move(&frame.msg, &msg)
-            frame.size = size
-            part = memoryview(frame)
-        else:
-            part = PyBytes_FromStringAndSize(<char*>_msg_data(&msg), size)
+        more = _recv_frame(sock, &msg, not parts)
+        if more < 0:
+            return None
+        parts.append(_frame(&msg, keep_from > 0 and len(parts) >= first_kept
+                                  and <Py_ssize_t>_msg_size(&msg) >= keep_from))
         _msg_close(&msg)
-        if parts is None:
-            parts = [part]
-        else:
-            parts.append(part)
     return parts
 
 
@@ -317,6 +327,202 @@ def recv_many(uintptr_t handle, Py_ssize_t limit, Py_ssize_t keep_from=0,
             break
         out.append(parts)
     return out
+
+
+# ---- messages -------------------------------------------------------------------------------
+
+cdef tuple _NO_FRAMES = ()
+
+
+cdef class Message:
+    """A Savant message as read from an in_stream: its ``topic``, the ``message`` frame, the
+    ``extra`` frames after it (a tuple) and ``size``, the bytes of all of them. Made in C by
+    ``recv_messages``, one object per message."""
+
+    cdef readonly bytes topic
+    cdef readonly object message
+    cdef readonly tuple extra
+    cdef readonly Py_ssize_t size
+
+    def __init__(self, bytes topic not None, frames):
+        """``frames`` as sent: ``[topic, message, *extra]``."""
+        if len(frames) < 2:
+            raise ValueError("a Savant message has a topic frame and a message frame")
+        self.topic = topic
+        self.message = frames[1]
+        self.extra = tuple(frames[2:])
+        self.size = _frames_size(topic, self.message, self.extra)
+
+    @property
+    def frames(self):
+        """``[topic, message, *extra]``, as the writer sent them."""
+        return [self.topic, self.message, *self.extra]
+
+    def __repr__(self):
+        return (f"<Message {self.topic!r} {self.size} bytes, "
+                f"{2 + len(self.extra)} frames>")
+
+
+cdef Py_ssize_t _frames_size(bytes topic, object message, tuple extra) except -1:
+    cdef Py_ssize_t size = len(topic) + len(message)
+    for part in extra:
+        size += len(part)
+    return size
+
+
+cdef Message _message(bytes topic, object message, tuple extra):
+    cdef Message m = Message.__new__(Message)
+    m.topic = topic
+    m.message = message
+    m.extra = extra
+    m.size = _frames_size(topic, message, extra)
+    return m
+
+
+cdef Message _accepted(object result):
+    """``accept``'s answer, ``(topic, frames)`` or None, as a Message or None."""
+    if result is None:
+        return None
+    topic, frames = result
+    return _message(topic, frames[1], tuple(frames[2:]))
+
+
+def recv_messages(uintptr_t handle, Py_ssize_t limit, Py_ssize_t keep_from, object routes,
+                  object is_eos, object accept):
+    """Up to ``limit`` queued multiparts as Messages, oldest first, and how many multiparts
+    were taken (those not delivered are not in the list): ``(messages, taken)``.
+
+    ``routes`` None is a SUB socket without a topic filter: every multipart of two frames or
+    more is a message. ``routes`` a dict is a ROUTER without a topic filter (a routing id
+    first): a message from the routing id that ``routes`` has for its topic, and that is not
+    an end of stream (``is_eos(message)``), is one. Every other multipart goes to
+    ``accept(parts) -> (topic, frames) | None``, the reader's own rules. The message frame and
+    extra frames of ``keep_from`` bytes or more come as memoryviews of libzmq's buffer."""
+    cdef void* sock = _socket(handle)
+    cdef bint routed = routes is not None
+    cdef dict route_of = routes if routed else None
+    cdef list out = []
+    cdef list parts
+    cdef list extra_list
+    cdef tuple extra
+    cdef Py_ssize_t taken = 0
+    cdef Py_ssize_t rid_size
+    cdef mg_zmq_msg_t rid
+    cdef mg_zmq_msg_t msg
+    cdef int more
+    cdef bint have_rid = False
+    cdef bint fast
+    cdef PyObject* owner
+    cdef bytes topic
+    while taken < limit:
+        if routed:
+            more = _recv_frame(sock, &rid, True)
+            if more < 0:
+                break
+            have_rid = True
+        try:
+            topic = None
+            message = None
+            extra_list = None
+            if routed:
+                if more:
+                    more = _recv_frame(sock, &msg, False)
+                    topic = _frame(&msg, False)
+                    _msg_close(&msg)
+            else:
+                more = _recv_frame(sock, &msg, True)
+                if more < 0:
+                    break
+                topic = _frame(&msg, False)
+                _msg_close(&msg)
+            taken += 1
+            if more:
+                more = _recv_frame(sock, &msg, False)
+                message = _frame(&msg, keep_from > 0
+                                 and <Py_ssize_t>_msg_size(&msg) >= keep_from)
+                _msg_close(&msg)
+            while more:
+                more = _recv_frame(sock, &msg, False)
+                part = _frame(&msg, keep_from > 0 and <Py_ssize_t>_msg_size(&msg) >= keep_from)
+                _msg_close(&msg)
+                if extra_list is None:
+                    extra_list = [part]
+                else:
+                    extra_list.append(part)
+            extra = _NO_FRAMES if extra_list is None else tuple(extra_list)
+            fast = message is not None
+            if fast and routed:
+                owner = PyDict_GetItem(route_of, topic)
+                rid_size = <Py_ssize_t>_msg_size(&rid)
+                fast = (owner != NULL and PyBytes_CheckExact(<object>owner)
+                        and PyBytes_GET_SIZE(<object>owner) == rid_size
+                        and memcmp(PyBytes_AS_STRING(<object>owner), _msg_data(&rid),
+                                   rid_size) == 0)
+                if fast:
+                    try:
+                        fast = not is_eos(message)
+                    except Exception:
+                        fast = False  # accept counts and logs it
+            if fast:
+                out.append(_message(topic, message, extra))
+                continue
+            parts = []
+            if routed:
+                parts.append(_frame(&rid, False))
+            for part in (topic, message):
+                if part is not None:
+                    parts.append(part)
+            if extra_list is not None:
+                parts.extend(extra_list)
+            m = _accepted(accept(parts))
+            if m is not None:
+                out.append(m)
+        finally:
+            if have_rid:
+                _msg_close(&rid)
+                have_rid = False
+    return out, taken
+
+
+cdef unsigned int _CRC_TABLE[256]
+
+
+cdef void _crc_init() noexcept:
+    cdef unsigned int c
+    cdef int n, k
+    for n in range(256):
+        c = <unsigned int>n
+        for k in range(8):
+            c = (0xEDB88320U ^ (c >> 1)) if c & 1 else (c >> 1)
+        _CRC_TABLE[n] = c
+
+
+_crc_init()
+
+
+cdef unsigned int _crc32(const unsigned char* p, Py_ssize_t n) noexcept nogil:
+    """zlib's CRC-32 (the lane of a topic is crc32(topic) % lanes, as documented)."""
+    cdef unsigned int c = 0xFFFFFFFFU
+    cdef Py_ssize_t i
+    for i in range(n):
+        c = _CRC_TABLE[(c ^ p[i]) & 0xFF] ^ (c >> 8)
+    return c ^ 0xFFFFFFFFU
+
+
+def split_by_topic(list messages, Py_ssize_t lanes):
+    """Messages in ``lanes`` lists, each message in list ``crc32(topic) % lanes``, in order;
+    also their total size: ``(lists, size)``."""
+    if lanes < 1:
+        raise ValueError("lanes must be at least 1")
+    cdef list out = [[] for _ in range(lanes)]
+    cdef Message m
+    cdef Py_ssize_t size = 0
+    for obj in messages:
+        m = <Message?>obj
+        size += m.size
+        (<list>out[_crc32(<const unsigned char*>PyBytes_AS_STRING(m.topic),
+                          PyBytes_GET_SIZE(m.topic)) % lanes]).append(m)
+    return out, size
 
 
 cdef int _send_view(void* sock, Py_buffer* view, int flags) except -2:

@@ -184,7 +184,8 @@ def test_a_fault_mid_pipeline_fails_every_unanswered_request_at_once(fault, erro
 def test_a_server_that_closes_after_every_answer_is_backed_off_not_spun_on():
     """Batch negotiation on a server that closes each connection after one answer: the lane
     backs off between attempts instead of reconnecting as fast as it can."""
-    from mgfast.client.lane import Lane, Pending
+    from mgfast.client.lane import Lane
+    from mgfast.zmq.reader import Message
     from mgfast.client.stats import ClientStats
     from mgfast.client.target import ServerTarget
     from mgfast.config.model import RetryStrategy
@@ -206,7 +207,7 @@ def test_a_server_that_closes_after_every_answer_is_backed_off_not_spun_on():
                     retry=RetryStrategy(initial_delay=0.1, maximum_delay=0.1, multiplier=1),
                     stats=ClientStats(), release=lambda count: None)
         task = asyncio.ensure_future(lane.run())
-        lane.submit_many([Pending(b"cam", [b"cam", b"message"])])
+        lane.submit_many([Message(b"cam", [b"cam", b"message"])])
         await asyncio.sleep(0.5)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -10,7 +10,8 @@ from zlib import crc32
 import pytest
 
 from mgfast.client.forwarder import Forwarder
-from mgfast.client.lane import FILL_BYTES, RETRY_LOG_INTERVAL, Lane, Pending
+from mgfast.client.lane import FILL_BYTES, RETRY_LOG_INTERVAL, Lane
+from mgfast.zmq.reader import Message
 from mgfast.client.stats import ClientStats
 from mgfast.config.loader import load_client_config
 from mgfast.config.model import RetryStrategy
@@ -115,8 +116,8 @@ async def until(condition, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def item(topic: bytes) -> Pending:
-    return Pending(topic, [topic, MESSAGE])
+def item(topic: bytes) -> Message:
+    return Message(topic, [topic, MESSAGE])
 
 
 def test_a_lane_writes_no_more_while_its_transport_is_backed_up_nor_past_a_fill_budget():
@@ -129,7 +130,7 @@ def test_a_lane_writes_no_more_while_its_transport_is_backed_up_nor_past_a_fill_
         conn.writable = False
         big = b"x" * (FILL_BYTES // 2)
         for i in range(6):
-            the_lane.submit_many([Pending(b"t%d" % i, [b"t%d" % i, MESSAGE, big])])
+            the_lane.submit_many([Message(b"t%d" % i, [b"t%d" % i, MESSAGE, big])])
         await until(lambda: conn.connected, "the connection")
         the_lane._depth = 16  # past slow start
         await asyncio.sleep(0.01)
@@ -268,9 +269,9 @@ class FakeReader:
 
 class FakeLane:
     def __init__(self) -> None:
-        self.items: list[Pending] = []
+        self.items: list[Message] = []
 
-    def submit_many(self, items: list[Pending]) -> None:
+    def submit_many(self, items: list[Message]) -> None:
         self.items.extend(items)
 
 
@@ -288,7 +289,7 @@ def test_the_forwarder_routes_by_topic_and_reads_no_more_than_its_window(client_
         task = asyncio.create_task(forwarder._read())
         topics = [b"cam-%d" % i for i in range(6)]
         for topic in topics:
-            reader.queue.put_nowait((topic, [topic, MESSAGE]))
+            reader.queue.put_nowait(Message(topic, [topic, MESSAGE]))
         await until(lambda: forwarder.stats.in_flight == 3, "a full window")
         await asyncio.sleep(0.01)
         assert forwarder.stats.in_flight == 3 and reader.queue.qsize() == 3  # it stopped

@@ -5,8 +5,11 @@ from __future__ import annotations
 import pytest
 import zmq
 
-from mgfast._zmq_io import (ZERO_COPY_MIN, SendBuffer, recv_many, recv_multipart,
-                            send_buffers_alive, send_many, send_multipart)
+from zlib import crc32
+
+from mgfast._zmq_io import (ZERO_COPY_MIN, Message, SendBuffer, recv_many, recv_messages,
+                            recv_multipart, send_buffers_alive, send_many, send_multipart,
+                            split_by_topic)
 from tests.util import wait_until
 
 
@@ -179,3 +182,114 @@ def test_a_send_buffer_is_filled_once_and_never_past_its_size():
     assert bytes(body) == b"abcd" and len(body.unfilled()) == 0
     with pytest.raises(ValueError, match="negative"):
         SendBuffer(-1)
+
+
+# ---- recv_messages and split_by_topic: the client's in_stream read in C ----------------------
+
+class Accept:
+    """The reader's rules stand-in: records what the fast path handed over, delivers all
+    but ``drop``'s topics."""
+
+    def __init__(self, drop: tuple[bytes, ...] = ()) -> None:
+        self.seen: list[list[bytes]] = []
+        self.drop = drop
+
+    def __call__(self, parts: list) -> tuple[bytes, list] | None:
+        self.seen.append([bytes(p) for p in parts])
+        frames = parts[1:]
+        if len(frames) < 2 or frames[0] in self.drop:
+            return None
+        return frames[0], frames
+
+
+def is_eos(message) -> bool:
+    if bytes(message) == b"boom":
+        raise ValueError("not a Savant message")
+    return bytes(message) == b"EOS"
+
+
+def test_recv_messages_takes_the_routed_fast_path_and_sends_the_rest_to_accept_in_order(pair):
+    dealer, router = pair
+    sent = [[b"cam-1", b"m1"], [b"cam-2", b"m2", b"x"], [b"cam-1", b"EOS"], [b"cam-1", b"m3"],
+            [b"cam-1"], [b"cam-3", b"boom"], [b"gone", b"m4"], [b"cam-2", b"m5", b"", b"yy"]]
+    for frames in sent:
+        assert send_multipart(dealer.underlying, frames)
+    accept = Accept(drop=(b"gone",))
+    routes: dict[bytes, bytes] = {}
+    first, taken = wait_until(lambda: recv_messages(router.underlying, 1, 0, routes, is_eos,
+                                                    accept) or None)
+    # no route for cam-1 yet: accept decides (it is the reader that learns routes)
+    assert taken == 1 and [m.frames for m in first] == [[b"cam-1", b"m1"]]
+    routing_id = accept.seen[0][0]
+    routes.update({b"cam-1": routing_id, b"cam-2": routing_id, b"cam-3": routing_id})
+    accept.seen.clear()
+    got: list = []
+    taken = 0
+    while taken < len(sent) - 1:
+        messages, n = recv_messages(router.underlying, 3, 0, routes, is_eos, accept)
+        got += messages
+        taken += n
+    assert taken == len(sent) - 1
+    assert [m.frames for m in got] == [[b"cam-2", b"m2", b"x"], [b"cam-1", b"EOS"],
+                                       [b"cam-1", b"m3"], [b"cam-3", b"boom"],
+                                       [b"cam-2", b"m5", b"", b"yy"]]
+    # accept saw, with the routing id first: the EOS, the short one, the one is_eos refused,
+    # and the one it dropped; the common case never reached Python
+    assert accept.seen == [[routing_id, b"cam-1", b"EOS"], [routing_id, b"cam-1"],
+                           [routing_id, b"cam-3", b"boom"], [routing_id, b"gone", b"m4"]]
+    assert [m.size for m in got] == [len(b"".join(m.frames)) for m in got]
+    assert all(type(m.extra) is tuple for m in got)
+    # a routing id that is not the topic's owner goes to accept too
+    routes[b"cam-1"] = b"another writer"
+    assert send_multipart(dealer.underlying, [b"cam-1", b"m6"])
+    [m], taken = wait_until(lambda: recv_messages(router.underlying, 5, 0, routes, is_eos,
+                                                  accept) or None)
+    assert taken == 1 and m.frames == [b"cam-1", b"m6"]
+    assert accept.seen[-1] == [routing_id, b"cam-1", b"m6"]
+    assert recv_messages(router.underlying, 5, 0, routes, is_eos, accept) == ([], 0)
+
+
+def test_recv_messages_without_routes_delivers_every_multipart_of_two_frames():
+    # PAIR sockets: no routing id, as a SUB socket reads
+    context = zmq.Context.instance()
+    a, b = context.socket(zmq.PAIR), context.socket(zmq.PAIR)
+    a.bind("inproc://recv-messages-sub")
+    b.connect("inproc://recv-messages-sub")
+    try:
+        big = b"B" * 100_000
+        for frames in ([b"cam-1", b"EOS"], [b"only"], [b"cam-2", big, b"e", big]):
+            assert send_multipart(a.underlying, frames)
+        accept = Accept()
+        messages, taken = wait_until(
+            lambda: recv_messages(b.underlying, 10, 65536, None, is_eos, accept) or None)
+        while taken < 3:
+            more, n = recv_messages(b.underlying, 10, 65536, None, is_eos, accept)
+            messages += more
+            taken += n
+        assert accept.seen == [[b"only"]]  # too short: the reader's rules drop it
+        assert [m.topic for m in messages] == [b"cam-1", b"cam-2"]
+        large = messages[1]
+        assert type(large.message) is memoryview and large.message.readonly
+        assert [type(f) for f in large.extra] == [bytes, memoryview]
+        assert bytes(large.message) == big and large.size == 5 + 2 * len(big) + 1
+    finally:
+        a.close(linger=0)
+        b.close(linger=0)
+
+
+def test_message_from_frames_and_split_by_topic_as_zlib_crc32():
+    with pytest.raises(ValueError):
+        Message(b"cam", [b"cam"])
+    m = Message(b"cam", [b"cam", b"msg", b"ab", memoryview(b"c")])
+    assert (m.topic, m.message, m.size) == (b"cam", b"msg", 9)
+    assert m.frames[:3] == [b"cam", b"msg", b"ab"] and len(m.extra) == 2
+    topics = [b"cam-%d" % i for i in range(50)] + [b"", "камера".encode()]
+    messages = [Message(t, [t, b"x" * i]) for i, t in enumerate(topics * 2)]
+    lanes, size = split_by_topic(messages, 3)
+    assert size == sum(m.size for m in messages)
+    for lane, items in enumerate(lanes):
+        assert all(crc32(m.topic) % 3 == lane for m in items)
+        assert items == [m for m in messages if crc32(m.topic) % 3 == lane]  # in order
+    assert split_by_topic(messages, 1)[0] == [messages]
+    with pytest.raises(ValueError):
+        split_by_topic(messages, 0)

@@ -11,7 +11,7 @@ import zmq
 import zmq.asyncio
 
 from mgfast.zmq.settings import InStreamConfig, TopicPrefixSpec
-from mgfast.zmq.reader import InStreamReader
+from mgfast.zmq.reader import InStreamReader, Message
 from mgfast.zmq.sockets import StreamClosed
 from mgfast.zmq.url import parse_socket_url
 from tests import savant_peers as sp
@@ -34,6 +34,10 @@ def as_bytes(frames: list) -> list[bytes]:
     return [bytes(f) for f in frames]
 
 
+def as_pair(message: Message) -> tuple[bytes, list]:
+    return message.topic, message.frames
+
+
 class Collector:
     """Drains an InStreamReader into a list on a task, so savant-rs writers (which block until
     acked) can run on threads meanwhile."""
@@ -46,7 +50,7 @@ class Collector:
 
     async def _run(self):
         while True:
-            topic, frames = await self.reader.recv()
+            topic, frames = as_pair(await self.reader.recv())
             assert isinstance(topic, bytes) and topic == bytes(frames[0])
             self.items.append((topic, as_bytes(frames)))
             self.changed.set()
@@ -275,12 +279,12 @@ def test_router_drops_malformed_multiparts():
             await dealer.send_multipart([b"only-a-topic"])  # [routing id, topic]: too short
             await dealer.send_multipart([b"cam-1", b"boom"])  # is_eos raises
             await dealer.send_multipart(good)
-            topic, frames = await asyncio.wait_for(reader.recv(), 5)
+            topic, frames = as_pair(await asyncio.wait_for(reader.recv(), 5))
             assert topic == b"cam-1" and as_bytes(frames) == good
             assert reader.dropped == 2
             # not a Savant message, but well-formed: the reader is not a validator
             await dealer.send_multipart([b"cam-1", b"\xff\xff", b""])
-            topic, frames = await asyncio.wait_for(reader.recv(), 5)
+            topic, frames = as_pair(await asyncio.wait_for(reader.recv(), 5))
             assert as_bytes(frames) == [b"cam-1", b"\xff\xff", b""]
         finally:
             dealer.close(linger=0)
@@ -367,9 +371,9 @@ def test_router_drops_late_messages_of_a_replaced_writer():
                 await sock.send_multipart(sp.frames("cam-1", sp.user_data("cam-1"), payload))
 
             await exchange(old, b"1")
-            assert bytes((await reader.recv())[1][-1]) == b"1"
+            assert bytes((await reader.recv()).frames[-1]) == b"1"
             await exchange(new, b"2")
-            assert bytes((await reader.recv())[1][-1]) == b"2"
+            assert bytes((await reader.recv()).frames[-1]) == b"2"
             pending = asyncio.ensure_future(reader.recv())
             await exchange(old, b"3")  # stale: the pending recv reads and drops it
             deadline = time.monotonic() + 5
@@ -377,7 +381,7 @@ def test_router_drops_late_messages_of_a_replaced_writer():
                 assert time.monotonic() < deadline, "the stale message never arrived"
                 await asyncio.sleep(0.01)
             await exchange(new, b"4")
-            assert bytes((await asyncio.wait_for(pending, 5))[1][-1]) == b"4"
+            assert bytes((await asyncio.wait_for(pending, 5)).frames[-1]) == b"4"
             assert reader.stale == 1 and reader.received == 3
         finally:
             old.close(linger=0)
@@ -403,7 +407,7 @@ def test_recv_is_cancellation_safe_and_close_wakes_it(tmp_path):
             await asyncio.wait_for(reader.recv(), 0.05)  # nothing to read: awaits, no spin
         with sp.SavantWriter(f"dealer+connect:{ep}") as writer:
             await asyncio.to_thread(writer.send, "cam-1", sp.user_data("cam-1"), b"x")
-            topic, frames = await asyncio.wait_for(reader.recv(), 5)
+            topic, frames = as_pair(await asyncio.wait_for(reader.recv(), 5))
             assert topic == b"cam-1" and bytes(frames[-1]) == b"x"
         pending = asyncio.ensure_future(reader.recv())
         await asyncio.sleep(0.05)

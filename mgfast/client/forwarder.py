@@ -17,10 +17,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from zlib import crc32
 from collections.abc import Callable
 
-from mgfast.client.lane import Lane, Pending
+from mgfast._zmq_io import split_by_topic
+from mgfast.client.lane import Lane
 from mgfast.client.stats import ClientStats
 from mgfast.client.target import ServerTarget
 from mgfast.config.model import ClientConfig
@@ -97,20 +97,11 @@ class Forwarder:
             messages = await recv_many(free)
             stats.in_flight += len(messages)
             stats.read += len(messages)
-            per_lane: dict[int, list[Pending]] = {}
-            size = 0
-            for topic, frames in messages:
-                item = Pending(topic, frames)
-                size += item.size
-                lane = crc32(topic) % n
-                held = per_lane.get(lane)
-                if held is None:
-                    per_lane[lane] = [item]
-                else:
-                    held.append(item)
+            per_lane, size = split_by_topic(messages, n)
             stats.read_bytes += size
-            for lane, items in per_lane.items():
-                lanes[lane].submit_many(items)
+            for lane, items in zip(lanes, per_lane):
+                if items:
+                    lane.submit_many(items)
 
     async def stop(self, drain_timeout: float, force: asyncio.Event | None = None) -> int:
         """Stop reading, deliver what was read (bounded), return the undelivered count."""

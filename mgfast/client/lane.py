@@ -3,7 +3,7 @@
     lane = Lane(index, target, batch=1, pipeline=16, retry=strategy, stats=stats,
                 release=free_slots)
     task = asyncio.create_task(lane.run())    # connects, negotiates, backs off
-    lane.submit_many([Pending(topic, frames)])  # in read order
+    lane.submit_many([Message(topic, frames)])  # in read order
     lane.finish()                             # deliver what is held, then run() returns
 
 Every topic maps to one lane (``forwarder``). A lane keeps its messages in order with up to
@@ -33,7 +33,7 @@ from mgfast.fps_log import FpsLog
 from mgfast.media import (MAX_BATCH_DATA_PARTS, MAX_BATCH_ITEMS, MAX_DATA_PARTS,
                           encode_media, encode_media_batch,
                           encode_media_batch_pieces, encode_media_pieces)
-from mgfast.zmq.reader import Frame
+from mgfast.zmq.reader import Message
 
 Buffer = bytes | bytearray | memoryview
 
@@ -53,21 +53,6 @@ NOT_BATCH_CAPABLE = (400, 404, 405, 415)  # whole-batch answers of a server with
 # Transient statuses after which the message may have reached the consumer anyway: 502 is
 # upstream's AckTimeout (sent, unconfirmed), 500 an unknown failure.
 MAYBE_DELIVERED = (500, 502)
-
-
-class Pending:
-    """One message read from the in_stream: its frames and their total size."""
-
-    __slots__ = ("topic", "message", "extra", "size")
-
-    def __init__(self, topic: bytes, frames: list[Frame]) -> None:
-        self.topic = topic
-        self.message = message = frames[1]
-        self.extra = extra = frames[2:]
-        size = len(topic) + len(message)
-        for part in extra:
-            size += len(part)
-        self.size = size
 
 
 class Lane:
@@ -92,8 +77,8 @@ class Lane:
         self._batch_head = b"POST %s HTTP/1.1\r\n%scontent-length: " % (
             target.post_path, target.batch_headers)
         # the FIFO: written and unanswered (oldest first), then not yet written
-        self.sent: deque[Pending] = deque()
-        self.unsent: deque[Pending] = deque()
+        self.sent: deque[Message] = deque()
+        self.unsent: deque[Message] = deque()
         self.connection = target.connection()
         self.connection.on_response = self._on_response
         self.connection.on_failure = self._on_failure
@@ -123,7 +108,7 @@ class Lane:
         """Messages the lane holds: read, neither delivered nor rejected."""
         return len(self.sent) + len(self.unsent)
 
-    def submit_many(self, items: list[Pending]) -> None:
+    def submit_many(self, items: list[Message]) -> None:
         """Messages read in this order, for this lane."""
         unsent = self.unsent
         for item in items:
@@ -267,7 +252,7 @@ class Lane:
         if room > 0 and unsent:
             self._fill_later()  # stopped at FILL_BYTES: the rest once this is under way
 
-    def _take_batch(self) -> tuple[list[Pending], int]:
+    def _take_batch(self) -> tuple[list[Message], int]:
         """Pop the items of the next batch request off ``unsent``; also their frame bytes."""
         unsent = self.unsent
         items = [unsent.popleft()]
@@ -418,7 +403,7 @@ class Lane:
         stats.forwarded += count
         self._settled(count)
 
-    def _rejected(self, item: Pending, reason: str, status: int) -> None:
+    def _rejected(self, item: Message, reason: str, status: int) -> None:
         self.stats.rejected += 1
         log.warning("message rejected; skipped", extra={
             "topic": item.topic.decode("utf-8", "backslashreplace"), "size": item.size,

@@ -2,12 +2,13 @@
 
     reader = InStreamReader(config, is_eos)
     await reader.start()                      # EndpointError names the endpoint
-    messages = await reader.recv_many(limit)  # 1 to limit of (topic, [topic, message, *extra])
+    messages = await reader.recv_many(limit)  # 1 to limit of Message(topic, message, extra)
     await reader.close()                      # pending calls raise StreamClosed
 
-Frames are as the Savant writer sent them (a ROUTER's routing id removed): bytes, except frames
-after the topic of at least :data:`ZERO_COPY_FROM` bytes, which are read-only memoryviews of
-libzmq's buffer. Counters: ``received``, ``filtered``, ``stale``, ``dropped``. Cancellation-safe.
+A :class:`Message` holds the frames as the Savant writer sent them (a ROUTER's routing id
+removed): bytes, except frames after the topic of at least :data:`ZERO_COPY_FROM` bytes, which
+are read-only memoryviews of libzmq's buffer. Without a topic filter, a SUB or ROUTER reads and
+checks each message in C (``recv_messages``); the rules are the same as ``_accept``'s. Counters: ``received``, ``filtered``, ``stale``, ``dropped``. Cancellation-safe.
 Replies, topic filtering, stale routing ids and what is dropped: docs/protocol.md section 1,
 "Reader semantics".
 """
@@ -17,13 +18,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import zmq
 import zmq.asyncio
 
-from mgfast._zmq_io import recv_many, recv_multipart, send_multipart
+from mgfast._zmq_io import Message, recv_many, recv_messages, recv_multipart, send_multipart
 from mgfast.cancellation import cancelling
 from mgfast.zmq.settings import InStreamConfig
 from mgfast.zmq.sockets import CONFIRMATION, StreamClosed, open_socket
@@ -36,7 +37,7 @@ SKIPPED_BEFORE_YIELD = 64  # unwanted messages read back to back before yielding
 TERM_TIMEOUT = 2.0  # seconds close() waits for the ZeroMQ context to terminate
 
 Frame = bytes | memoryview  # a memoryview from ZERO_COPY_FROM bytes on, after the topic
-Received = tuple[bytes, list[Frame]]  # (topic, [topic, message, *extra])
+Received = tuple[bytes, list[Frame]]  # (topic, [topic, message, *extra]), as _accept decides
 # A multipart as read: [routing id (ROUTER),] topic, message, *extra. The routing id and the
 # topic are bytes, the rest bytes or memoryviews: more than a list's type can say.
 Parts = list[Any]
@@ -97,18 +98,18 @@ class InStreamReader:
             raise
         self._handle = self._asock.underlying
 
-    async def recv(self) -> Received:
-        """The next accepted message as ``(topic, [topic, message, *extra])``."""
+    async def recv(self) -> Message:
+        """The next accepted message."""
         return (await self.recv_many(1))[0]
 
-    async def recv_many(self, limit: int) -> list[Received]:
-        """Between 1 and ``limit`` accepted messages, oldest first, as ``recv`` returns them."""
+    async def recv_many(self, limit: int) -> list[Message]:
+        """Between 1 and ``limit`` accepted messages, oldest first."""
         skipped = 0
         while True:
             if self._handle == 0:
                 raise StreamClosed(f"reader for {self.config.url} is not running")
-            batch = self._take(limit)
-            if not batch:
+            messages, taken = self._take(limit)
+            if not taken:
                 assert self._asock is not None  # open while _handle is
                 try:
                     # pyzmq types the asyncio socket's poll() as its Poller's poll(timeout)
@@ -120,11 +121,10 @@ class InStreamReader:
                         raise StreamClosed(f"reader for {self.config.url} was closed") from None
                     raise
                 continue
-            messages = [m for m in batch if m is not None]
             if messages:
                 self.received += len(messages)
                 return messages
-            skipped += len(batch)
+            skipped += taken
             if skipped >= SKIPPED_BEFORE_YIELD:
                 skipped = 0
                 await asyncio.sleep(0)
@@ -151,41 +151,32 @@ class InStreamReader:
 
     # ---- receiving -------------------------------------------------------------------------
 
-    def _take(self, limit: int) -> list[Received | None]:
-        """Up to ``limit`` queued multiparts through ``_accept`` (None for those not delivered).
-        A REP socket must reply before it can receive again: one at a time."""
-        accept = self._accept
-        if self._router and not self._filtering:
-            return self._take_routed(recv_many(self._handle, limit, ZERO_COPY_FROM, 2))
+    def _take(self, limit: int) -> tuple[list[Message], int]:
+        """Up to ``limit`` queued multiparts through ``_accept``'s rules: the messages
+        delivered, and how many multiparts were taken. A REP socket must reply before it can
+        receive again: one at a time."""
+        if not self._filtering and not self._rep:
+            return recv_messages(self._handle, limit, ZERO_COPY_FROM,
+                                 self._routes if self._router else None, self._is_eos,
+                                 self._accept)
+        messages: list[Message] = []
+        taken = 0
+        for parts in self._multiparts(limit):
+            taken += 1
+            accepted = self._accept(parts)  # a REP socket replies here, before its next read
+            if accepted is not None:
+                messages.append(Message(*accepted))
+        return messages, taken
+
+    def _multiparts(self, limit: int) -> Iterator[Parts]:
         if not self._rep:
-            return [accept(parts) for parts in recv_many(self._handle, limit, ZERO_COPY_FROM,
-                                                         2 if self._router else 1)]
-        taken: list[Received | None] = []
-        while len(taken) < limit:
+            yield from recv_many(self._handle, limit, ZERO_COPY_FROM, 2 if self._router else 1)
+            return
+        for _ in range(limit):
             parts = recv_multipart(self._handle)
             if parts is None:
-                break
-            taken.append(accept(parts))
-        return taken
-
-    def _take_routed(self, batch: list[Parts]) -> list[Received | None]:
-        """``_accept`` on a ROUTER without a topic filter, with the common case inline: a
-        message that is not an EOS, from the routing id that currently owns its topic."""
-        routes = self._routes
-        is_eos = self._is_eos
-        accept = self._accept
-        taken: list[Received | None] = []
-        for parts in batch:
-            if len(parts) > 2 and routes.get(parts[1]) == parts[0]:
-                try:
-                    eos = is_eos(parts[2])
-                except Exception:
-                    eos = True  # _accept counts and logs it
-                if not eos:
-                    taken.append((parts[1], parts[1:]))
-                    continue
-            taken.append(accept(parts))
-        return taken
+                return
+            yield parts
 
     def _accept(self, parts: Parts) -> Received | None:
         """Reply as Savant does and decide whether the multipart is delivered."""
