@@ -215,3 +215,70 @@ def test_a_server_that_closes_after_every_answer_is_backed_off_not_spun_on():
         return connections
 
     assert 2 <= arun(body()) <= 8  # about one per backoff delay, not hundreds
+
+
+# ---- plain answers: identical 200s are answered without the parser ----------------------------
+
+PLAIN = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+
+
+class _Transport:
+    def close(self) -> None:
+        pass
+
+
+class _CountingParser:
+    """The protocol's httptools parser, counting the bytes it was given."""
+
+    def __init__(self, parser) -> None:
+        self.parser, self.fed = parser, 0
+
+    def feed_data(self, data: bytes) -> None:
+        self.fed += len(data)
+        self.parser.feed_data(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self.parser, name)
+
+
+@pytest.mark.parametrize("chunk", [1, 5, len(PLAIN) - 1, len(PLAIN), len(PLAIN) + 3, 1000])
+def test_runs_of_identical_plain_answers_keep_every_status_in_order(chunk):
+    unavailable = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\nbusy"
+    with_body = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+    dated = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\ndate: x\r\n\r\n"  # not byte-identical
+    answers = ([PLAIN] + [PLAIN] * 3 + [unavailable] + [PLAIN] * 2 + [with_body, dated]
+               + [PLAIN] * 4)
+    statuses = [int(a[9:12]) for a in answers]
+    connection = cc.HttpClientConnection("127.0.0.1", 1)
+    protocol = cc._ResponseProtocol(connection)
+    protocol.transport = _Transport()  # type: ignore[assignment]
+    protocol.parser = parser = _CountingParser(protocol.parser)
+    connection._protocol = protocol
+    got: list = []
+    connection.on_response = lambda entry, response: got.append((entry, response.status,
+                                                                 response.body))
+    for i in range(len(answers)):
+        connection.pending.append([i, 0.0])
+    protocol.data_received(answers[0])  # alone in its read: learnt as the plain answer
+    assert protocol.plain == PLAIN
+    stream = b"".join(answers[1:])
+    for at in range(0, len(stream), chunk):
+        protocol.data_received(stream[at:at + chunk])
+    assert [(e, s) for e, s, _ in got] == list(enumerate(statuses))
+    assert [b for _, s, b in got if s == 503] == [b"busy"] and got[7][2] == b"ok"
+    assert not connection.pending and not protocol.closed
+    if chunk > len(stream):  # one read: the run of plain answers it starts with skips llhttp
+        assert parser.fed == len(PLAIN) + len(stream) - 3 * len(PLAIN)  # the first one learnt
+
+
+def test_plain_answers_beyond_the_requests_in_flight_close_the_connection():
+    connection = cc.HttpClientConnection("127.0.0.1", 1)
+    protocol = cc._ResponseProtocol(connection)
+    protocol.transport = _Transport()  # type: ignore[assignment]
+    connection._protocol = protocol
+    got: list = []
+    connection.on_response = lambda entry, response: got.append(entry)
+    connection.pending.extend([[0, 0.0], [1, 0.0], [2, 0.0]])
+    protocol.data_received(PLAIN)
+    protocol.data_received(PLAIN * 3)
+    assert got == [0, 1, 2] and protocol.closed and not connection.connected

@@ -103,6 +103,14 @@ class _ResponseProtocol(asyncio.Protocol):
         self.body_size = 0
         self.headers_complete = False
         self.delimited = False  # the body has a length or is chunked (else it ends at EOF)
+        # A server answers most requests with the same bytes (200, keep-alive, no body): once
+        # the parser has read such an answer alone, a run of identical ones at a response
+        # boundary is answered without it (``_plain_run``).
+        self.plain: bytes | None = None
+        self.plain_response: ClientResponse | None = None
+        self.in_message = False  # the parser is inside a response
+        self.begun = 0  # responses begun and completed in the current data_received
+        self.completed: ClientResponse | None = None
 
     # -- asyncio protocol interface --------------------------------------------------------
 
@@ -120,13 +128,37 @@ class _ResponseProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
+        plain = self.plain
+        if plain is not None and not self.in_message and data.startswith(plain):
+            data = self._plain_run(data, plain)
+            if not data or self.closed:
+                return
         if not self.connection.pending:
             self._lost(BadResponse("bytes from the server with no request unanswered"))
             return
+        learn = plain is None and not self.in_message
+        self.begun, self.completed = 0, None
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._lost(BadResponse(f"malformed HTTP response: {exc}"))
+            return
+        response = self.completed
+        if (learn and self.begun == 1 and response is not None and not self.in_message
+                and response.status == 200 and response.keep_alive and not response.body):
+            self.plain, self.plain_response = bytes(data), response
+
+    def _plain_run(self, data: bytes, plain: bytes) -> bytes:
+        """Answer the requests that the copies of ``plain`` at the start of ``data`` answer;
+        what follows them."""
+        answered, response = self.connection._answered, self.plain_response
+        pending = self.connection.pending
+        assert response is not None  # set together with plain
+        size, at = len(plain), 0
+        while pending and not self.closed and data.startswith(plain, at):
+            at += size
+            answered(self, response)
+        return data[at:]
 
     def eof_received(self) -> bool | None:
         return False  # close our side too; connection_lost follows
@@ -155,6 +187,8 @@ class _ResponseProtocol(asyncio.Protocol):
     # -- parser callbacks ------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self.in_message = True
+        self.begun += 1
         self.headers = {}
         self.body = []
         self.body_size = 0
@@ -179,17 +213,19 @@ class _ResponseProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         if 100 <= self.parser.get_status_code() < 200:
+            self.in_message = False
             return  # an interim response (100 Continue): the real one follows
         self._respond(keep_alive=self.parser.should_keep_alive())
 
     # -- results ---------------------------------------------------------------------------
 
     def _respond(self, keep_alive: bool) -> None:
-        self.headers_complete = False
+        self.headers_complete = self.in_message = False
         if self.closed:
             return  # the connection was given up while this buffer was being parsed
         body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
         response = ClientResponse(self.parser.get_status_code(), self.headers, body, keep_alive)
+        self.completed = response
         if not keep_alive:
             self.close()
         self.connection._answered(self, response)
