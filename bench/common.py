@@ -121,10 +121,13 @@ class Certs:
 Proc = LoggedProcess
 
 
-def gateway(kind: str, config: dict, workdir: Path, name: str | None = None) -> GatewayProcess:
-    """``python -m mgfast KIND CONFIG`` from this checkout, ready once it logs ``msg=listening``."""
-    env = {"PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return GatewayProcess(kind, config, workdir, name=name or kind, cwd=REPO, env=env,
+def gateway(kind: str, config: dict, workdir: Path, name: str | None = None,
+            tree: Path | None = None) -> GatewayProcess:
+    """``python -m mgfast KIND CONFIG`` from this checkout, or from the checkout ``tree`` (its
+    ``mgfast`` package, extension built in place), ready once it logs ``msg=listening``."""
+    root = tree or REPO
+    env = {"PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return GatewayProcess(kind, config, workdir, name=name or kind, cwd=root, env=env,
                           ready_timeout=30.0)
 
 

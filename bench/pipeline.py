@@ -79,6 +79,10 @@ class Options:
     drain_timeout: float = 30.0
     server_workers: int | None = None  # None: the server's default
     profile: bool = False  # py-spy every gateway Python process during the load phase
+    # Run the mgfast client from this checkout instead (an A/B of clients against this
+    # checkout's server). Its config must know the keys written here: `pipeline` is written
+    # only on -p rows, so the other rows run clients from before that key (e.g. 05add79).
+    client_tree: Path | None = None
 
 
 QUICK = Options(load_seconds=1.5, paced_seconds=1.0, warmup=100)
@@ -250,7 +254,7 @@ class Mgfast(Path_):
         }
         if self.pipeline is not None:
             client["pipeline"] = self.pipeline
-        self.procs.append(gateway("client", client, work))
+        self.procs.append(gateway("client", client, work, tree=opts.client_tree))
         return f"dealer+connect:{entry.zmq}"
 
 
@@ -258,9 +262,31 @@ def paths(opts: Options) -> list[Path_]:
     """Without --workers, mgfast runs with 1 worker (it owns the out_stream: no hop) and with 2
     (the egress process owns it), so the cost of the process model shows in one run."""
     if opts.server_workers is not None:
-        return [Direct(), Stunnel(), Mgfast(1, pipeline=1), Mgfast(1), Mgfast(opts.batch)]
-    return [Direct(), Stunnel(), Mgfast(1, 1, pipeline=1),
-            *(Mgfast(batch, workers) for workers in (1, 2) for batch in (1, opts.batch))]
+        chosen = [Direct(), Stunnel(), Mgfast(1, pipeline=1), Mgfast(1), Mgfast(opts.batch)]
+    else:
+        chosen = [Direct(), Stunnel(), Mgfast(1, 1, pipeline=1),
+                  *(Mgfast(batch, workers) for workers in (1, 2) for batch in (1, opts.batch))]
+    if opts.client_tree is not None:  # same keys (for --only), labels that tell the rows apart
+        revision = tree_revision(opts.client_tree)
+        for path in chosen:
+            if isinstance(path, Mgfast):
+                path.label += f", client@{revision}"
+    return chosen
+
+
+def tree_revision(tree: Path) -> str:
+    """The short commit of a checkout (``+dirty`` with uncommitted changes), else its path."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short=7", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(tree), "status", "--porcelain",
+                                "--untracked-files=no"], capture_output=True, text=True,
+                               check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return str(tree)
+    return head + "+dirty" * bool(dirty)
 
 
 # ---- profiling (optional) ------------------------------------------------------------------------
@@ -463,6 +489,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", help="keep configs, logs and sockets here (default: a "
                         "temporary directory, removed afterwards)")
     parser.add_argument("--workers", type=int, help="mgfast server `workers` (default: its own)")
+    parser.add_argument("--client-tree", metavar="PATH", help="run the mgfast client from this "
+                        "checkout (its extension built in place); the server stays this one's")
     args = parser.parse_args(argv)
     try:
         transports = parse_transports(args.transport)
@@ -473,6 +501,11 @@ def main(argv: list[str] | None = None) -> int:
         opts = dataclasses.replace(opts, server_workers=args.workers)
     if args.profile:
         opts = dataclasses.replace(opts, profile=True)
+    if args.client_tree:
+        tree = Path(args.client_tree).resolve()
+        if not (tree / "mgfast" / "__main__.py").is_file():
+            parser.error(f"--client-tree {args.client_tree}: no mgfast package there")
+        opts = dataclasses.replace(opts, client_tree=tree)
     sizes = [s for s in SIZES if args.size in (None, s.name)]
     only = set(args.only.split(",")) if args.only else None
     if args.workdir:
