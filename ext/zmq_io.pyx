@@ -16,6 +16,7 @@ as read-only memoryviews of a small object that owns libzmq's message (``ZmqFram
 frame that is a view of a ``SendBuffer`` goes to libzmq by reference (``zmq_msg_init_data``).
 """
 
+cimport cython
 from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize,
                              PyBytes_GET_SIZE)
 from cpython.dict cimport PyDict_GetItem
@@ -81,6 +82,8 @@ cdef extern from *:
 cdef enum:
     ZMQ_DONTWAIT = 1
     ZMQ_SNDMORE = 2
+    ZMQ_EVENTS = 15
+    ZMQ_POLLIN = 1
 
 cdef extern from "Python.h":
     bint PyMemoryView_Check(object)
@@ -110,6 +113,7 @@ ctypedef void (*free_fn_t)(void*, void*) noexcept nogil
 ctypedef int (*msg_init_data_t)(mg_zmq_msg_t*, void*, size_t, free_fn_t, void*) noexcept nogil
 ctypedef int (*msg_send_t)(mg_zmq_msg_t*, void*, int) noexcept nogil
 ctypedef int (*errno_t)() noexcept nogil
+ctypedef int (*getsockopt_t)(void*, int, void*, size_t*) noexcept nogil
 
 cdef msg_init_t _msg_init
 cdef msg_recv_t _msg_recv
@@ -122,6 +126,7 @@ cdef send_t _send
 cdef msg_init_data_t _msg_init_data
 cdef msg_send_t _msg_send
 cdef errno_t _errno
+cdef getsockopt_t _getsockopt
 
 
 cdef void* _symbol(void* lib, const char* name) except NULL:
@@ -134,7 +139,7 @@ cdef void* _symbol(void* lib, const char* name) except NULL:
 
 cdef _load():
     global _msg_init, _msg_recv, _msg_data, _msg_size, _msg_more, _msg_close, _msg_move
-    global _send, _msg_init_data, _msg_send, _errno
+    global _send, _msg_init_data, _msg_send, _errno, _getsockopt
     path = _pyzmq_backend.__file__.encode()
     cdef void* lib = dlopen(path, RTLD_NOW | RTLD_NOLOAD)
     if lib == NULL:
@@ -152,6 +157,7 @@ cdef _load():
     _msg_init_data = <msg_init_data_t>_symbol(lib, b"zmq_msg_init_data")
     _msg_send = <msg_send_t>_symbol(lib, b"zmq_msg_send")
     _errno = <errno_t>_symbol(lib, b"zmq_errno")
+    _getsockopt = <getsockopt_t>_symbol(lib, b"zmq_getsockopt")
 
 
 _load()
@@ -306,6 +312,17 @@ cdef list _recv_one(void* sock, Py_ssize_t keep_from=0, Py_ssize_t first_kept=1)
     return parts
 
 
+def readable(uintptr_t handle):
+    """Whether a message is queued (ZMQ_EVENTS has POLLIN). Reading ZMQ_EVENTS also lets libzmq
+    take in what its I/O thread signalled, which is what clears the socket's ZMQ_FD: a reader
+    waiting on that fd calls this on every wake-up."""
+    cdef int events = 0
+    cdef size_t size = sizeof(int)
+    if _getsockopt(_socket(handle), ZMQ_EVENTS, &events, &size) != 0:
+        raise zmq.ZMQError(_errno())
+    return (events & ZMQ_POLLIN) != 0
+
+
 def recv_multipart(uintptr_t handle):
     """The next multipart as a list of bytes, or None when nothing is queued."""
     return _recv_one(_socket(handle))
@@ -334,6 +351,7 @@ def recv_many(uintptr_t handle, Py_ssize_t limit, Py_ssize_t keep_from=0,
 cdef tuple _NO_FRAMES = ()
 
 
+@cython.no_gc  # holds bytes, memoryviews and a tuple of them: never part of a cycle
 cdef class Message:
     """A Savant message as read from an in_stream: its ``topic``, the ``message`` frame, the
     ``extra`` frames after it (a tuple) and ``size``, the bytes of all of them. Made in C by

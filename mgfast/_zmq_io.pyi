@@ -4,6 +4,7 @@ from typing import Any, Union
 
 Buffer = Union[bytes, bytearray, memoryview]
 
+def readable(handle: int) -> bool: ...
 def recv_multipart(handle: int) -> list[bytes] | None: ...
 # Frames before first_kept are bytes; later ones of keep_from bytes or more are memoryviews.
 def recv_many(handle: int, limit: int, keep_from: int = 0, first_kept: int = 1

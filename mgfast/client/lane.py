@@ -24,6 +24,7 @@ from itertools import islice
 
 import orjson
 
+from mgfast._zmq_io import Message
 from mgfast.client.stats import ClientStats
 from mgfast.client.target import BATCH_HEADER, ServerTarget
 from mgfast.config.model import RetryStrategy
@@ -33,7 +34,6 @@ from mgfast.fps_log import FpsLog
 from mgfast.media import (MAX_BATCH_DATA_PARTS, MAX_BATCH_ITEMS, MAX_DATA_PARTS,
                           encode_media, encode_media_batch,
                           encode_media_batch_pieces, encode_media_pieces)
-from mgfast.zmq.reader import Message
 
 Buffer = bytes | bytearray | memoryview
 

@@ -109,8 +109,8 @@ class _ResponseProtocol(asyncio.Protocol):
         self.plain: bytes | None = None
         self.plain_response: ClientResponse | None = None
         self.in_message = False  # the parser is inside a response
-        self.begun = 0  # responses begun and completed in the current data_received
-        self.completed: ClientResponse | None = None
+        self.begun = 0  # responses begun in the current data_received
+        self.completed: ClientResponse | None = None  # the last one, once complete
 
     # -- asyncio protocol interface --------------------------------------------------------
 
@@ -137,7 +137,7 @@ class _ResponseProtocol(asyncio.Protocol):
             self._lost(BadResponse("bytes from the server with no request unanswered"))
             return
         learn = plain is None and not self.in_message
-        self.begun, self.completed = 0, None
+        self.begun = 0
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -189,6 +189,7 @@ class _ResponseProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.in_message = True
         self.begun += 1
+        self.completed = None
         self.headers = {}
         self.body = []
         self.body_size = 0

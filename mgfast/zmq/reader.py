@@ -24,8 +24,8 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from mgfast._zmq_io import Message, recv_many, recv_messages, recv_multipart, send_multipart
-from mgfast.cancellation import cancelling
+from mgfast._zmq_io import (Message, readable, recv_many, recv_messages, recv_multipart,
+                             send_multipart)
 from mgfast.zmq.settings import InStreamConfig
 from mgfast.zmq.sockets import CONFIRMATION, StreamClosed, open_socket
 
@@ -65,6 +65,9 @@ class InStreamReader:
         self._asock: zmq.asyncio.Socket | None = None
         self._handle = 0  # the libzmq socket, for mgfast._zmq_io; 0 when closed
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._fd = -1  # the socket's ZMQ_FD, watched by the loop while the socket is open
+        self._waiter: asyncio.Future[None] | None = None  # recv_many waits on it for a message
         # ROUTER: current routing id per topic, and the retired (topic, routing id) pairs
         self._routes: dict[bytes, bytes] = {}
         self._retired: OrderedDict[tuple[bytes, bytes], None] = OrderedDict()
@@ -97,6 +100,11 @@ class InStreamReader:
             await self._release_context()
             raise
         self._handle = self._asock.underlying
+        self._loop = asyncio.get_running_loop()
+        fd = self._asock.getsockopt(zmq.FD)
+        assert isinstance(fd, int)  # an int option (pyzmq types every option as int | bytes)
+        self._fd = fd
+        self._loop.add_reader(self._fd, self._on_fd)
 
     async def recv(self) -> Message:
         """The next accepted message."""
@@ -110,16 +118,8 @@ class InStreamReader:
                 raise StreamClosed(f"reader for {self.config.url} is not running")
             messages, taken = self._take(limit)
             if not taken:
-                assert self._asock is not None  # open while _handle is
-                try:
-                    # pyzmq types the asyncio socket's poll() as its Poller's poll(timeout)
-                    await self._asock.poll(None, zmq.POLLIN)  # type: ignore[call-arg]
-                except (zmq.ZMQError, asyncio.CancelledError):
-                    # closing the socket cancels its pending poll; tell that from our own
-                    # cancellation
-                    if self._closed and not cancelling():
-                        raise StreamClosed(f"reader for {self.config.url} was closed") from None
-                    raise
+                if not readable(self._handle):
+                    await self._readable()
                 continue
             if messages:
                 self.received += len(messages)
@@ -136,6 +136,11 @@ class InStreamReader:
         self._closed = True
         if self._asock is not None:
             sock, self._asock, self._handle = self._asock, None, 0
+            assert self._loop is not None  # set with the socket
+            self._loop.remove_reader(self._fd)
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(StreamClosed(f"reader for {self.config.url} was closed"))
             sock.close(linger=0)  # stopping: replies still queued would only delay the exit
         await self._release_context()
 
@@ -148,6 +153,27 @@ class InStreamReader:
             except asyncio.TimeoutError:
                 log.warning("ZeroMQ context did not terminate in time",
                             extra={"endpoint": str(self.config.url)})
+
+    # ---- waiting ---------------------------------------------------------------------------
+
+    async def _readable(self) -> None:
+        """Until a message is queued. ZMQ_FD only says that something changed: ``_on_fd``
+        asks libzmq, which also clears it (no pyzmq poller, future or getpid per wait)."""
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            assert self._loop is not None  # set with the socket
+            waiter = self._waiter = self._loop.create_future()
+        try:
+            await waiter
+        finally:
+            if self._waiter is waiter:
+                self._waiter = None
+
+    def _on_fd(self) -> None:
+        if self._handle and readable(self._handle):
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
 
     # ---- receiving -------------------------------------------------------------------------
 
