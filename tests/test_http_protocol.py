@@ -385,3 +385,89 @@ def test_no_input_makes_the_protocol_raise(parts, chunk):
         await asyncio.sleep(0)
         protocol.connection_lost(None)
     asyncio.run(go())
+
+
+# ---- requests that repeat a learnt head (mgfast/http/repeated_head.py) ------------------------
+
+def _post(path: bytes, body: bytes, headers: bytes = b"Content-Type: application/protobuf\r\n"
+          ) -> bytes:
+    return (b"POST %s HTTP/1.1\r\nHost: a\r\n%sContent-Length: %d\r\n\r\n%s"
+            % (path, headers, len(body), body))
+
+
+def test_a_repeated_head_is_learnt_only_where_repeating_it_means_the_same():
+    from mgfast.http.repeated_head import RepeatedHead
+
+    def learn(request: bytes, body: int):
+        return RepeatedHead.learn(request, body)
+
+    head = learn(_post(b"/", b"abc"), 3)
+    assert head is not None and head.prefix.endswith(b"Content-Length: ")
+    assert head.suffix == b"\r\n\r\n"
+    two = _post(b"/", b"abc") + _post(b"/", b"de")
+    assert head.match(two, 0, 100) == (len(_post(b"/", b"")), len(_post(b"/", b"abc")))
+    assert head.match(two, len(_post(b"/", b"abc")), 100)[1] == len(two)
+    assert head.match(two, 0, 2) is None  # over the length limit: the parser answers it
+    assert head.match(two[:-1], len(_post(b"/", b"abc")), 100) is None  # cut by the read
+    assert head.match(_post(b"/other", b"abc"), 0, 100) is None
+    assert head.match(_post(b"/", b"abc").replace(b": 3", b": +3"), 0, 100) is None
+    assert head.match(_post(b"/", b"x" * 10**9).replace(b"x" * 10**9, b""), 0, 10**10) is None
+    for unsafe in (b"Transfer-Encoding: chunked\r\n", b"Expect: 100-continue\r\n",
+                   b"Content-Length: 3\r\n", b"Upgrade: h2c\r\n"):
+        assert learn(_post(b"/", b"abc", unsafe), 3) is None, unsafe
+    assert learn(_post(b"/", b"abc").replace(b"Length: 3", b"Length:3"), 3) is None
+    assert learn(_post(b"/", b"abc") + b"\r\n\r\n", 3) is None  # not one request
+
+
+@pytest.mark.parametrize("split", [None, 1, 7, 50])
+def test_requests_repeating_a_learnt_head_reach_the_app_as_the_parser_reads_them(split):
+    """The same bytes through a protocol that learns a head and one that never does give the
+    app the same requests in the same order, whatever the reads' boundaries."""
+    first = _post(b"/", b"first")
+    stream = b"".join([
+        _post(b"/", b"a"), _post(b"/", b""), _post(b"/", b"b" * 1000),
+        _post(b"/", b"c", b"Content-Type: other\r\n"),  # another head: parsed
+        _post(b"/", b"d"), _post(b"/", b"L" * ZERO_COPY_MIN),  # large: a SendBuffer
+        _post(b"/", b"e"), b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n", _post(b"/", b"f"),
+        _post(b"/", b"g" * 20), _post(b"/", b"h"),
+    ])
+
+    async def body(learn: bool):
+        app = EchoApp()
+        protocol = HttpServerProtocol(app, HttpLimits())
+        if not learn:
+            protocol.learn_tries = 0
+        transport = FakeTransport()
+        protocol.connection_made(transport)
+        protocol.data_received(first)
+        assert (protocol.repeated is not None) == learn
+        step = split or len(stream)
+        for at in range(0, len(stream), step):
+            protocol.data_received(memoryview(stream)[at:at + step])
+        await asyncio.sleep(0.01)
+        return ([(r.method, r.path, r.content_type, bytes(r.body), r.keep_alive,
+                  r.content_length) for r in app.seen], bytes(transport.out))
+
+    learnt, parsed = run(body(True)), run(body(False))
+    assert learnt == parsed
+    assert len(learnt[0]) == 12 and learnt[0][-1][3] == b"h"
+    assert learnt[1].count(b"HTTP/1.1 200 OK") == 12
+
+
+def test_repeated_requests_still_pause_reading_when_too_many_are_pipelined():
+    async def body():
+        app = EchoApp()
+        protocol = HttpServerProtocol(app, HttpLimits())
+        transport = FakeTransport()
+        protocol.connection_made(transport)
+        protocol.data_received(_post(b"/slow", b"x"))  # learnt; answered later
+        assert protocol.repeated is not None and protocol.busy
+        protocol.data_received(_post(b"/slow", b"y") * 40)
+        assert transport.paused and len(protocol.queue) == 40
+        while transport.out.count(b"HTTP/1.1 200 OK") < 41:
+            await asyncio.sleep(0.01)
+        assert not transport.paused and len(app.seen) == 41
+        return bytes(transport.out)
+
+    out = run(body())
+    assert out.count(b"HTTP/1.1 200 OK") == 41 and out.endswith(b"POST /slow y")

@@ -19,6 +19,7 @@ from mgfast.config.model import HttpLimits
 from mgfast.http import responses
 from mgfast.http.deadlines import Deadline, Deadlines
 from mgfast.http.linger import linger
+from mgfast.http.repeated_head import RepeatedHead
 from mgfast.http.responses import Response
 
 log = logging.getLogger("mgfast.http")
@@ -27,6 +28,9 @@ Buffer = Union[bytes, memoryview]  # what arrives: a socket's bytes, or a view o
 
 # Pipelined requests buffered per connection before reading pauses.
 MAX_PIPELINED = 16
+# Reads at a request boundary in which a connection looks for a head to repeat (one request,
+# whole and alone): a client's first requests go one at a time while its pipeline opens.
+LEARN_TRIES = 4
 
 
 class _Stop(Exception):
@@ -95,6 +99,12 @@ class HttpServerProtocol(asyncio.Protocol):
         self.in_head = False  # between the request's first byte and the end of its headers
         self.began = False  # a request began during the current data_received
         self.body_left = 0  # bytes of a large announced body still to come, past the parser
+        # requests that repeat a head the parser read (``repeated_head``): that head, and the
+        # request read with it, whose method, path and headers they share
+        self.repeated: RepeatedHead | None = None
+        self.repeated_request: Request | None = None
+        self.completed = 0  # requests the parser completed in the current _parse
+        self.learn_tries = LEARN_TRIES
 
     # -- asyncio protocol interface --------------------------------------------------------
 
@@ -110,14 +120,66 @@ class HttpServerProtocol(asyncio.Protocol):
         if self.closing or self.failure is not None:
             return
         rest: Buffer | None = self._take_body(data) if self.body_left else data
+        if rest and self.request is None:
+            if self.repeated is not None:
+                rest = self._take_repeated(rest)
+            elif self.learn_tries:
+                self._parse(rest)
+                self._learn(rest)
+                rest = None
         if rest:
             self._parse(rest)
         if self.queue and not self.busy and not self.closing:
             self._next()  # after the whole buffer: pipelined requests are handled together
 
+    # -- requests that repeat a head the parser read ---------------------------------------
+
+    def _learn(self, data: Buffer) -> None:
+        """If the read held exactly one small request, whole, its head is the one to look
+        for (the first reads of a connection only)."""
+        self.learn_tries -= 1
+        request = self.queue[-1] if self.queue else None
+        if (request is None or self.completed != 1 or self.request is not None
+                or self.closing or self.failure is not None or request.method != b"POST"
+                or not request.keep_alive or request.expect_continue
+                or not isinstance(request.body, bytes)
+                or request.content_length != len(request.body)):
+            return
+        self.repeated = RepeatedHead.learn(bytes(data), len(request.body))
+        if self.repeated is not None:
+            self.repeated_request, self.learn_tries = request, 0
+
+    def _take_repeated(self, data: Buffer) -> Buffer | None:
+        """Queue the whole requests at the start of ``data`` that repeat the learnt head;
+        what follows them is for the parser."""
+        buffer = data if type(data) is bytes else bytes(data)
+        match = self.repeated.match  # type: ignore[union-attr]
+        template = self.repeated_request
+        assert template is not None  # learnt together with repeated
+        max_length = min(self.limits.max_body_size, ZERO_COPY_MIN - 1)
+        at = 0
+        while self.failure is None and not self.reading_paused:
+            span = match(buffer, at, max_length)
+            if span is None:
+                break
+            request = self._new_request()
+            request.method = template.method
+            request.path = template.path
+            request.content_type = template.content_type
+            request.authorization = template.authorization
+            request.body = buffer[span[0]:span[1]]
+            request.content_length = request.body_size = span[1] - span[0]
+            self.request = request
+            self.on_message_complete()
+            at = span[1]
+        if not at:
+            return data
+        return buffer[at:] if at < len(buffer) else None
+
     def _parse(self, data: Buffer) -> None:
         in_head = self.in_head
         self.began = False
+        self.completed = 0
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -214,8 +276,11 @@ class HttpServerProtocol(asyncio.Protocol):
 
     # -- parser callbacks ------------------------------------------------------------------
 
+    def _new_request(self) -> Request:
+        return Request()
+
     def on_message_begin(self) -> None:
-        self.request = Request()
+        self.request = self._new_request()
         self.in_head = self.began = True
         if not self.busy:
             self._arm(self.limits.header_timeout, self._on_request_timeout)
@@ -297,6 +362,7 @@ class HttpServerProtocol(asyncio.Protocol):
         request, self.request = self.request, None
         if request is None or self.failure is not None:
             return
+        self.completed += 1
         self.queue.append(request)
         if len(self.queue) >= MAX_PIPELINED and not self.reading_paused and self.transport:
             self.reading_paused = True
@@ -503,6 +569,7 @@ class AddressedHttpServerProtocol(HttpServerProtocol):
         self.peer = str(peername[0]) if peername else ""
         super().connection_made(transport)
 
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self.request.peer = self.peer  # type: ignore[union-attr]
+    def _new_request(self) -> Request:
+        request = Request()
+        request.peer = self.peer
+        return request
