@@ -10,13 +10,14 @@ from zlib import crc32
 import pytest
 
 from mgfast.client.forwarder import Forwarder
+from mgfast.batching import all_accepted
 from mgfast.client.lane import FILL_BYTES, RETRY_LOG_INTERVAL, Lane
-from mgfast.zmq.reader import Message
 from mgfast.client.stats import ClientStats
 from mgfast.config.loader import load_client_config
 from mgfast.config.model import RetryStrategy
 from mgfast.http.client_connection import ClientResponse, ConnectionLost
 from mgfast.media import decode_media
+from mgfast.zmq.reader import Message
 from tests.savant_proto import savant_message, serialize
 from tests.util import arun
 
@@ -302,3 +303,16 @@ def test_the_forwarder_routes_by_topic_and_reads_no_more_than_its_window(client_
         task.cancel()
 
     arun(scenario())
+
+
+@pytest.mark.parametrize("body, forwarded, rejected", [
+    (all_accepted(3), 3, 0),  # the server's own bytes: settled without parsing
+    (b'{"results": [200, 200, 200]}', 3, 0),  # the same answer spelt otherwise: parsed
+    (b'{"results":[200,400,200]}', 2, 1),
+])
+def test_a_batch_answer_settles_its_items_however_it_is_spelt(body, forwarded, rejected):
+    the_lane, _, stats, released = lane()
+    the_lane.sent.extend(item(b"t%d" % i) for i in range(3))
+    the_lane._on_response(3, ClientResponse(200, {}, body, True))
+    assert (stats.forwarded, stats.rejected, sum(released)) == (forwarded, rejected, 3)
+    assert not the_lane.sent and the_lane._failure is None

@@ -26,7 +26,8 @@ import orjson
 
 from mgfast._zmq_io import Message
 from mgfast.client.stats import ClientStats
-from mgfast.client.target import BATCH_HEADER, ServerTarget
+from mgfast.batching import BATCH_HEADER, all_accepted
+from mgfast.client.target import ServerTarget
 from mgfast.config.model import RetryStrategy
 from mgfast.http.client_connection import (ClientResponse, ClosedByServer, ConnectionLost,
                                            HttpClientError)
@@ -289,7 +290,9 @@ class Lane:
         else:
             stats.batch_requests += 1
             if status == 200:
-                if not self._batch_results(count, response.body):
+                if response.body == all_accepted(count):
+                    self._delivered(count)
+                elif not self._batch_results(count, response.body):
                     return
             elif status == 413:
                 # halve the budget (down to batches of one, which go out as single Media,

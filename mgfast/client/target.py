@@ -17,15 +17,12 @@ import ssl
 from urllib.parse import urlsplit
 
 from mgfast import __version__
+from mgfast.batching import BATCH_TYPE, MEDIA_TYPE
 from mgfast.config.model import BasicAuth, ClientTls
 from mgfast.http.client_connection import HttpClientConnection
 from mgfast.tls.context import TlsSetupError, client_context
 
 log = logging.getLogger("mgfast.client")
-
-MEDIA_TYPE = b"application/protobuf"
-BATCH_TYPE = b"application/x-mgfast-batch"
-BATCH_HEADER = b"x-mgfast-batch"
 
 
 class ServerTarget:

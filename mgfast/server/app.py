@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from functools import partial
+from functools import lru_cache, partial
 
-import orjson
 from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Protocol as TypingProtocol, Sequence,
                     TypeVar)
 
+from mgfast.batching import (BATCH_HEADER, BATCH_TYPE, MEDIA_TYPE, MEDIA_TYPES, all_accepted,
+                             batch_answer)
 from mgfast.http import responses
 from mgfast.http.responses import Response
 from mgfast.http.server_protocol import Request
@@ -41,12 +42,8 @@ log = logging.getLogger("mgfast.server")
 T = TypeVar("T")  # an answer
 W = TypeVar("W")  # a writer's result
 
-MEDIA_TYPE = b"application/protobuf"
-# Upstream's protobuf extractor (actix-protobuf) takes both names of the media type.
-MEDIA_TYPES = (MEDIA_TYPE, b"application/x-protobuf")
-BATCH_TYPE = b"application/x-mgfast-batch"
-BATCH_HEADER = (b"x-mgfast-batch", b"1")
-HEALTHY = Response(200, responses.HEALTHY_BODY, b"application/json", headers=(BATCH_HEADER,))
+HEALTHY = Response(200, responses.HEALTHY_BODY, b"application/json",
+                   headers=((BATCH_HEADER, b"1"),))
 
 _EOS = int(Kind.END_OF_STREAM)
 
@@ -294,13 +291,13 @@ class GatewayApp:
             if failure is not None:
                 return failure
             results = written.result()
-        failed = False
         if len(messages) == len(items) and (not results or results[-1] is WriteResult.SUCCESS):
-            statuses = [200] * len(items)  # every item valid and written (pub, dealer: usual)
-            forwarded = len(messages)
+            # every item valid and written (pub, dealer: the usual case)
+            answer, forwarded = _all_accepted(len(items)), len(messages)
         else:
             statuses, done = self._batch_statuses(items, messages, results)
-            failed = statuses[-1] >= 500 if statuses else False
+            answer = Response(200, batch_answer(statuses), b"application/json",
+                              close=statuses[-1] >= 500 if statuses else False)
             forwarded = len(done)
             size = sum([sum(map(len, frames)) for frames in done])
         stats = self.stats
@@ -308,8 +305,7 @@ class GatewayApp:
             stats.latencies.append(time.perf_counter() - started)  # one POST
             stats.forwarded += forwarded
             stats.forwarded_bytes += size
-        return Response(200, orjson.dumps({"results": statuses}), b"application/json",
-                        close=failed)
+        return answer
 
     @staticmethod
     def _batch_statuses(items: Sequence[DecodedMedia | MediaError | object],
@@ -339,6 +335,11 @@ _NOT_ATTEMPTED = responses.text(503, "not attempted after an earlier failure; re
 
 # A batch item whose routing labels the authenticated user may not send.
 _DENIED = object()
+
+
+@lru_cache(maxsize=None)  # one per item count: encoded once (``Response.encode``)
+def _all_accepted(count: int) -> Response:
+    return Response(200, all_accepted(count), b"application/json")
 
 
 def _labels_ok(rule: Rule, message: Buffer) -> bool:
