@@ -152,8 +152,12 @@ class HttpServerProtocol(asyncio.Protocol):
     def _take_repeated(self, data: Buffer) -> Buffer | None:
         """Queue the whole requests at the start of ``data`` that repeat the learnt head;
         what follows them is for the parser."""
+        repeated = self.repeated
+        assert repeated is not None  # the caller checked
+        if data[:len(repeated.prefix)] != repeated.prefix:
+            return data  # not copied when it is not for this path
         buffer = data if type(data) is bytes else bytes(data)
-        match = self.repeated.match  # type: ignore[union-attr]
+        match = repeated.match
         template = self.repeated_request
         assert template is not None  # learnt together with repeated
         max_length = min(self.limits.max_body_size, ZERO_COPY_MIN - 1)
