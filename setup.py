@@ -12,6 +12,11 @@ TRACE = os.environ.get("MGFAST_CYTHON_TRACE") == "1"
 
 extensions = [
     Extension(
+        "mgfast._messages",
+        ["ext/messages.pyx"],
+        define_macros=[("CYTHON_TRACE_NOGIL", "1")] if TRACE else [],
+    ),
+    Extension(
         "mgfast._media",
         ["ext/media.pyx"],
         define_macros=[("CYTHON_TRACE_NOGIL", "1")] if TRACE else [],
@@ -27,6 +32,7 @@ setup(
     ext_modules=cythonize(
         extensions,
         language_level=3,
+        include_path=["."],  # mgfast/_messages.pxd: the Message type the other modules use
         annotate=os.environ.get("MGFAST_CYTHON_ANNOTATE") == "1",
         compiler_directives={"linetrace": TRACE, "boundscheck": False, "wraparound": False},
     ),

@@ -29,6 +29,8 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromSt
 from cpython.memoryview cimport PyMemoryView_Check, PyMemoryView_FromObject, PyMemoryView_GET_BUFFER
 from cpython.sequence cimport PySequence_Fast, PySequence_Fast_GET_ITEM, PySequence_Fast_GET_SIZE
 
+from mgfast._messages cimport Message
+
 
 # ---- tunables -------------------------------------------------------------------------------
 
@@ -1407,8 +1409,14 @@ cdef tuple _prepare_batch(object items):
     cdef list prepared = []
     if n > _MAX_BATCH_ITEMS:
         raise _limit_error(_E_TOO_MANY_ITEMS, _L_BATCH)
+    cdef Message m
     for i in range(n):
-        topic, message, data = <object>PySequence_Fast_GET_ITEM(seq, i)
+        item = <object>PySequence_Fast_GET_ITEM(seq, i)
+        if type(item) is Message:  # the client's own: its fields, no tuple per message
+            m = <Message>item
+            topic, message, data = m.topic, m.message, m.extra
+        else:
+            topic, message, data = item
         parts = _data_parts(data)
         parts_total += PySequence_Fast_GET_SIZE(parts)
         if parts_total > _MAX_BATCH_DATA_PARTS:
@@ -1435,7 +1443,7 @@ def encode_media_batch_pieces(items):
 
 
 def encode_media_batch(items):
-    """[(topic, message, data parts), ...] -> MediaBatch body, in one allocation."""
+    """[(topic, message, data parts) or Message, ...] -> MediaBatch body, in one allocation."""
     cdef list prepared
     cdef Py_ssize_t size
     cdef Py_ssize_t inner

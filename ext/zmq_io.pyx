@@ -16,7 +16,6 @@ as read-only memoryviews of a small object that owns libzmq's message (``ZmqFram
 frame that is a view of a ``SendBuffer`` goes to libzmq by reference (``zmq_msg_init_data``).
 """
 
-cimport cython
 from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize,
                              PyBytes_GET_SIZE)
 from cpython.dict cimport PyDict_GetItem
@@ -30,6 +29,8 @@ from libc.errno cimport EAGAIN, EINTR
 
 import zmq
 import zmq.backend.cython._zmq as _pyzmq_backend
+
+from mgfast._messages cimport NO_FRAMES, Message, new_message
 
 cdef extern from "<dlfcn.h>" nogil:
     void* dlopen(const char* filename, int flag)
@@ -348,61 +349,12 @@ def recv_many(uintptr_t handle, Py_ssize_t limit, Py_ssize_t keep_from=0,
 
 # ---- messages -------------------------------------------------------------------------------
 
-cdef tuple _NO_FRAMES = ()
-
-
-@cython.no_gc  # holds bytes, memoryviews and a tuple of them: never part of a cycle
-cdef class Message:
-    """A Savant message as read from an in_stream: its ``topic``, the ``message`` frame, the
-    ``extra`` frames after it (a tuple) and ``size``, the bytes of all of them. Made in C by
-    ``recv_messages``, one object per message."""
-
-    cdef readonly bytes topic
-    cdef readonly object message
-    cdef readonly tuple extra
-    cdef readonly Py_ssize_t size
-
-    def __init__(self, bytes topic not None, frames):
-        """``frames`` as sent: ``[topic, message, *extra]``."""
-        if len(frames) < 2:
-            raise ValueError("a Savant message has a topic frame and a message frame")
-        self.topic = topic
-        self.message = frames[1]
-        self.extra = tuple(frames[2:])
-        self.size = _frames_size(topic, self.message, self.extra)
-
-    @property
-    def frames(self):
-        """``[topic, message, *extra]``, as the writer sent them."""
-        return [self.topic, self.message, *self.extra]
-
-    def __repr__(self):
-        return (f"<Message {self.topic!r} {self.size} bytes, "
-                f"{2 + len(self.extra)} frames>")
-
-
-cdef Py_ssize_t _frames_size(bytes topic, object message, tuple extra) except -1:
-    cdef Py_ssize_t size = len(topic) + len(message)
-    for part in extra:
-        size += len(part)
-    return size
-
-
-cdef Message _message(bytes topic, object message, tuple extra):
-    cdef Message m = Message.__new__(Message)
-    m.topic = topic
-    m.message = message
-    m.extra = extra
-    m.size = _frames_size(topic, message, extra)
-    return m
-
-
 cdef Message _accepted(object result):
     """``accept``'s answer, ``(topic, frames)`` or None, as a Message or None."""
     if result is None:
         return None
     topic, frames = result
-    return _message(topic, frames[1], tuple(frames[2:]))
+    return new_message(topic, frames[1], tuple(frames[2:]))
 
 
 def recv_messages(uintptr_t handle, Py_ssize_t limit, Py_ssize_t keep_from, object routes,
@@ -467,7 +419,7 @@ def recv_messages(uintptr_t handle, Py_ssize_t limit, Py_ssize_t keep_from, obje
                     extra_list = [part]
                 else:
                     extra_list.append(part)
-            extra = _NO_FRAMES if extra_list is None else tuple(extra_list)
+            extra = NO_FRAMES if extra_list is None else tuple(extra_list)
             fast = message is not None
             if fast and routed:
                 owner = PyDict_GetItem(route_of, topic)
@@ -482,7 +434,7 @@ def recv_messages(uintptr_t handle, Py_ssize_t limit, Py_ssize_t keep_from, obje
                     except Exception:
                         fast = False  # accept counts and logs it
             if fast:
-                out.append(_message(topic, message, extra))
+                out.append(new_message(topic, message, extra))
                 continue
             parts = []
             if routed:
@@ -500,47 +452,6 @@ def recv_messages(uintptr_t handle, Py_ssize_t limit, Py_ssize_t keep_from, obje
                 _msg_close(&rid)
                 have_rid = False
     return out, taken
-
-
-cdef unsigned int _CRC_TABLE[256]
-
-
-cdef void _crc_init() noexcept:
-    cdef unsigned int c
-    cdef int n, k
-    for n in range(256):
-        c = <unsigned int>n
-        for k in range(8):
-            c = (0xEDB88320U ^ (c >> 1)) if c & 1 else (c >> 1)
-        _CRC_TABLE[n] = c
-
-
-_crc_init()
-
-
-cdef unsigned int _crc32(const unsigned char* p, Py_ssize_t n) noexcept nogil:
-    """zlib's CRC-32 (the lane of a topic is crc32(topic) % lanes, as documented)."""
-    cdef unsigned int c = 0xFFFFFFFFU
-    cdef Py_ssize_t i
-    for i in range(n):
-        c = _CRC_TABLE[(c ^ p[i]) & 0xFF] ^ (c >> 8)
-    return c ^ 0xFFFFFFFFU
-
-
-def split_by_topic(list messages, Py_ssize_t lanes):
-    """Messages in ``lanes`` lists, each message in list ``crc32(topic) % lanes``, in order;
-    also their total size: ``(lists, size)``."""
-    if lanes < 1:
-        raise ValueError("lanes must be at least 1")
-    cdef list out = [[] for _ in range(lanes)]
-    cdef Message m
-    cdef Py_ssize_t size = 0
-    for obj in messages:
-        m = <Message?>obj
-        size += m.size
-        (<list>out[_crc32(<const unsigned char*>PyBytes_AS_STRING(m.topic),
-                          PyBytes_GET_SIZE(m.topic)) % lanes]).append(m)
-    return out, size
 
 
 cdef int _send_view(void* sock, Py_buffer* view, int flags) except -2:

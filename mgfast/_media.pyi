@@ -2,12 +2,14 @@
 from collections.abc import Sequence
 from typing import Any, Union
 
+from mgfast._messages import Message
 from mgfast._zmq_io import SendBuffer
 from mgfast.media import MediaError
 
 Piece = Union[bytes, bytearray, memoryview]
 Buffer = Union[Piece, SendBuffer]  # any contiguous bytes
 DecodedMedia = tuple[memoryview, memoryview, list[memoryview], int]
+BatchItem = Union[tuple[Buffer, Buffer, Sequence[Buffer]], Message]  # (topic, message, data)
 
 MAX_VARINT_LEN: int
 MAX_DATA_PARTS: int
@@ -21,9 +23,8 @@ def routing_labels(message: Buffer) -> list[bytes]: ...
 def encode_media(topic: Buffer, message: Buffer, data: Sequence[Buffer]) -> bytes: ...
 def encode_media_pieces(topic: Buffer, message: Buffer, data: Sequence[Buffer]
                         ) -> tuple[int, list[Piece]]: ...
-def encode_media_batch_pieces(items: Sequence[tuple[Buffer, Buffer, Sequence[Buffer]]]
-                              ) -> tuple[int, list[Piece]]: ...
-def encode_media_batch(items: Sequence[tuple[Buffer, Buffer, Sequence[Buffer]]]) -> bytes: ...
+def encode_media_batch_pieces(items: Sequence[BatchItem]) -> tuple[int, list[Piece]]: ...
+def encode_media_batch(items: Sequence[BatchItem]) -> bytes: ...
 def decode_media_batch(body: Buffer) -> list[DecodedMedia | MediaError]: ...
 # (messages as lists of memoryviews, EOS flags or None, frame bytes)
 def batch_writes(items: list[DecodedMedia | MediaError]

@@ -2,6 +2,8 @@
 from collections.abc import Callable, Sequence
 from typing import Any, Union
 
+from mgfast._messages import Message
+
 Buffer = Union[bytes, bytearray, memoryview]
 
 def readable(handle: int) -> bool: ...
@@ -10,20 +12,10 @@ def recv_multipart(handle: int) -> list[bytes] | None: ...
 def recv_many(handle: int, limit: int, keep_from: int = 0, first_kept: int = 1
               ) -> list[list[Any]]: ...
 
-class Message:
-    topic: bytes
-    message: bytes | memoryview
-    extra: tuple[bytes | memoryview, ...]
-    size: int
-    def __init__(self, topic: bytes, frames: Sequence[Any]) -> None: ...
-    @property
-    def frames(self) -> list[bytes | memoryview]: ...
-
 # (messages, multiparts taken); routes None: SUB, a dict: ROUTER (routing id by topic)
 def recv_messages(handle: int, limit: int, keep_from: int, routes: dict[bytes, bytes] | None,
                   is_eos: Callable[[Any], bool], accept: Callable[[list[Any]], Any]
                   ) -> tuple[list[Message], int]: ...
-def split_by_topic(messages: list[Message], lanes: int) -> tuple[list[list[Message]], int]: ...
 
 class ZmqFrame:
     def __len__(self) -> int: ...

@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 src=$PWD
 
 # The representative subset CI runs (a few minutes under emulation): the Cython codec (every
-# codec test, savant-rs's aarch64 wheel as an oracle) and the Cython ZeroMQ I/O; TLS with the
+# codec test, savant-rs's aarch64 wheel as an oracle), the Cython ZeroMQ I/O and messages; TLS with the
 # seed's certificates and live CRLs, and TLS alerts; savant-rs peers end to end through client
 # and server processes; the server's workers sharing the port, its egress child and a dead
 # worker replaced; SIGTERM draining requests in flight, and signals during start-up; basic
@@ -26,6 +26,7 @@ src=$PWD
 ARM64_CI_SUBSET=(
   tests/test_media.py
   tests/test_zmq_io.py
+  tests/test_messages.py
   tests/test_startup_signals.py
   "tests/test_mtls.py::test_seed_guide_server_section_revocation_without_restart"
   "tests/test_mtls.py::test_unknown_ca_and_missing_certificate_get_their_alerts"
@@ -204,9 +205,9 @@ if [ ! -x "$chroot_dir$venv/bin/python" ]; then
   step "creating the arm64 venv $venv"
   in_chroot python3 -m venv "$venv"
 fi
-# Only when what pip builds or resolves changed (pyproject.toml, setup.py, ext/): the install
+# Only when what pip builds or resolves changed (pyproject.toml, setup.py, ext/, mgfast/*.pxd): the install
 # is editable, so mgfast/ and tests/ are read from the copy in place.
-stamp=$( (cd "$src" && cat pyproject.toml setup.py ext/*.pyx) | sha256sum | cut -d' ' -f1)
+stamp=$( (cd "$src" && cat pyproject.toml setup.py ext/*.pyx mgfast/*.pxd) | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$chroot_dir/.mgfast-install-stamp" 2>/dev/null)" = "$stamp" ] \
    && in_chroot sh -c "cd $inner_src && $venv/bin/python -c 'import mgfast._media, mgfast._zmq_io'" 2>/dev/null; then
   step "pip install -e .[test]: nothing it builds changed since the last run, skipped"

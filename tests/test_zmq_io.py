@@ -5,11 +5,8 @@ from __future__ import annotations
 import pytest
 import zmq
 
-from zlib import crc32
-
-from mgfast._zmq_io import (ZERO_COPY_MIN, Message, SendBuffer, recv_many, recv_messages,
-                            recv_multipart, send_buffers_alive, send_many, send_multipart,
-                            split_by_topic)
+from mgfast._zmq_io import (ZERO_COPY_MIN, SendBuffer, recv_many, recv_messages, recv_multipart,
+                            send_buffers_alive, send_many, send_multipart)
 from tests.util import wait_until
 
 
@@ -275,21 +272,3 @@ def test_recv_messages_without_routes_delivers_every_multipart_of_two_frames():
     finally:
         a.close(linger=0)
         b.close(linger=0)
-
-
-def test_message_from_frames_and_split_by_topic_as_zlib_crc32():
-    with pytest.raises(ValueError):
-        Message(b"cam", [b"cam"])
-    m = Message(b"cam", [b"cam", b"msg", b"ab", memoryview(b"c")])
-    assert (m.topic, m.message, m.size) == (b"cam", b"msg", 9)
-    assert m.frames[:3] == [b"cam", b"msg", b"ab"] and len(m.extra) == 2
-    topics = [b"cam-%d" % i for i in range(50)] + [b"", "камера".encode()]
-    messages = [Message(t, [t, b"x" * i]) for i, t in enumerate(topics * 2)]
-    lanes, size = split_by_topic(messages, 3)
-    assert size == sum(m.size for m in messages)
-    for lane, items in enumerate(lanes):
-        assert all(crc32(m.topic) % 3 == lane for m in items)
-        assert items == [m for m in messages if crc32(m.topic) % 3 == lane]  # in order
-    assert split_by_topic(messages, 1)[0] == [messages]
-    with pytest.raises(ValueError):
-        split_by_topic(messages, 0)

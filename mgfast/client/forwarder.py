@@ -19,7 +19,7 @@ import logging
 import ssl
 from collections.abc import Callable
 
-from mgfast._zmq_io import split_by_topic
+from mgfast._messages import split_by_topic
 from mgfast.client.lane import Lane
 from mgfast.client.stats import ClientStats
 from mgfast.client.target import ServerTarget

@@ -24,7 +24,7 @@ from itertools import islice
 
 import orjson
 
-from mgfast._zmq_io import Message
+from mgfast._messages import Message, settle, take_batch
 from mgfast.client.stats import ClientStats
 from mgfast.batching import BATCH_HEADER, all_accepted
 from mgfast.client.target import ServerTarget
@@ -222,16 +222,16 @@ class Lane:
         batching = self._batch_ok
         while room > 0 and unsent and size < FILL_BYTES:
             if batching and len(unsent) > 1:
-                items, frame_bytes = self._take_batch()
+                items, frame_bytes = take_batch(unsent, self.batch, MAX_BATCH_DATA_PARTS,
+                                                self._batch_bytes)
                 sent.extend(items)
                 entries.append(len(items))
-                triples = [(i.topic, i.message, i.extra) for i in items]
                 if frame_bytes < LARGE_MESSAGE:
-                    body = encode_media_batch(triples)
+                    body = encode_media_batch(items)
                     data += (b"%s%d\r\n\r\n" % (self._batch_head, len(body)), body)
                     size += len(body)
                 else:  # the frames go to the write as they are, uncopied
-                    length, pieces = encode_media_batch_pieces(triples)
+                    length, pieces = encode_media_batch_pieces(items)
                     data.append(b"%s%d\r\n\r\n" % (self._batch_head, length))
                     data += pieces
                     size += length
@@ -252,23 +252,6 @@ class Lane:
         connection.send(entries, [b"".join(data)] if size < SMALL_WRITE else _coalesce(data))
         if room > 0 and unsent:
             self._fill_later()  # stopped at FILL_BYTES: the rest once this is under way
-
-    def _take_batch(self) -> tuple[list[Message], int]:
-        """Pop the items of the next batch request off ``unsent``; also their frame bytes."""
-        unsent = self.unsent
-        items = [unsent.popleft()]
-        parts = len(items[0].extra)
-        size = items[0].size
-        budget = self._batch_bytes
-        while unsent and len(items) < self.batch:
-            item = unsent[0]
-            n = len(item.extra)
-            if parts + n > MAX_BATCH_DATA_PARTS or size + item.size > budget:
-                break
-            items.append(unsent.popleft())
-            parts += n
-            size += item.size
-        return items, size
 
     # -- responses -------------------------------------------------------------------------
 
@@ -396,10 +379,7 @@ class Lane:
 
     def _delivered(self, count: int) -> None:
         stats = self.stats
-        popleft = self.sent.popleft
-        size = 0
-        for _ in range(count):
-            size += popleft().size
+        size = settle(self.sent, count)
         if self.fps is not None:
             self.fps.add(count)
         stats.forwarded_bytes += size

@@ -24,8 +24,8 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from mgfast._zmq_io import (Message, readable, recv_many, recv_messages, recv_multipart,
-                             send_multipart)
+from mgfast._messages import Message
+from mgfast._zmq_io import readable, recv_many, recv_messages, recv_multipart, send_multipart
 from mgfast.zmq.settings import InStreamConfig
 from mgfast.zmq.sockets import CONFIRMATION, StreamClosed, open_socket
 
