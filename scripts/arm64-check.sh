@@ -18,10 +18,10 @@ cd "$(dirname "$0")/.."
 src=$PWD
 
 # The representative subset CI runs (a few minutes under emulation): the Cython codec (every
-# codec test, savant-rs's aarch64 wheel as an oracle), the Cython ZeroMQ I/O and messages; TLS with the
-# seed's certificates and live CRLs, and TLS alerts; savant-rs peers end to end through client
-# and server processes; the server's workers sharing the port, its egress child and a dead
-# worker replaced; SIGTERM draining requests in flight, and signals during start-up; basic
+# codec test, savant-rs's aarch64 wheel as an oracle), the Cython ZeroMQ I/O and messages; TLS
+# with the seed's certificates and live CRLs, and TLS alerts; savant-rs peers end to end through
+# client and server processes; the server's workers sharing the port, its egress child and a
+# dead worker replaced; SIGTERM draining requests in flight, and signals during start-up; basic
 # auth against a real etcd.
 ARM64_CI_SUBSET=(
   tests/test_media.py
