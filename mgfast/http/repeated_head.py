@@ -44,24 +44,20 @@ class RepeatedHead:
             return None
         return cls(head[:start], head[start + len(digits):])
 
-    def match(self, data: bytes | memoryview, at: int, max_length: int
-              ) -> tuple[int, int] | None:
+    def match(self, data: bytes, at: int, max_length: int) -> tuple[int, int] | None:
         """(body start, body end) of a request at ``at`` in ``data`` that repeats the head
-        with a length of at most ``max_length``, whole in ``data``; else None. Only the length
-        is copied out of a memoryview."""
-        prefix, suffix = self.prefix, self.suffix
-        start = at + len(prefix)
-        if data[at:start] != prefix:
+        with a length of at most ``max_length``, whole in ``data``; else None."""
+        if not data.startswith(self.prefix, at):
             return None
-        tail = bytes(data[start:start + MAX_DIGITS + len(suffix)])
-        end = tail.find(b"\r")
-        if end <= 0 or not tail.startswith(suffix, end):
+        start = at + len(self.prefix)
+        end = data.find(b"\r", start, start + MAX_DIGITS + 1)
+        if end <= start or not data.startswith(self.suffix, end):
             return None
-        digits = tail[:end]
+        digits = data[start:end]
         if not digits.isdigit():
             return None
         length = int(digits)
-        body = start + end + len(suffix)
+        body = end + len(self.suffix)
         if length > max_length or body + length > len(data):
             return None
         return body, body + length

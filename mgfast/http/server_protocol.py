@@ -152,13 +152,18 @@ class HttpServerProtocol(asyncio.Protocol):
     def _take_repeated(self, data: Buffer) -> Buffer | None:
         """Queue the whole requests at the start of ``data`` that repeat the learnt head;
         what follows them is for the parser."""
-        match = self.repeated.match  # type: ignore[union-attr]
+        repeated = self.repeated
+        assert repeated is not None  # the caller checked
+        if data[:len(repeated.prefix)] != repeated.prefix:
+            return data  # not copied when it is not for this path
+        buffer = data if type(data) is bytes else bytes(data)
+        match = repeated.match
         template = self.repeated_request
         assert template is not None  # learnt together with repeated
         max_length = min(self.limits.max_body_size, ZERO_COPY_MIN - 1)
         at = 0
         while self.failure is None and not self.reading_paused:
-            span = match(data, at, max_length)
+            span = match(buffer, at, max_length)
             if span is None:
                 break
             request = self._new_request()
@@ -166,14 +171,14 @@ class HttpServerProtocol(asyncio.Protocol):
             request.path = template.path
             request.content_type = template.content_type
             request.authorization = template.authorization
-            request.body = bytes(data[span[0]:span[1]])
+            request.body = buffer[span[0]:span[1]]
             request.content_length = request.body_size = span[1] - span[0]
             self.request = request
             self.on_message_complete()
             at = span[1]
         if not at:
             return data
-        return data[at:] if at < len(data) else None
+        return buffer[at:] if at < len(buffer) else None
 
     def _parse(self, data: Buffer) -> None:
         in_head = self.in_head
