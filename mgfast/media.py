@@ -28,8 +28,9 @@ encode_media_pieces(topic, message, data) -> (length, pieces)
 encode_media_batch(items) -> bytes / encode_media_batch_pieces(items) -> (length, pieces) /
 decode_media_batch(body) -> list
     A MediaBatch of ``(topic, message, data)`` items or the client's ``Message`` objects (at
-    most ``MAX_BATCH_ITEMS`` items and ``MAX_BATCH_DATA_PARTS`` parts). Decoding returns per item the ``decode_media`` tuple or that
-    item's MediaError; it raises only when the batch as a whole is malformed or over the limits.
+    most ``MAX_BATCH_ITEMS`` items and ``MAX_BATCH_DATA_PARTS`` parts). Decoding returns per
+    item the ``decode_media`` tuple or that item's MediaError; it raises only when the batch as
+    a whole is malformed or over the limits.
 
 batch_writes(items) -> (messages, eos, frame_bytes)
     The decoded items of a batch as a writer takes them (``OutStreamWriter.submit_group``):

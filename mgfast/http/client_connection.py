@@ -9,7 +9,7 @@
     connection.close()                     # drops the FIFO without callbacks
 
 Responses are parsed by httptools and settle the oldest unanswered entry, all inside event-loop
-callbacks. On a break, a response timeout (``response_timeout`` for the oldest request) or a
+callbacks; a run of responses byte-identical to a plain 200 the parser read alone skips it. On a break, a response timeout (``response_timeout`` for the oldest request) or a
 malformed response, ``on_failure`` gets every unanswered entry with an :class:`HttpClientError`
 whose ``sent`` says whether the server may have processed them; after ``Connection: close`` the
 later ones fail with :class:`ClosedByServer` (``sent`` false). A connection idle for longer than

@@ -3,6 +3,7 @@
 Requests on one connection are answered strictly in order (pipelined ones wait in a queue, and
 reading pauses while the queue is full), which is what keeps per-source order end to end.
 The protocol knows nothing of Savant: an ``App`` turns a ``Request`` into a ``Response``.
+Requests that repeat the head of one the parser read skip the parser (``repeated_head.py``).
 """
 
 from __future__ import annotations

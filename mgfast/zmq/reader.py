@@ -8,7 +8,8 @@
 A :class:`Message` holds the frames as the Savant writer sent them (a ROUTER's routing id
 removed): bytes, except frames after the topic of at least :data:`ZERO_COPY_FROM` bytes, which
 are read-only memoryviews of libzmq's buffer. Without a topic filter, a SUB or ROUTER reads and
-checks each message in C (``recv_messages``); the rules are the same as ``_accept``'s. Counters: ``received``, ``filtered``, ``stale``, ``dropped``. Cancellation-safe.
+checks each message in C (``recv_messages``), by the same rules as ``_accept``. Counters:
+``received``, ``filtered``, ``stale``, ``dropped``. Cancellation-safe.
 Replies, topic filtering, stale routing ids and what is dropped: docs/protocol.md section 1,
 "Reader semantics".
 """
