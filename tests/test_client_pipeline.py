@@ -282,3 +282,24 @@ def test_plain_answers_beyond_the_requests_in_flight_close_the_connection():
     protocol.data_received(PLAIN)
     protocol.data_received(PLAIN * 3)
     assert got == [0, 1, 2] and protocol.closed and not connection.connected
+
+
+def test_a_plain_answer_that_changes_is_learnt_again():
+    """Upstream's answers carry a Date header: the plain answer changes every second."""
+    dated = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\ndate: %s\r\n\r\n"
+    first = dated % b"Mon, 07 Dec 2026 20:00:00 GMT"
+    second = dated % b"Mon, 07 Dec 2026 20:00:01 GMT"
+    connection = cc.HttpClientConnection("127.0.0.1", 1)
+    protocol = cc._ResponseProtocol(connection)
+    protocol.transport = _Transport()  # type: ignore[assignment]
+    protocol.parser = parser = _CountingParser(protocol.parser)
+    connection._protocol = protocol
+    got: list = []
+    connection.on_response = lambda entry, response: got.append((entry, response.status))
+    connection.pending.extend([i, 0.0] for i in range(6))
+    protocol.data_received(first)
+    protocol.data_received(second)  # not the learnt bytes: parsed, and learnt in their place
+    assert protocol.plain == second and parser.fed == len(first) + len(second)
+    protocol.data_received(second * 4)
+    assert parser.fed == len(first) + len(second)  # the run never reached llhttp
+    assert got == [(i, 200) for i in range(6)] and not protocol.closed

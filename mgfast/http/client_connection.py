@@ -9,10 +9,12 @@
     connection.close()                     # drops the FIFO without callbacks
 
 Responses are parsed by httptools and settle the oldest unanswered entry, all inside event-loop
-callbacks; a run of responses byte-identical to a plain 200 the parser read alone skips it. On a break, a response timeout (``response_timeout`` for the oldest request) or a
-malformed response, ``on_failure`` gets every unanswered entry with an :class:`HttpClientError`
-whose ``sent`` says whether the server may have processed them; after ``Connection: close`` the
-later ones fail with :class:`ClosedByServer` (``sent`` false). A connection idle for longer than
+callbacks; a run of responses byte-identical to a plain 200 the parser read alone (the last
+such one: a Date header changes it) skips the parser. On a break, a response timeout
+(``response_timeout`` for the oldest request) or a malformed response, ``on_failure`` gets
+every unanswered entry with an :class:`HttpClientError` whose ``sent`` says whether the server
+may have processed them; after ``Connection: close`` the later ones fail with
+:class:`ClosedByServer` (``sent`` false). A connection idle for longer than
 ``idle_reuse`` is not reused. Details: docs/protocol.md section 3.
 """
 
@@ -105,7 +107,7 @@ class _ResponseProtocol(asyncio.Protocol):
         self.delimited = False  # the body has a length or is chunked (else it ends at EOF)
         # A server answers most requests with the same bytes (200, keep-alive, no body): once
         # the parser has read such an answer alone, a run of identical ones at a response
-        # boundary is answered without it (``_plain_run``).
+        # boundary is answered without it (``_plain_run``); the last such answer read counts.
         self.plain: bytes | None = None
         self.plain_response: ClientResponse | None = None
         self.in_message = False  # the parser is inside a response
@@ -136,7 +138,7 @@ class _ResponseProtocol(asyncio.Protocol):
         if not self.connection.pending:
             self._lost(BadResponse("bytes from the server with no request unanswered"))
             return
-        learn = plain is None and not self.in_message
+        learn = not self.in_message  # (again: a server whose answers carry a Date changes them)
         self.begun = 0
         try:
             self.parser.feed_data(data)
