@@ -25,8 +25,8 @@ from itertools import islice
 import orjson
 
 from mgfast._messages import Message, settle, take_batch
-from mgfast.client.stats import ClientStats
 from mgfast.batching import BATCH_HEADER, all_accepted
+from mgfast.client.stats import ClientStats
 from mgfast.client.target import ServerTarget
 from mgfast.config.model import RetryStrategy
 from mgfast.http.client_connection import (ClientResponse, ClosedByServer, ConnectionLost,

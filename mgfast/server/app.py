@@ -15,7 +15,6 @@ import asyncio
 import logging
 import time
 from functools import lru_cache, partial
-
 from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Protocol as TypingProtocol, Sequence,
                     TypeVar)
 
