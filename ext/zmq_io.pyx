@@ -283,6 +283,11 @@ cdef object _frame(mg_zmq_msg_t* msg, bint keep):
     return PyBytes_FromStringAndSize(<char*>_msg_data(msg), size)
 
 
+cdef inline object _later_frame(mg_zmq_msg_t* msg, Py_ssize_t keep_from):
+    """A frame after the topic: a memoryview from ``keep_from`` bytes on (0: always bytes)."""
+    return _frame(msg, keep_from > 0 and <Py_ssize_t>_msg_size(msg) >= keep_from)
+
+
 cdef int _recv_frame(void* sock, mg_zmq_msg_t* msg, bint first) except -2:
     """Receive one frame into ``msg`` (initialised here): 1 if more frames follow, 0 if it was
     the last, -1 if nothing was queued (only possible for a multipart's first frame)."""
@@ -307,8 +312,7 @@ cdef list _recv_one(void* sock, Py_ssize_t keep_from=0, Py_ssize_t first_kept=1)
         more = _recv_frame(sock, &msg, not parts)
         if more < 0:
             return None
-        parts.append(_frame(&msg, keep_from > 0 and len(parts) >= first_kept
-                                  and <Py_ssize_t>_msg_size(&msg) >= keep_from))
+        parts.append(_later_frame(&msg, keep_from if len(parts) >= first_kept else 0))
         _msg_close(&msg)
     return parts
 
@@ -351,10 +355,7 @@ def recv_many(uintptr_t handle, Py_ssize_t limit, Py_ssize_t keep_from=0,
 
 cdef Message _accepted(object result):
     """``accept``'s answer, ``(topic, frames)`` or None, as a Message or None."""
-    if result is None:
-        return None
-    topic, frames = result
-    return new_message(topic, frames[1], tuple(frames[2:]))
+    return None if result is None else Message(*result)
 
 
 def recv_messages(uintptr_t handle, Py_ssize_t limit, Py_ssize_t keep_from, object routes,
@@ -408,12 +409,11 @@ def recv_messages(uintptr_t handle, Py_ssize_t limit, Py_ssize_t keep_from, obje
             taken += 1
             if more:
                 more = _recv_frame(sock, &msg, False)
-                message = _frame(&msg, keep_from > 0
-                                 and <Py_ssize_t>_msg_size(&msg) >= keep_from)
+                message = _later_frame(&msg, keep_from)
                 _msg_close(&msg)
             while more:
                 more = _recv_frame(sock, &msg, False)
-                part = _frame(&msg, keep_from > 0 and <Py_ssize_t>_msg_size(&msg) >= keep_from)
+                part = _later_frame(&msg, keep_from)
                 _msg_close(&msg)
                 if extra_list is None:
                     extra_list = [part]

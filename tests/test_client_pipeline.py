@@ -241,6 +241,19 @@ class _CountingParser:
         return getattr(self.parser, name)
 
 
+def fed_protocol(in_flight: int
+                 ) -> tuple[cc.HttpClientConnection, cc._ResponseProtocol, _CountingParser]:
+    """A connection's response protocol on a fake transport, fed by hand, with ``in_flight``
+    requests (entries 0, 1, ...) unanswered; its parser counts what reaches it."""
+    connection = cc.HttpClientConnection("127.0.0.1", 1)
+    protocol = cc._ResponseProtocol(connection)
+    protocol.transport = _Transport()  # type: ignore[assignment]
+    protocol.parser = parser = _CountingParser(protocol.parser)
+    connection._protocol = protocol
+    connection.pending.extend([i, 0.0] for i in range(in_flight))
+    return connection, protocol, parser
+
+
 @pytest.mark.parametrize("chunk", [1, 5, len(PLAIN) - 1, len(PLAIN), len(PLAIN) + 3, 1000])
 def test_runs_of_identical_plain_answers_keep_every_status_in_order(chunk):
     unavailable = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\nbusy"
@@ -249,16 +262,10 @@ def test_runs_of_identical_plain_answers_keep_every_status_in_order(chunk):
     answers = ([PLAIN] + [PLAIN] * 3 + [unavailable] + [PLAIN] * 2 + [with_body, dated]
                + [PLAIN] * 4)
     statuses = [int(a[9:12]) for a in answers]
-    connection = cc.HttpClientConnection("127.0.0.1", 1)
-    protocol = cc._ResponseProtocol(connection)
-    protocol.transport = _Transport()  # type: ignore[assignment]
-    protocol.parser = parser = _CountingParser(protocol.parser)
-    connection._protocol = protocol
+    connection, protocol, parser = fed_protocol(len(answers))
     got: list = []
     connection.on_response = lambda entry, response: got.append((entry, response.status,
                                                                  response.body))
-    for i in range(len(answers)):
-        connection.pending.append([i, 0.0])
     protocol.data_received(answers[0])  # alone in its read: learnt as the plain answer
     assert protocol.plain == PLAIN
     stream = b"".join(answers[1:])
@@ -272,13 +279,9 @@ def test_runs_of_identical_plain_answers_keep_every_status_in_order(chunk):
 
 
 def test_plain_answers_beyond_the_requests_in_flight_close_the_connection():
-    connection = cc.HttpClientConnection("127.0.0.1", 1)
-    protocol = cc._ResponseProtocol(connection)
-    protocol.transport = _Transport()  # type: ignore[assignment]
-    connection._protocol = protocol
+    connection, protocol, _ = fed_protocol(3)
     got: list = []
     connection.on_response = lambda entry, response: got.append(entry)
-    connection.pending.extend([[0, 0.0], [1, 0.0], [2, 0.0]])
     protocol.data_received(PLAIN)
     protocol.data_received(PLAIN * 3)
     assert got == [0, 1, 2] and protocol.closed and not connection.connected
@@ -289,14 +292,9 @@ def test_a_plain_answer_that_changes_is_learnt_again():
     dated = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\ndate: %s\r\n\r\n"
     first = dated % b"Mon, 07 Dec 2026 20:00:00 GMT"
     second = dated % b"Mon, 07 Dec 2026 20:00:01 GMT"
-    connection = cc.HttpClientConnection("127.0.0.1", 1)
-    protocol = cc._ResponseProtocol(connection)
-    protocol.transport = _Transport()  # type: ignore[assignment]
-    protocol.parser = parser = _CountingParser(protocol.parser)
-    connection._protocol = protocol
+    connection, protocol, parser = fed_protocol(6)
     got: list = []
     connection.on_response = lambda entry, response: got.append((entry, response.status))
-    connection.pending.extend([i, 0.0] for i in range(6))
     protocol.data_received(first)
     protocol.data_received(second)  # not the learnt bytes: parsed, and learnt in their place
     assert protocol.plain == second and parser.fed == len(first) + len(second)

@@ -39,6 +39,21 @@ async def running(config: OutStreamConfig, context: zmq.asyncio.Context | None =
         await writer.close()
 
 
+@contextlib.asynccontextmanager
+async def routed(config: OutStreamConfig, ep: str):
+    """A pyzmq ROUTER bound at ``ep`` (a reader that replies by hand) and a started writer;
+    both closed on the way out."""
+    context = zmq.asyncio.Context()
+    router = context.socket(zmq.ROUTER)
+    router.bind(ep)
+    try:
+        async with running(config, context) as writer:
+            yield router, writer
+    finally:
+        router.close(linger=0)
+        context.term()
+
+
 def writer_config(url: str, **options) -> OutStreamConfig:
     return OutStreamConfig(url=parse_socket_url(url, role="writer"), **options)
 
@@ -156,12 +171,7 @@ def test_dealer_eos_ack_is_ok_of_that_eos(tmp_path):
     eos = sp.frames("cam-1", sp.end_of_stream("cam-1"))
 
     async def body():
-        context = zmq.asyncio.Context()
-        router = context.socket(zmq.ROUTER)
-        router.bind(ep)
-        writer = OutStreamWriter(config, context)
-        await writer.start()
-        try:
+        async with routed(config, ep) as (router, writer):
             # a plain message needs no reply
             msg = sp.frames("cam-1", sp.user_data("cam-1"), b"x")
             assert await writer.write(msg, eos=False) is WriteResult.SUCCESS
@@ -184,10 +194,6 @@ def test_dealer_eos_ack_is_ok_of_that_eos(tmp_path):
             await router.send_multipart([third[0], b"OK"])
             assert await task is WriteResult.ACK
             assert writer.stale_replies == 1 and writer.unexpected_replies == 1
-        finally:
-            await writer.close()
-            router.close(linger=0)
-            context.term()
 
     arun(body())
 
@@ -411,12 +417,7 @@ def test_group_with_an_eos_waits_for_its_ack_and_keeps_order(tmp_path):
     eos = [i == 7 for i in range(20)]
 
     async def body():
-        context = zmq.asyncio.Context()
-        router = context.socket(zmq.ROUTER)
-        router.bind(ep)
-        writer = OutStreamWriter(config, context)
-        await writer.start()
-        try:
+        async with routed(config, ep) as (router, writer):
             group = writer.submit_group(messages, eos)
             received = []
             while len(received) < 20:
@@ -428,10 +429,6 @@ def test_group_with_an_eos_waits_for_its_ack_and_keeps_order(tmp_path):
             results = await group
             assert received == messages
             assert results == [WriteResult.ACK if e else WriteResult.SUCCESS for e in eos]
-        finally:
-            await writer.close()
-            router.close(linger=0)
-            context.term()
 
     arun(body())
 
@@ -458,12 +455,7 @@ def test_an_idle_writer_sends_at_once_unless_an_ack_is_awaited(tmp_path):
     config = writer_config(f"dealer+connect:{ep}", receive_timeout=1.0, receive_retries=1)
 
     async def body():
-        context = zmq.asyncio.Context()
-        router = context.socket(zmq.ROUTER)
-        router.bind(ep)
-        writer = OutStreamWriter(config, context)
-        await writer.start()
-        try:
+        async with routed(config, ep) as (router, writer):
             first = writer.submit(sp.frames("cam-1", sp.user_data("cam-1")), False)
             assert first.done() and first.result() is WriteResult.SUCCESS
             group = writer.submit_group([sp.frames("cam-1", sp.user_data("cam-1"))] * 3)
@@ -480,9 +472,5 @@ def test_an_idle_writer_sends_at_once_unless_an_ack_is_awaited(tmp_path):
             assert await eos is WriteResult.ACK and await after is WriteResult.SUCCESS
             assert received[-1][-1] == b"after"
             assert writer.results[WriteResult.SUCCESS] == 5 and writer.queue_depth == 0
-        finally:
-            await writer.close()
-            router.close(linger=0)
-            context.term()
 
     arun(body())

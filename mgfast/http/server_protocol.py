@@ -104,7 +104,6 @@ class HttpServerProtocol(asyncio.Protocol):
         # request read with it, whose method, path and headers they share
         self.repeated: RepeatedHead | None = None
         self.repeated_request: Request | None = None
-        self.completed = 0  # requests the parser completed in the current _parse
         self.learn_tries = LEARN_TRIES
 
     # -- asyncio protocol interface --------------------------------------------------------
@@ -125,8 +124,9 @@ class HttpServerProtocol(asyncio.Protocol):
             if self.repeated is not None:
                 rest = self._take_repeated(rest)
             elif self.learn_tries:
+                queued = len(self.queue)
                 self._parse(rest)
-                self._learn(rest)
+                self._learn(rest, len(self.queue) - queued)
                 rest = None
         if rest:
             self._parse(rest)
@@ -135,12 +135,12 @@ class HttpServerProtocol(asyncio.Protocol):
 
     # -- requests that repeat a head the parser read ---------------------------------------
 
-    def _learn(self, data: Buffer) -> None:
-        """If the read held exactly one small request, whole, its head is the one to look
-        for (the first reads of a connection only)."""
+    def _learn(self, data: Buffer, completed: int) -> None:
+        """If the read held exactly one small request (``completed`` by the parser), whole,
+        its head is the one to look for (the first reads of a connection only)."""
         self.learn_tries -= 1
         request = self.queue[-1] if self.queue else None
-        if (request is None or self.completed != 1 or self.request is not None
+        if (request is None or completed != 1 or self.request is not None
                 or self.closing or self.failure is not None or request.method != b"POST"
                 or not request.keep_alive or request.expect_continue
                 or not isinstance(request.body, bytes)
@@ -173,7 +173,7 @@ class HttpServerProtocol(asyncio.Protocol):
             request.content_type = template.content_type
             request.authorization = template.authorization
             request.body = buffer[span[0]:span[1]]
-            request.content_length = request.body_size = span[1] - span[0]
+            request.content_length = span[1] - span[0]
             self.request = request
             self.on_message_complete()
             at = span[1]
@@ -184,7 +184,6 @@ class HttpServerProtocol(asyncio.Protocol):
     def _parse(self, data: Buffer) -> None:
         in_head = self.in_head
         self.began = False
-        self.completed = 0
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -367,7 +366,6 @@ class HttpServerProtocol(asyncio.Protocol):
         request, self.request = self.request, None
         if request is None or self.failure is not None:
             return
-        self.completed += 1
         self.queue.append(request)
         if len(self.queue) >= MAX_PIPELINED and not self.reading_paused and self.transport:
             self.reading_paused = True
@@ -380,11 +378,13 @@ class HttpServerProtocol(asyncio.Protocol):
         groupable = self.groupable
         while queue and not self.closing and not self.writing_paused:
             request = queue.popleft()
-            group = None
-            if queue and groupable is not None and groupable(request) and groupable(queue[0]):
+            group: list[Request] | None = None
+            if queue and groupable is not None and groupable(request):
                 group = [request]
                 while queue and groupable(queue[0]):
                     group.append(queue.popleft())
+                if len(group) == 1:
+                    group = None  # alone: handled as one request
             if (self.reading_paused and self.failure is None
                     and len(queue) < MAX_PIPELINED // 2 and self.transport):
                 self.reading_paused = False

@@ -101,11 +101,18 @@ class TlsReloader:
             return "no_certificate"
         if self._directory_stamp() != self.directory_stamp:
             self.reload()  # a CRL just dropped in bites now, as it does for a full handshake
+        return self._verdict(leaf_der)
+
+    def _verdict(self, leaf_der: bytes) -> str | None:
+        """The current store's verdict on a client certificate (cached until the next
+        reload); the caller checked that client certificates are verified."""
         try:
             return self._verdicts[leaf_der]
         except KeyError:
             pass
         if self._verifier is None:
+            peers = self.tls.peers
+            assert peers is not None  # the callers' condition
             self._verifier = PeerVerifier(Path(peers.lookup_hash_directory), peers.crl_enabled)
         verdict = self._verdicts[leaf_der] = self._verifier.verdict(leaf_der)
         if len(self._verdicts) > VERDICT_CACHE:
@@ -192,14 +199,12 @@ class TlsReloader:
         return tuple(_stat(Path(p)) for p in paths) + entries
 
     def _recheck_live(self) -> None:
-        peers = self.tls.peers
-        if peers is None or not self.live:
+        if self.tls.peers is None or not self.live:
             return
-        verifier = PeerVerifier(Path(peers.lookup_hash_directory), peers.crl_enabled)
         for protocol in list(self.live):
             if protocol.state != OPEN or not protocol.peer_leaf_der:
                 continue
-            reason = verifier.verdict(protocol.peer_leaf_der)
+            reason = self._verdict(protocol.peer_leaf_der)
             if reason is None:
                 continue
             self.closed_by_reason[reason] += 1

@@ -190,13 +190,8 @@ class TlsServerProtocol(asyncio.Protocol):
                 pass  # not TCP (a Unix socket in tests), or gone already
 
     def _refuse_resumed(self, reason: str) -> None:
-        self.state = CLOSED
         self.outgoing.read()  # a new session ticket, among others: not for this client
-        try:
-            self.sslobj.unwrap()  # type: ignore[union-attr]  # close_notify
-        except (ssl.SSLError, OSError):
-            pass
-        self._flush()
+        self._close_notify()
         self._report(None, reason=reason,
                      detail="resumed session: the client certificate no longer verifies")
         self._close_socket()
@@ -259,13 +254,16 @@ class TlsServerProtocol(asyncio.Protocol):
         if self.state == OPEN:
             self._send_plaintext()  # what the app wrote before closing goes first
         if self.state == OPEN:
-            self.state = CLOSED
-            try:
-                self.sslobj.unwrap()  # type: ignore[union-attr]
-            except (ssl.SSLError, OSError):
-                pass  # we do not wait for the peer's close_notify
-            self._flush()
+            self._close_notify()
         self._close_socket()
+
+    def _close_notify(self) -> None:
+        self.state = CLOSED
+        try:
+            self.sslobj.unwrap()  # type: ignore[union-attr]
+        except (ssl.SSLError, OSError):
+            pass  # we do not wait for the peer's close_notify
+        self._flush()
 
     def _close_socket(self) -> None:
         """What is flushed leaves first; what comes after is read and dropped, never
