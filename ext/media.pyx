@@ -21,15 +21,19 @@ codes and never raise; the error texts; the Python-facing functions. The error c
 names and docs live in mgfast/media.py and the stubs in mgfast/_media.pyi.
 """
 
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport bsearch, free, malloc, qsort
+from libc.errno cimport EAGAIN
 from libc.string cimport memcmp, memcpy
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_IsContiguous, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.memoryview cimport PyMemoryView_Check, PyMemoryView_FromObject, PyMemoryView_GET_BUFFER
 from cpython.sequence cimport PySequence_Fast, PySequence_Fast_GET_ITEM, PySequence_Fast_GET_SIZE
 
+import zmq
+
 from mgfast._messages cimport Message
+from mgfast._zmq_io cimport send_frame, socket_of
 
 
 # ---- tunables -------------------------------------------------------------------------------
@@ -1225,6 +1229,92 @@ def decode_media_batch(body):
             raise _limit_error(_E_TOO_MANY_BATCH_PARTS, _L_BATCH)
         results.append(_media_tuple(mv, p, f.end, &m))
     return results
+
+
+cdef Py_ssize_t _send_media(void* sock, const uint8_t* p, Py_ssize_t end, _Media* m) except -2:
+    """Send a Media that _scan_media accepted as ``[topic, message, *data]``: its frame bytes,
+    or -1 when the socket would not take its first frame (nothing queued)."""
+    cdef Py_ssize_t pos = m.data_from
+    cdef Py_ssize_t left = m.n_data
+    cdef Py_ssize_t size = (m.topic_end - m.topic_start) + (m.msg_end - m.msg_start)
+    cdef _Field f
+    cdef _Err e
+    if send_frame(sock, p + m.topic_start, m.topic_end - m.topic_start, True) < 0:
+        return -1
+    _sent_all(send_frame(sock, p + m.msg_start, m.msg_end - m.msg_start, left > 0))
+    while left:
+        if _next_field(p, &pos, end, &f, &e):
+            break  # unreachable: _scan_media accepted these bytes
+        if f.number == 3:
+            left -= 1
+            size += f.end - f.start
+            _sent_all(send_frame(sock, p + f.start, f.end - f.start, left > 0))
+    return size
+
+
+cdef inline void _sent_all(int rc) except *:
+    if rc < 0:  # libzmq takes a multipart whole once it took its first frame
+        raise zmq.ZMQError(EAGAIN, "the socket refused the rest of a multipart")
+
+
+def send_media_batch(uintptr_t handle, bytes body, bint stop_at_eos):
+    """Write a MediaBatch's items to a libzmq socket straight from ``body``, each as
+    ``[topic, message, *data]`` copied by libzmq: no Python object per item. Stops before
+    the first item the socket would not take and, with ``stop_at_eos``, before the first end
+    of stream (its write waits for an acknowledgement). Returns (items, sent, frame bytes
+    sent), or None without sending anything when the batch is not all valid: decode_media_batch
+    then gives each item's answer."""
+    cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(body)
+    cdef Py_ssize_t end = PyBytes_GET_SIZE(body)
+    cdef Py_ssize_t pos = 0
+    cdef Py_ssize_t count = 0
+    cdef Py_ssize_t parts = 0
+    cdef Py_ssize_t sent = 0
+    cdef Py_ssize_t size = 0
+    cdef Py_ssize_t i
+    cdef Py_ssize_t written
+    cdef _Field f
+    cdef _Err e
+    cdef _Media* media
+    cdef Py_ssize_t* ends
+    cdef void* sock = socket_of(handle)
+    if _scan_batch(p, end, &e):
+        return None
+    while pos < end:  # items, to size the table
+        if _next_field(p, &pos, end, &f, &e):
+            return None  # unreachable: _scan_batch accepted the framing
+        count += f.number == 1
+    media = <_Media*>malloc(count * sizeof(_Media) + 1)
+    ends = <Py_ssize_t*>malloc(count * sizeof(Py_ssize_t) + 1)
+    try:
+        if media == NULL or ends == NULL:
+            raise MemoryError()
+        pos = 0
+        i = 0
+        while pos < end:
+            if _next_field(p, &pos, end, &f, &e):
+                return None  # unreachable, as above
+            if f.number != 1:
+                continue
+            if _scan_media(p, f.start, f.end, &media[i], &e):
+                return None
+            parts += media[i].n_data
+            if parts > _MAX_BATCH_DATA_PARTS:
+                return None
+            ends[i] = f.end
+            i += 1
+        while sent < count:
+            if stop_at_eos and media[sent].kind == 9:  # Kind.END_OF_STREAM
+                break
+            written = _send_media(sock, p, ends[sent], &media[sent])
+            if written < 0:
+                break
+            size += written
+            sent += 1
+        return count, sent, size
+    finally:
+        free(media)
+        free(ends)
 
 
 def batch_writes(list items):

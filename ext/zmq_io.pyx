@@ -454,9 +454,15 @@ def recv_messages(uintptr_t handle, Py_ssize_t limit, Py_ssize_t keep_from, obje
     return out, taken
 
 
-cdef int _send_view(void* sock, Py_buffer* view, int flags) except -2:
-    """0 sent, -1 would block (EAGAIN); raises ZMQError on any other failure."""
-    cdef int rc = _send(sock, view.buf, <size_t>view.len, flags)
+cdef void* socket_of(uintptr_t handle) except NULL:
+    """The libzmq socket of a handle (``sock.underlying``), for the other extension modules."""
+    return _socket(handle)
+
+
+cdef int send_frame(void* sock, const void* data, size_t size, bint more) except -2:
+    """One frame, copied by libzmq: 0 sent, -1 would block (EAGAIN); raises ZMQError on any
+    other failure. For the codec, which sends frames straight from a request body."""
+    cdef int rc = _send(sock, data, size, ZMQ_DONTWAIT | (ZMQ_SNDMORE if more else 0))
     cdef int err
     if rc >= 0:
         return 0
@@ -467,7 +473,7 @@ cdef int _send_view(void* sock, Py_buffer* view, int flags) except -2:
 
 
 cdef int _send_ref(void* sock, Py_buffer* view, mg_shared_t* shared, int flags) except -2:
-    """As _send_view, handing libzmq a reference to the SendBuffer block instead of a copy."""
+    """As send_frame, handing libzmq a reference to the SendBuffer block instead of a copy."""
     cdef mg_zmq_msg_t msg
     cdef int err
     mg_shared_acquire(shared)
@@ -519,7 +525,7 @@ cdef bint _send_one(void* sock, object frames) except -1:
             if shared[i] != NULL:
                 rc = _send_ref(sock, &views[i], shared[i], ZMQ_DONTWAIT | more)
             else:
-                rc = _send_view(sock, &views[i], ZMQ_DONTWAIT | more)
+                rc = send_frame(sock, views[i].buf, <size_t>views[i].len, more != 0)
             if rc < 0:
                 if i == 0:
                     return False

@@ -35,6 +35,12 @@ decode_media_batch(body) -> list
 batch_writes(items) -> (messages, eos, frame_bytes)
     The decoded items of a batch as a writer takes them (``OutStreamWriter.submit_group``):
     their frame lists, EOS flags (None if none is an EOS) and total frame size, in one C loop.
+
+send_media_batch(handle, body, stop_at_eos) -> (items, sent, frame_bytes) | None
+    The writer's fast path for a whole valid batch (``OutStreamWriter.send_batch``): the items
+    go from the body to a libzmq socket with no Python object per item, until the socket would
+    block (or, if asked, an end of stream comes). None, with nothing sent, when any item is
+    malformed: decode_media_batch then answers each one.
 """
 
 from __future__ import annotations
@@ -75,6 +81,7 @@ from mgfast._media import (  # noqa: E402
     is_end_of_stream,
     message_kind,
     routing_labels,
+    send_media_batch,
 )
 
 __all__ = [
@@ -94,4 +101,5 @@ __all__ = [
     "is_end_of_stream",
     "message_kind",
     "routing_labels",
+    "send_media_batch",
 ]

@@ -307,10 +307,11 @@ def post_batch(conn, items) -> tuple[int, dict]:
     return response.status, orjson.loads(response.read())
 
 
-def test_batch_writes_in_order_and_reports_each_item(tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])  # the writer in the worker / in the egress
+def test_batch_writes_in_order_and_reports_each_item(tmp_path, workers):
     where = endpoint("tcp", tmp_path)
     with sp.SavantReader(f"router+bind:{where}") as reader:
-        config = server_config(f"dealer+connect:{where}")
+        config = server_config(f"dealer+connect:{where}", workers=workers)
         with GatewayProcess("server", config, tmp_path):
             conn = http.client.HTTPConnection("127.0.0.1", config["port"], timeout=10)
             conn.request("GET", "/health")
@@ -323,6 +324,15 @@ def test_batch_writes_in_order_and_reports_each_item(tmp_path):
             assert status == 200 and body == {"results": [200, 400, 200, 200]}
             got = reader.wait_for(3)
             assert [m.extra for m in got] == [(b"\x00",), (b"\x01",), (b"\x02",)]
+            # All valid: written straight from the body up to the end of stream, whose write
+            # waits for the reader's acknowledgement; then the rest, in order.
+            items = [(b"cam-1", sp.to_bytes(sp.user_data("cam-1")), [b"a"]),
+                     (b"cam-1", sp.to_bytes(sp.end_of_stream("cam-1")), []),
+                     (b"cam-2", sp.to_bytes(sp.user_data("cam-2")), [b"b"])]
+            status, body = post_batch(conn, items)
+            assert status == 200 and body == {"results": [200, 200, 200]}
+            got = reader.wait_for(6)[3:]
+            assert [m.frames for m in got] == [[t, m, *d] for t, m, d in items]
 
 
 def test_batch_stops_at_the_first_failed_write(tmp_path):

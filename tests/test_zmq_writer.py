@@ -14,6 +14,7 @@ import pytest
 import zmq
 import zmq.asyncio
 
+from mgfast.media import encode_media_batch
 from mgfast.zmq.settings import OutStreamConfig
 from mgfast.zmq.sockets import EndpointError, StreamClosed
 from mgfast.zmq.url import parse_socket_url
@@ -474,3 +475,33 @@ def test_an_idle_writer_sends_at_once_unless_an_ack_is_awaited(tmp_path):
             assert writer.results[WriteResult.SUCCESS] == 5 and writer.queue_depth == 0
 
     arun(body())
+
+
+@pytest.mark.timeout(30)
+def test_a_batch_body_is_written_at_once_only_when_nothing_can_be_overtaken(tmp_path):
+    """send_batch (the server's fast path for a MediaBatch): not while a message is queued or
+    awaits its acknowledgement, and never by a req writer, which awaits a reply to each: those
+    answer None with nothing sent, and the caller takes the usual path."""
+    ep = f"ipc://{tmp_path}/batch"
+    config = writer_config(f"dealer+connect:{ep}", receive_timeout=1.0, receive_retries=1)
+    items = [(b"cam-1", sp.to_bytes(sp.user_data("cam-1")), [b"%d" % i]) for i in range(3)]
+    body = encode_media_batch(items)
+
+    async def body_of_test():
+        async with routed(config, ep) as (router, writer):
+            eos = writer.submit(sp.frames("cam-1", sp.end_of_stream("cam-1")), True)
+            assert writer.send_batch(body) is None  # the EOS waits for its OK
+            parts = await asyncio.wait_for(router.recv_multipart(), 5)
+            await router.send_multipart([parts[0], b"OK"])
+            assert await eos is WriteResult.ACK
+            size = sum(len(t) + len(m) + sum(map(len, d)) for t, m, d in items)
+            assert writer.send_batch(body) == (3, 3, size)
+            received = [(await asyncio.wait_for(router.recv_multipart(), 5))[1:]
+                        for _ in items]
+            assert received == [[t, m, *d] for t, m, d in items]
+            assert writer.results[WriteResult.SUCCESS] == 3
+        req = writer_config(f"req+connect:{ep}")
+        async with running(req) as writer:
+            assert writer.send_batch(body) is None
+
+    arun(body_of_test())

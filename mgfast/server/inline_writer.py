@@ -38,5 +38,15 @@ class InlineWriter:
         return self.limit.admit(len(messages),
                                 lambda: self.writer.submit_group(messages, eos))
 
+    def send_batch(self, body: bytes) -> tuple[int, int, int] | None:
+        """OutStreamWriter.send_batch (items written straight from a MediaBatch body), within
+        the same bound on pending messages as submit_group."""
+        if self.limit.pending >= self.limit.limit:
+            return None
+        done = self.writer.send_batch(body)
+        if done is not None and self.fps is not None:
+            self.fps.add(done[1])
+        return done
+
     async def close(self) -> None:
         await self.writer.close()

@@ -26,6 +26,7 @@ import zmq
 import zmq.asyncio
 
 from mgfast._zmq_io import recv_multipart, send_many, send_multipart
+from mgfast.media import send_media_batch
 from mgfast.zmq.settings import OutStreamConfig
 from mgfast.zmq.sockets import CONFIRMATION, StreamClosed, open_socket
 
@@ -151,6 +152,23 @@ class OutStreamWriter:
         if eos is not None and len(eos) != len(messages):
             raise ValueError("submit_group needs one eos flag per message")
         return self._enqueue(messages, eos if eos is not None and True in eos else None, False)
+
+    def send_batch(self, body: bytes) -> tuple[int, int, int] | None:
+        """A MediaBatch body's items written now, straight from the body, if the writer is
+        idle and nothing waits for acknowledgements: (items, sent, frame bytes sent). The
+        items from ``sent`` on (the socket would block, or an EOS that waits for its ack) are
+        the caller's to submit. None, with nothing sent: take the usual path (decode, then
+        ``submit_group``), which also answers malformed items."""
+        if (self._queue or self._busy or self._ack_every or self._closing or self._task is None
+                or not self._handle):
+            return None
+        try:
+            done = send_media_batch(self._handle, body, self._ack_eos)
+        except zmq.ZMQError as exc:
+            raise self._broken(exc) from exc
+        if done is not None:
+            self.results[WriteResult.SUCCESS] += done[1]
+        return done
 
     def _enqueue(self, messages: list[Frames], eos: list[bool] | None, single: bool
                  ) -> asyncio.Future[Any]:
