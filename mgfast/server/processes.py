@@ -17,6 +17,7 @@ from multiprocessing.connection import Connection
 import uvloop
 
 from mgfast import logs
+from mgfast.gc_tuning import tune_for_streaming
 from mgfast.memory import HeapTrimmer, keep_freed_memory
 from mgfast.config.model import ServerConfig
 from mgfast.metrics.multiprocess import enabled as metrics_enabled
@@ -72,6 +73,7 @@ async def _egress(config: ServerConfig, endpoint: str, conn: Connection) -> None
     fps_task = asyncio.ensure_future(fps.run(stop)) if fps is not None else None
     trimmer = HeapTrimmer()  # the egress holds every worker's frames for a moment
     trimmer.start()
+    tune_for_streaming()
     try:
         await egress.run(stop)
     finally:
