@@ -11,6 +11,7 @@ import base64
 
 import pytest
 
+from mgfast.batching import all_accepted
 from mgfast.http import client_connection as cc
 from tests import savant_peers as sp
 from tests.gateway_process import GatewayProcess, server_config
@@ -217,7 +218,7 @@ def test_a_server_that_closes_after_every_answer_is_backed_off_not_spun_on():
     assert 2 <= arun(body()) <= 8  # about one per backoff delay, not hundreds
 
 
-# ---- plain answers: identical 200s are answered without the parser ----------------------------
+# ---- learnt answers: repeated 200s are answered without the parser -----------------------------
 
 PLAIN = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
 
@@ -266,8 +267,8 @@ def test_runs_of_identical_plain_answers_keep_every_status_in_order(chunk):
     got: list = []
     connection.on_response = lambda entry, response: got.append((entry, response.status,
                                                                  response.body))
-    protocol.data_received(answers[0])  # alone in its read: learnt as the plain answer
-    assert protocol.plain == PLAIN
+    protocol.data_received(answers[0])  # alone in its read: learnt
+    assert list(protocol.learnt) == [PLAIN]
     stream = b"".join(answers[1:])
     for at in range(0, len(stream), chunk):
         protocol.data_received(stream[at:at + chunk])
@@ -297,7 +298,48 @@ def test_a_plain_answer_that_changes_is_learnt_again():
     connection.on_response = lambda entry, response: got.append((entry, response.status))
     protocol.data_received(first)
     protocol.data_received(second)  # not the learnt bytes: parsed, and learnt in their place
-    assert protocol.plain == second and parser.fed == len(first) + len(second)
+    assert second in protocol.learnt and parser.fed == len(first) + len(second)
     protocol.data_received(second * 4)
     assert parser.fed == len(first) + len(second)  # the run never reached llhttp
     assert got == [(i, 200) for i in range(6)] and not protocol.closed
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 60, 1000])
+def test_learnt_batch_answers_of_any_count_are_matched_whole_and_others_parsed(chunk):
+    """An mgfast server's batch answers differ by item count (and a partial one by its
+    statuses, with the same length): each one learnt is matched byte for byte, never by its
+    head alone."""
+    def answer(body: bytes) -> bytes:
+        return (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d"
+                b"\r\n\r\n%s" % (len(body), body))
+    two, three = all_accepted(2), all_accepted(3)
+    partial = two.replace(b"200]", b"400]")  # as long as ``two``: the same head
+    assert len(partial) == len(two) and partial != two
+    connection, protocol, parser = fed_protocol(9)
+    got: list = []
+    connection.on_response = lambda entry, response: got.append((entry, response.body))
+    protocol.data_received(answer(two))
+    protocol.data_received(answer(three))
+    assert len(protocol.learnt) == 2 and len(protocol.learnt_heads) == 2
+    bodies = [three, two, partial, two, three, three, two]
+    stream = b"".join(map(answer, bodies))
+    fed = parser.fed
+    for at in range(0, len(stream), chunk):
+        protocol.data_received(stream[at:at + chunk])
+    assert got == list(enumerate([two, three, *bodies]))
+    if chunk == 1000:  # one read: only the partial answer (and what follows it) is parsed
+        assert parser.fed - fed == len(stream) - len(answer(three) + answer(two))
+    assert not connection.pending and not protocol.closed
+
+
+def test_learnt_answers_are_bounded_and_learnt_afresh():
+    dated = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\ndate: %d\r\n\r\n"
+    connection, protocol, _ = fed_protocol(cc.LEARNT_ANSWERS + 2)
+    connection.on_response = lambda entry, response: None
+    for i in range(cc.LEARNT_ANSWERS + 1):
+        protocol.data_received(dated % i)
+    assert list(protocol.learnt) == [dated % cc.LEARNT_ANSWERS]
+    assert len(protocol.learnt_heads) == 1
+    chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+    protocol.data_received(chunked)  # its length is not in its head: never learnt
+    assert chunked not in protocol.learnt and not protocol.closed

@@ -9,8 +9,8 @@
     connection.close()                     # drops the FIFO without callbacks
 
 Responses are parsed by httptools and settle the oldest unanswered entry, all inside event-loop
-callbacks; a run of responses byte-identical to a plain 200 the parser read alone (the last
-such one: a Date header changes it) skips the parser. On a break, a response timeout
+callbacks; a response byte-identical to a short 200 the parser read alone skips the parser
+(up to 64 such answers are kept; a Date header changes them every second). On a break, a response timeout
 (``response_timeout`` for the oldest request) or a malformed response, ``on_failure`` gets
 every unanswered entry with an :class:`HttpClientError` whose ``sent`` says whether the server
 may have processed them; after ``Connection: close`` the later ones fail with
@@ -35,6 +35,8 @@ CONNECT_TIMEOUT = 10.0  # seconds for TCP connect plus TLS handshake
 RESPONSE_TIMEOUT = 60.0  # seconds from writing a request to its complete response
 IDLE_REUSE = 4.0  # seconds idle after which a connection is replaced rather than reused
 MAX_RESPONSE_BODY = 1024 * 1024  # bytes; gateway responses are tiny
+LEARNT_BODY = 1024  # bytes: answers with longer bodies are always parsed
+LEARNT_ANSWERS = 64  # answers matched without the parser; past this, they are learnt afresh
 
 
 class HttpClientError(Exception):
@@ -105,11 +107,14 @@ class _ResponseProtocol(asyncio.Protocol):
         self.body_size = 0
         self.headers_complete = False
         self.delimited = False  # the body has a length or is chunked (else it ends at EOF)
-        # A server answers most requests with the same bytes (200, keep-alive, no body): once
-        # the parser has read such an answer alone, a run of identical ones at a response
-        # boundary is answered without it (``_plain_run``); the last such answer read counts.
-        self.plain: bytes | None = None
-        self.plain_response: ClientResponse | None = None
+        # A server answers most requests with a few byte strings (a plain 200; an mgfast
+        # server's batch answer for each item count): once the parser has read such an answer
+        # alone (200, keep-alive, a short body of known length), identical ones at a response
+        # boundary are answered without it (``_learnt_run``), the last one matched first.
+        self.learnt: dict[bytes, ClientResponse] = {}  # whole answer -> its response
+        self.learnt_heads: dict[bytes, int] = {}  # head, through the blank line -> body size
+        self.last = b""  # the answer learnt or matched last (set with the first one learnt)
+        self.last_response: ClientResponse | None = None
         self.in_message = False  # the parser is inside a response
         self.begun = 0  # responses begun in the current data_received
         self.completed: ClientResponse | None = None  # the last one, once complete
@@ -130,9 +135,8 @@ class _ResponseProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
-        plain = self.plain
-        if plain is not None and not self.in_message and data.startswith(plain):
-            data = self._plain_run(data, plain)
+        if self.learnt and not self.in_message:
+            data = self._learnt_run(data)
             if not data or self.closed:
                 return
         if not self.connection.pending:
@@ -147,20 +151,46 @@ class _ResponseProtocol(asyncio.Protocol):
             return
         response = self.completed
         if (learn and self.begun == 1 and response is not None and not self.in_message
-                and response.status == 200 and response.keep_alive and not response.body):
-            self.plain, self.plain_response = bytes(data), response
+                and response.status == 200 and response.keep_alive
+                and len(response.body) <= LEARNT_BODY):
+            self._learn(bytes(data), response)
 
-    def _plain_run(self, data: bytes, plain: bytes) -> bytes:
-        """Answer the requests that the copies of ``plain`` at the start of ``data`` answer;
-        what follows them."""
-        answered, response = self.connection._answered, self.plain_response
+    def _learn(self, answer: bytes, response: ClientResponse) -> None:
+        """``answer``, which the parser read whole and alone, may be matched from now on."""
+        head_end = answer.find(b"\r\n\r\n") + 4
+        if head_end < 4 or len(answer) - head_end != len(response.body):
+            return  # chunked: its length is not the head's to tell
+        if len(self.learnt) >= LEARNT_ANSWERS:  # answers that change (a Date header)
+            self.learnt.clear()
+            self.learnt_heads.clear()
+        self.learnt[answer] = response
+        self.learnt_heads[answer[:head_end]] = len(response.body)
+        self.last, self.last_response = answer, response
+
+    def _learnt_run(self, data: bytes) -> bytes:
+        """Answer the requests that the learnt answers at the start of ``data`` answer; what
+        follows them (from a response boundary: the parser takes it)."""
+        answered, learnt, heads = self.connection._answered, self.learnt, self.learnt_heads
         pending = self.connection.pending
-        assert response is not None  # set together with plain
-        size, at = len(plain), 0
-        while pending and not self.closed and data.startswith(plain, at):
-            at += size
+        at = 0
+        while pending and not self.closed:
+            last = self.last  # learnt is not empty: neither is last
+            if data.startswith(last, at):
+                at += len(last)
+                answered(self, self.last_response)  # type: ignore[arg-type]  # set with last
+                continue
+            end = data.find(b"\r\n\r\n", at) + 4
+            size = heads.get(data[at:end]) if end >= 4 else None
+            if size is None:
+                break
+            answer = data[at:end + size]
+            response = learnt.get(answer)
+            if response is None:
+                break
+            self.last, self.last_response = answer, response
+            at = end + size
             answered(self, response)
-        return data[at:]
+        return data[at:] if at else data
 
     def eof_received(self) -> bool | None:
         return False  # close our side too; connection_lost follows
