@@ -25,6 +25,7 @@ import socket
 import ssl
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.common import Certs
@@ -38,18 +39,8 @@ def _drain(listener: socket.socket, server: ssl.SSLContext | None) -> None:
     only the sender is measured) until the peer closes."""
     conn, _ = listener.accept()
     if server is not None:
-        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        tls = server.wrap_bio(incoming, outgoing, server_side=True)
-        while True:
-            try:
-                tls.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                if outgoing.pending:
-                    conn.sendall(outgoing.read())
-                incoming.write(conn.recv(65536))
-        if outgoing.pending:
-            conn.sendall(outgoing.read())
+        _handshake(conn, lambda incoming, outgoing: server.wrap_bio(incoming, outgoing,
+                                                                    server_side=True))
     buffer = bytearray(1 << 20)
     try:
         while conn.recv_into(buffer):
@@ -57,6 +48,25 @@ def _drain(listener: socket.socket, server: ssl.SSLContext | None) -> None:
     except ConnectionResetError:
         pass  # the sender closed with our session tickets unread: the end all the same
     conn.close()
+
+
+def _handshake(sock: socket.socket,
+               wrap: Callable[[ssl.MemoryBIO, ssl.MemoryBIO], ssl.SSLObject]
+               ) -> tuple[ssl.SSLObject, ssl.MemoryBIO]:
+    """A TLS handshake over memory BIOs on a blocking socket: the object and its outgoing BIO."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = wrap(incoming, outgoing)
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            if outgoing.pending:
+                sock.sendall(outgoing.read())
+            incoming.write(sock.recv(65536))
+    if outgoing.pending:
+        sock.sendall(outgoing.read())
+    return tls, outgoing
 
 
 def _thread_cpu() -> float:
@@ -84,22 +94,16 @@ def run(mode: str, certs: Certs, size: int, count: int) -> float:
         for _ in range(count):
             sock.sendall(payload)
     elif mode == "memory-bio":
-        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        tls = client.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")  # type: ignore[union-attr]
-        while True:
-            try:
-                tls.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                if outgoing.pending:
-                    sock.sendall(outgoing.read())
-                incoming.write(sock.recv(65536))
+        assert client is not None  # made for every TLS mode
+        tls, outgoing = _handshake(sock, lambda incoming, outgoing: client.wrap_bio(
+            incoming, outgoing, server_hostname="127.0.0.1"))
         started = _thread_cpu()
         for _ in range(count):
             tls.write(payload)
             sock.sendall(outgoing.read())
     else:
-        tls_sock = client.wrap_socket(sock, server_hostname="127.0.0.1")  # type: ignore[union-attr]
+        assert client is not None
+        tls_sock = client.wrap_socket(sock, server_hostname="127.0.0.1")
         tls_sock.setblocking(False)
         sock = tls_sock
         started = _thread_cpu()

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -26,9 +25,7 @@ from mgfast.media import (
     encode_media_batch,
     encode_media_batch_pieces,
     message_kind,
-    send_media_batch,
 )
-from mgfast._zmq_io import recv_many
 from tests import savant_proto as pb
 from tests.savant_proto import ld, tag, varint
 
@@ -622,77 +619,6 @@ def test_batch_writes_are_the_decoded_items_as_a_writer_takes_them():
         [list(decoded[0][:2]) + decoded[0][2], list(decoded[3][:2])], None,
         5 + 2 * len(user) + 3 + 5)
     assert batch_writes([]) == ([], None, 0)
-
-
-# ---- send_media_batch: a writer's fast path, on real libzmq sockets ----------------------------
-
-
-@pytest.fixture
-def pull_push():
-    context = zmq.Context()
-    pull, push = context.socket(zmq.PULL), context.socket(zmq.PUSH)
-    for sock in (pull, push):
-        sock.linger = 0
-    pull.bind("inproc://media-batch")
-    push.connect("inproc://media-batch")
-    yield pull, push
-    push.close()
-    pull.close()
-    context.term()
-
-
-def received(pull, count: int) -> list[list[bytes]]:
-    got = recv_many(pull.underlying, count + 1)
-    assert recv_many(pull.underlying, 1) == []  # nothing more, and no half message
-    return [[bytes(f) for f in m] for m in got]
-
-
-def test_send_media_batch_sends_each_item_as_the_writer_would_and_counts_it(pull_push):
-    pull, push = pull_push
-    user = pb.serialize(pb.savant_message(kind=8))
-    body = b"".join(ld(1, i) for i in [
-        media(user, data=[b"x", b"yz"]), media(user, topic=b""), media(user, data=[b""])])
-    messages, _, size = batch_writes(decode_media_batch(body))
-    assert send_media_batch(push.underlying, body, True) == (3, 3, size)
-    assert received(pull, 3) == [[bytes(f) for f in m] for m in messages] == [
-        [b"cam-1", user, b"x", b"yz"], [b"", user], [b"cam-1", user, b""]]
-    assert send_media_batch(push.underlying, b"", True) == (0, 0, 0)
-
-
-def test_send_media_batch_sends_nothing_when_any_item_or_the_framing_is_malformed(pull_push):
-    pull, push = pull_push
-    good = media(data=[b"x"])
-    for body in (b"".join(ld(1, i) for i in [good, media(topic=b"\xff"), good]),  # bad item
-                 ld(1, good) + b"\x0a\x09abc",  # truncated item
-                 ld(1, good) + tag(1, 0) + varint(1)):  # items must be length-delimited
-        assert send_media_batch(push.underlying, body, False) is None
-    assert received(pull, 0) == []
-
-
-def test_send_media_batch_stops_before_an_eos_only_when_asked(pull_push):
-    pull, push = pull_push
-    user = pb.serialize(pb.savant_message(kind=8))
-    body = b"".join(ld(1, i) for i in [media(user), media(EOS), media(user)])
-    assert send_media_batch(push.underlying, body, True) == (3, 1, 5 + len(user))
-    assert received(pull, 1) == [[b"cam-1", user]]
-    assert send_media_batch(push.underlying, body, False)[:2] == (3, 3)
-    assert [m[1] for m in received(pull, 3)] == [user, EOS, user]
-
-
-def test_send_media_batch_stops_where_the_socket_would_block():
-    context = zmq.Context()
-    slow = context.socket(zmq.PUSH)
-    slow.sndhwm = 5
-    slow.linger = 0
-    slow.connect("tcp://127.0.0.1:1")  # nobody listens: messages stay queued, up to the HWM
-    try:
-        body = b"".join(ld(1, media(data=[b"%d" % i])) for i in range(100))
-        count, sent, size = send_media_batch(slow.underlying, body, False)
-        assert count == 100 and 0 < sent < 100 and size == sent * (5 + len(EOS) + 1)
-        assert send_media_batch(slow.underlying, body, False) == (100, 0, 0)  # still full
-    finally:
-        slow.close()
-        context.term()
 
 
 def test_batch_empty():

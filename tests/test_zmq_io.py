@@ -7,6 +7,10 @@ import zmq
 
 from mgfast._zmq_io import (ZERO_COPY_MIN, SendBuffer, recv_many, recv_messages, recv_multipart,
                             send_buffers_alive, send_many, send_multipart)
+from mgfast.media import batch_writes, decode_media_batch, send_media_batch
+from tests import savant_proto as pb
+from tests.savant_proto import ld, tag, varint
+from tests.test_media import EOS, media
 from tests.util import wait_until
 
 
@@ -272,3 +276,62 @@ def test_recv_messages_without_routes_delivers_every_multipart_of_two_frames():
     finally:
         a.close(linger=0)
         b.close(linger=0)
+
+
+# ---- send_media_batch (mgfast._media): a writer's fast path, straight from a MediaBatch body --
+
+def received(router, count: int) -> list[list[bytes]]:
+    """What reached the ROUTER, without routing ids: ``count`` whole messages and no more."""
+    got: list = []
+    if count:
+        wait_until(lambda: got.extend(recv_many(router.underlying, count)) or len(got) >= count)
+    assert len(got) == count and recv_many(router.underlying, 1) == []  # no half message
+    return [[bytes(f) for f in m[1:]] for m in got]
+
+
+def test_send_media_batch_sends_each_item_as_the_writer_would_and_counts_it(pair):
+    push, pull = pair
+    user = pb.serialize(pb.savant_message(kind=8))
+    body = b"".join(ld(1, i) for i in [
+        media(user, data=[b"x", b"yz"]), media(user, topic=b""), media(user, data=[b""])])
+    messages, _, size = batch_writes(decode_media_batch(body))
+    assert send_media_batch(push.underlying, body, True) == (3, 3, size)
+    assert received(pull, 3) == [[bytes(f) for f in m] for m in messages] == [
+        [b"cam-1", user, b"x", b"yz"], [b"", user], [b"cam-1", user, b""]]
+    assert send_media_batch(push.underlying, b"", True) == (0, 0, 0)
+
+
+def test_send_media_batch_sends_nothing_when_any_item_or_the_framing_is_malformed(pair):
+    push, pull = pair
+    good = media(data=[b"x"])
+    for body in (b"".join(ld(1, i) for i in [good, media(topic=b"\xff"), good]),  # bad item
+                 ld(1, good) + b"\x0a\x09abc",  # truncated item
+                 ld(1, good) + tag(1, 0) + varint(1)):  # items must be length-delimited
+        assert send_media_batch(push.underlying, body, False) is None
+    assert received(pull, 0) == []
+
+
+def test_send_media_batch_stops_before_an_eos_only_when_asked(pair):
+    push, pull = pair
+    user = pb.serialize(pb.savant_message(kind=8))
+    body = b"".join(ld(1, i) for i in [media(user), media(EOS), media(user)])
+    assert send_media_batch(push.underlying, body, True) == (3, 1, 5 + len(user))
+    assert received(pull, 1) == [[b"cam-1", user]]
+    assert send_media_batch(push.underlying, body, False)[:2] == (3, 3)
+    assert [m[1] for m in received(pull, 3)] == [user, EOS, user]
+
+
+def test_send_media_batch_stops_where_the_socket_would_block():
+    context = zmq.Context()
+    slow = context.socket(zmq.DEALER)
+    slow.sndhwm = 5
+    slow.linger = 0
+    slow.connect("tcp://127.0.0.1:1")  # nobody listens: messages stay queued, up to the HWM
+    try:
+        body = b"".join(ld(1, media(data=[b"%d" % i])) for i in range(100))
+        count, sent, size = send_media_batch(slow.underlying, body, False)
+        assert count == 100 and 0 < sent < 100 and size == sent * (5 + len(EOS) + 1)
+        assert send_media_batch(slow.underlying, body, False) == (100, 0, 0)  # still full
+    finally:
+        slow.close()
+        context.term()

@@ -10,11 +10,11 @@
 
 Responses are parsed by httptools and settle the oldest unanswered entry, all inside event-loop
 callbacks; a response byte-identical to a short 200 the parser read alone skips the parser
-(up to 64 such answers are kept; a Date header changes them every second). On a break, a response timeout
-(``response_timeout`` for the oldest request) or a malformed response, ``on_failure`` gets
-every unanswered entry with an :class:`HttpClientError` whose ``sent`` says whether the server
-may have processed them; after ``Connection: close`` the later ones fail with
-:class:`ClosedByServer` (``sent`` false). A connection idle for longer than
+(up to 64 such answers are kept; a Date header changes them every second). On a break, a
+response timeout (``response_timeout`` for the oldest request) or a malformed response,
+``on_failure`` gets every unanswered entry with an :class:`HttpClientError` whose ``sent``
+says whether the server may have processed them; after ``Connection: close`` the later ones
+fail with :class:`ClosedByServer` (``sent`` false). A connection idle for longer than
 ``idle_reuse`` is not reused. Details: docs/protocol.md section 3.
 """
 
