@@ -1231,6 +1231,11 @@ def decode_media_batch(body):
     return results
 
 
+cdef inline void _sent_all(int rc) except *:
+    if rc < 0:  # libzmq takes a multipart whole once it took its first frame
+        raise zmq.ZMQError(EAGAIN, "the socket refused the rest of a multipart")
+
+
 cdef Py_ssize_t _send_media(void* sock, const uint8_t* p, Py_ssize_t end, _Media* m) except -2:
     """Send a Media that _scan_media accepted as ``[topic, message, *data]``: its frame bytes,
     or -1 when the socket would not take its first frame (nothing queued)."""
@@ -1250,11 +1255,6 @@ cdef Py_ssize_t _send_media(void* sock, const uint8_t* p, Py_ssize_t end, _Media
             size += f.end - f.start
             _sent_all(send_frame(sock, p + f.start, f.end - f.start, left > 0))
     return size
-
-
-cdef inline void _sent_all(int rc) except *:
-    if rc < 0:  # libzmq takes a multipart whole once it took its first frame
-        raise zmq.ZMQError(EAGAIN, "the socket refused the rest of a multipart")
 
 
 def send_media_batch(uintptr_t handle, bytes body, bint stop_at_eos):

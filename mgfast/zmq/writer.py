@@ -5,6 +5,7 @@
     result = await writer.write([topic, message, *extra], eos=False)   # a WriteResult
     future = writer.submit(frames, eos)       # the same without a coroutine
     future = writer.submit_group(messages, eos_flags)   # stops at its first failed write
+    done = writer.send_batch(body)            # a MediaBatch body's items, now, or None
     await writer.close()                      # flushes, then fails what is left (StreamClosed)
 
 One writer owns the socket and serves every concurrent request of the process; messages reach
