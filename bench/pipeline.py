@@ -496,6 +496,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", help="keep configs, logs and sockets here (default: a "
                         "temporary directory, removed afterwards)")
     parser.add_argument("--workers", type=int, help="mgfast server `workers` (default: its own)")
+    parser.add_argument("--rounds", type=int, default=1, metavar="N",
+                        help="run the selection N times, path after path, and print each "
+                        "mgfast row's ratios to stunnel and direct as the median over the "
+                        "rounds, each round's ratios taken within it")
     parser.add_argument("--client-tree", metavar="PATH", help="run the mgfast client from this "
                         "checkout (its extension built in place); the server stays this one's")
     args = parser.parse_args(argv)
@@ -513,18 +517,69 @@ def main(argv: list[str] | None = None) -> int:
         if not (tree / "mgfast" / "__main__.py").is_file():
             parser.error(f"--client-tree {args.client_tree}: no mgfast package there")
         opts = dataclasses.replace(opts, client_tree=tree)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     sizes = [s for s in SIZES if args.size in (None, s.name)]
     only = set(args.only.split(",")) if args.only else None
+
+    def rounds(work: Path) -> list[dict]:
+        certs = Certs.create(work / "pki")
+        results = []
+        for number in range(args.rounds):
+            for result in run(opts, work / f"round-{number}" if args.rounds > 1 else work, certs,
+                              sizes=sizes, transports=transports, only=only):
+                result["round"] = number
+                results.append(result)
+        return results
+
     if args.workdir:
-        results = run(opts, Path(args.workdir).resolve(), sizes=sizes, transports=transports,
-                      only=only)
+        results = rounds(Path(args.workdir).resolve())
     else:
         with tempfile.TemporaryDirectory(prefix="mgfast-bench-") as tmp:
-            results = run(opts, Path(tmp), sizes=sizes, transports=transports, only=only)
+            results = rounds(Path(tmp))
     print(json.dumps(results, indent=1))
     for r in results:
         print_profile(r)
+    if args.rounds > 1:
+        for line in round_medians(results):
+            print(line)
     return 0
+
+
+def round_medians(results: list[dict]) -> list[str]:
+    """Per mgfast row: the medians over the rounds of its msg/s and CPU per message, and of its
+    ratios to the stunnel and direct rows of the same round (with their range)."""
+    from statistics import median
+
+    def of(r: dict, key: str) -> dict | None:
+        return next((o for o in results if o.get("path") == key and "error" not in o
+                     and (o["size"], o["transport"], o["round"])
+                     == (r["size"], r["transport"], r["round"])), None)
+
+    def ratios(rows: list[dict], base: str, field: str) -> str:
+        values = []
+        for r in rows:
+            other = of(r, base)
+            if other is not None and r.get(field) and other.get(field):
+                values.append(r[field] / other[field])
+        if not values:
+            return "-"
+        return f"{median(values):.2f}x ({min(values):.2f}-{max(values):.2f})"
+
+    rows_of: dict[tuple[str, str, str], list[dict]] = {}
+    for r in results:
+        if "error" not in r and r["path"].startswith("mgfast"):
+            rows_of.setdefault((r["size"], r["transport"], r["path"]), []).append(r)
+    lines = [f"medians over {1 + max(r['round'] for r in results)} rounds (each ratio within "
+             f"its round; range in brackets):"]
+    for (size, transport, key), rows in rows_of.items():
+        lines.append(
+            f"  {size} {transport} {key}: {median(r['msgs_per_s'] for r in rows):,.0f} msg/s, "
+            f"{median(r['cpu_us_per_msg'] for r in rows):.2f} us CPU/msg; msg/s vs direct "
+            f"{ratios(rows, 'direct', 'msgs_per_s')}, vs stunnel "
+            f"{ratios(rows, 'stunnel', 'msgs_per_s')}; CPU/msg vs stunnel "
+            f"{ratios(rows, 'stunnel', 'cpu_us_per_msg')}")
+    return lines
 
 
 def print_profile(result: dict, out=print) -> None:
