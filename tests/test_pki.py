@@ -28,7 +28,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import crypto
 
 from mgfast.pki.cli import main
-from mgfast.pki.namehash import cert_hash, crl_hash
+from mgfast.pki.namehash import cert_hash, cert_issuer_der, crl_hash, name_hash
 from mgfast.pki.store import read_store
 from tests.seed_ca import SeedCa
 
@@ -139,6 +139,18 @@ def test_name_hash_matches_openssl_cli(tmp_path, subject):
     crl_file = tmp_path / "c.crl"
     crl_file.write_bytes(crl.public_bytes(Encoding.PEM))
     assert crl_hash(crl) == openssl("crl", "-in", crl_file, "-noout", "-hash").stdout.strip()
+
+    # a leaf it issued: the issuer hash the live re-check looks its CRL up by
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Leaf")]))
+            .issuer_name(cert.subject).public_key(leaf_key.public_key()).serial_number(7)
+            .not_valid_before(NOW).not_valid_after(NOW + timedelta(days=1))
+            .sign(signer, hashes.SHA256()))
+    leaf_file = tmp_path / "leaf.pem"
+    leaf_file.write_bytes(leaf.public_bytes(Encoding.PEM))
+    assert name_hash(cert_issuer_der(leaf)) == expected == openssl(
+        "x509", "-in", leaf_file, "-noout", "-issuer_hash").stdout.strip()
 
 
 @pytest.mark.parametrize("string_type", [

@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import subprocess
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from mgfast._zmq_io import SendBuffer
 from mgfast.config.model import HttpLimits, Identity, Peers, ServerTls
@@ -269,6 +271,17 @@ def test_peer_verifier_verdicts(tmp_path) -> None:
     leaf = leaf_der(seed.client_crt)
     assert PeerVerifier(seed.hash_dir, True).verdict(leaf) is None
     assert PeerVerifier(seed.hash_dir, True).verdict(b"\x30\x03junk") == "bad_certificate"
+    # a serial in its issuer's newest CRL counts even where OpenSSL chose another CRL: looked
+    # up by the issuer hash `openssl x509 -issuer_hash` prints
+    issuer = subprocess.run(["openssl", "x509", "-in", str(seed.client_crt), "-noout",
+                             "-issuer_hash"], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    serial = x509.load_der_x509_certificate(leaf).serial_number
+    listed = PeerVerifier(seed.hash_dir, False)  # OpenSSL checks no CRL here
+    listed.revoked = {issuer: {serial + 1}}
+    assert listed.verdict(leaf) is None
+    listed.revoked = {issuer: {serial}}
+    assert listed.verdict(leaf) == "revoked"
     seed.revoke_client()
     assert PeerVerifier(seed.hash_dir, True).verdict(leaf) == "revoked"
     assert PeerVerifier(seed.hash_dir, False).verdict(leaf) is None  # CRLs off: still valid

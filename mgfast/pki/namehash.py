@@ -122,12 +122,21 @@ def name_hash(name_der: bytes) -> str:
 
 def cert_subject_der(cert: x509.Certificate) -> bytes:
     """The subject ``Name`` exactly as encoded in the certificate."""
+    return _cert_name_der(cert, 4)
+
+
+def cert_issuer_der(cert: x509.Certificate) -> bytes:
+    """The issuer ``Name`` exactly as encoded in the certificate."""
+    return _cert_name_der(cert, 2)
+
+
+def _cert_name_der(cert: x509.Certificate, index: int) -> bytes:
     buf = cert.tbs_certificate_bytes
     _, start, end = _tlv(buf, 0)
     fields = _children(buf, start, end, 7)
     if fields[0][0] == _EXPLICIT_0:  # [0] version
         fields = fields[1:]
-    _, pos, _, stop = fields[4]  # serial, signature, issuer, validity, subject
+    _, pos, _, stop = fields[index]  # serial, signature, issuer, validity, subject
     return buf[pos:stop]
 
 

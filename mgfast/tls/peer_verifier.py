@@ -16,6 +16,7 @@ from pathlib import Path
 
 from OpenSSL import crypto
 
+from mgfast.pki.namehash import cert_issuer_der, name_hash
 from mgfast.pki.store import read_store
 from mgfast.tls.outcome import reason_for_verify_code
 
@@ -44,7 +45,10 @@ class PeerVerifier:
             crypto.X509StoreContext(self.store, cert).verify_certificate()
         except crypto.X509StoreContextError as exc:
             return reason_for_verify_code(exc.errors[0])
-        serials = self.revoked.get(f"{cert.get_issuer().hash():08x}")
-        if serials and cert.get_serial_number() in serials:
+        if not self.revoked:
+            return None
+        parsed = cert.to_cryptography()
+        serials = self.revoked.get(name_hash(cert_issuer_der(parsed)))
+        if serials and parsed.serial_number in serials:
             return "revoked"
         return None
