@@ -23,14 +23,11 @@ names and docs live in mgfast/media.py and the stubs in mgfast/_media.pyi.
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport bsearch, free, malloc, qsort
-from libc.errno cimport EAGAIN
 from libc.string cimport memcmp, memcpy
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_IsContiguous, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.memoryview cimport PyMemoryView_Check, PyMemoryView_FromObject, PyMemoryView_GET_BUFFER
 from cpython.sequence cimport PySequence_Fast, PySequence_Fast_GET_ITEM, PySequence_Fast_GET_SIZE
-
-import zmq
 
 from mgfast._messages cimport Message
 from mgfast._zmq_io cimport send_frame, socket_of
@@ -1231,11 +1228,6 @@ def decode_media_batch(body):
     return results
 
 
-cdef inline void _sent_all(int rc) except *:
-    if rc < 0:  # libzmq takes a multipart whole once it took its first frame
-        raise zmq.ZMQError(EAGAIN, "the socket refused the rest of a multipart")
-
-
 cdef Py_ssize_t _send_media(void* sock, const uint8_t* p, Py_ssize_t end, _Media* m) except -2:
     """Send a Media that _scan_media accepted as ``[topic, message, *data]``: its frame bytes,
     or -1 when the socket would not take its first frame (nothing queued)."""
@@ -1244,16 +1236,16 @@ cdef Py_ssize_t _send_media(void* sock, const uint8_t* p, Py_ssize_t end, _Media
     cdef Py_ssize_t size = (m.topic_end - m.topic_start) + (m.msg_end - m.msg_start)
     cdef _Field f
     cdef _Err e
-    if send_frame(sock, p + m.topic_start, m.topic_end - m.topic_start, True) < 0:
+    if send_frame(sock, p + m.topic_start, m.topic_end - m.topic_start, True, True) < 0:
         return -1
-    _sent_all(send_frame(sock, p + m.msg_start, m.msg_end - m.msg_start, left > 0))
+    send_frame(sock, p + m.msg_start, m.msg_end - m.msg_start, False, left > 0)
     while left:
         if _next_field(p, &pos, end, &f, &e):
             break  # unreachable: _scan_media accepted these bytes
         if f.number == 3:
             left -= 1
             size += f.end - f.start
-            _sent_all(send_frame(sock, p + f.start, f.end - f.start, left > 0))
+            send_frame(sock, p + f.start, f.end - f.start, False, left > 0)
     return size
 
 

@@ -353,11 +353,6 @@ def recv_many(uintptr_t handle, Py_ssize_t limit, Py_ssize_t keep_from=0,
 
 # ---- messages -------------------------------------------------------------------------------
 
-cdef Message _accepted(object result):
-    """``accept``'s answer, ``(topic, frames)`` or None, as a Message or None."""
-    return None if result is None else Message(*result)
-
-
 def recv_messages(uintptr_t handle, Py_ssize_t limit, Py_ssize_t keep_from, object routes,
                   object is_eos, object accept):
     """Up to ``limit`` queued multiparts as Messages, oldest first, and how many multiparts
@@ -367,7 +362,7 @@ def recv_messages(uintptr_t handle, Py_ssize_t limit, Py_ssize_t keep_from, obje
     more is a message. ``routes`` a dict is a ROUTER without a topic filter (a routing id
     first): a message from the routing id that ``routes`` has for its topic, and that is not
     an end of stream (``is_eos(message)``), is one. Every other multipart goes to
-    ``accept(parts) -> (topic, frames) | None``, the reader's own rules. The message frame and
+    ``accept(parts) -> Message | None``, the reader's own rules. The message frame and
     extra frames of ``keep_from`` bytes or more come as memoryviews of libzmq's buffer."""
     cdef void* sock = _socket(handle)
     cdef bint routed = routes is not None
@@ -444,9 +439,9 @@ def recv_messages(uintptr_t handle, Py_ssize_t limit, Py_ssize_t keep_from, obje
                     parts.append(part)
             if extra_list is not None:
                 parts.extend(extra_list)
-            m = _accepted(accept(parts))
+            m = accept(parts)
             if m is not None:
-                out.append(m)
+                out.append(<Message?>m)
         finally:
             if have_rid:
                 _msg_close(&rid)
@@ -459,20 +454,28 @@ cdef void* socket_of(uintptr_t handle) except NULL:
     return _socket(handle)
 
 
-cdef int send_frame(void* sock, const void* data, size_t size, bint more) except -2:
-    """One frame, copied by libzmq: 0 sent, -1 would block (EAGAIN); raises ZMQError on any
-    other failure. For the codec, which sends frames straight from a request body."""
-    cdef int rc = _send(sock, data, size, ZMQ_DONTWAIT | (ZMQ_SNDMORE if more else 0))
-    cdef int err
-    if rc >= 0:
-        return 0
-    err = _errno()
+cdef int _refused(int err, bint first) except -2:
+    """A frame libzmq did not take (``err``): -1 when it would block on a multipart's first
+    frame (nothing is queued; EINTR, a signal, too: the caller waits for POLLOUT and tries
+    again). Anything else raises: libzmq admits a multipart whole once it took the first."""
     if err == EAGAIN or err == EINTR:
-        return -1  # EINTR: a signal; the caller waits for POLLOUT and tries again
+        if first:
+            return -1
+        raise zmq.ZMQError(EAGAIN, "the socket refused the rest of a multipart")
     raise zmq.ZMQError(err)
 
 
-cdef int _send_ref(void* sock, Py_buffer* view, mg_shared_t* shared, int flags) except -2:
+cdef int send_frame(void* sock, const void* data, size_t size, bint first, bint more
+                    ) except -2:
+    """One frame of a multipart, copied by libzmq: 0 sent, -1 would block on the first frame
+    (``_refused``). Also for the codec, which sends frames straight from a request body."""
+    if _send(sock, data, size, ZMQ_DONTWAIT | (ZMQ_SNDMORE if more else 0)) >= 0:
+        return 0
+    return _refused(_errno(), first)
+
+
+cdef int _send_ref(void* sock, Py_buffer* view, mg_shared_t* shared, bint first, bint more
+                   ) except -2:
     """As send_frame, handing libzmq a reference to the SendBuffer block instead of a copy."""
     cdef mg_zmq_msg_t msg
     cdef int err
@@ -480,13 +483,11 @@ cdef int _send_ref(void* sock, Py_buffer* view, mg_shared_t* shared, int flags) 
     if _msg_init_data(&msg, view.buf, <size_t>view.len, mg_shared_release, shared) != 0:
         mg_shared_release(NULL, shared)
         raise zmq.ZMQError(_errno())
-    if _msg_send(&msg, sock, flags) >= 0:
+    if _msg_send(&msg, sock, ZMQ_DONTWAIT | (ZMQ_SNDMORE if more else 0)) >= 0:
         return 0  # libzmq owns the message, and with it our reference
     err = _errno()
     _msg_close(&msg)  # still ours after a failed send: closing it drops the reference
-    if err == EAGAIN or err == EINTR:
-        return -1
-    raise zmq.ZMQError(err)
+    return _refused(err, first)
 
 
 cdef bint _send_one(void* sock, object frames) except -1:
@@ -503,7 +504,7 @@ cdef bint _send_one(void* sock, object frames) except -1:
     cdef Py_buffer* views = stack_views
     cdef mg_shared_t* stack_shared[_STACK_PARTS]
     cdef mg_shared_t** shared = stack_shared
-    cdef int more
+    cdef bint more
     cdef int rc
     if count == 0:
         raise ValueError("a multipart needs at least one frame")
@@ -521,15 +522,13 @@ cdef bint _send_one(void* sock, object frames) except -1:
             taken += 1
             shared[taken - 1] = _shared_of(frame, &views[taken - 1])
         for i in range(count):
-            more = ZMQ_SNDMORE if i < count - 1 else 0
+            more = i < count - 1
             if shared[i] != NULL:
-                rc = _send_ref(sock, &views[i], shared[i], ZMQ_DONTWAIT | more)
+                rc = _send_ref(sock, &views[i], shared[i], i == 0, more)
             else:
-                rc = send_frame(sock, views[i].buf, <size_t>views[i].len, more != 0)
+                rc = send_frame(sock, views[i].buf, <size_t>views[i].len, i == 0, more)
             if rc < 0:
-                if i == 0:
-                    return False
-                raise zmq.ZMQError(EAGAIN, "the socket refused the rest of a multipart")
+                return False  # the first frame: nothing queued
         return True
     finally:
         for i in range(taken):

@@ -4,4 +4,5 @@ from libc.stdint cimport uintptr_t
 
 
 cdef void* socket_of(uintptr_t handle) except NULL
-cdef int send_frame(void* sock, const void* data, size_t size, bint more) except -2
+cdef int send_frame(void* sock, const void* data, size_t size, bint first, bint more
+                    ) except -2

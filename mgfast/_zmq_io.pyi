@@ -14,7 +14,7 @@ def recv_many(handle: int, limit: int, keep_from: int = 0, first_kept: int = 1
 
 # (messages, multiparts taken); routes None: SUB, a dict: ROUTER (routing id by topic)
 def recv_messages(handle: int, limit: int, keep_from: int, routes: dict[bytes, bytes] | None,
-                  is_eos: Callable[[Any], bool], accept: Callable[[list[Any]], Any]
+                  is_eos: Callable[[Any], bool], accept: Callable[[list[Any]], Message | None]
                   ) -> tuple[list[Message], int]: ...
 
 class ZmqFrame:

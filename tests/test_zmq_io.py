@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import zmq
 
+from mgfast._messages import Message
 from mgfast._zmq_io import (ZERO_COPY_MIN, SendBuffer, recv_many, recv_messages, recv_multipart,
                             send_buffers_alive, send_many, send_multipart)
 from mgfast.media import batch_writes, decode_media_batch, send_media_batch
@@ -195,12 +196,12 @@ class Accept:
         self.seen: list[list[bytes]] = []
         self.drop = drop
 
-    def __call__(self, parts: list) -> tuple[bytes, list] | None:
+    def __call__(self, parts: list) -> Message | None:
         self.seen.append([bytes(p) for p in parts])
         frames = parts[1:]
         if len(frames) < 2 or frames[0] in self.drop:
             return None
-        return frames[0], frames
+        return Message(frames[0], frames)
 
 
 def is_eos(message) -> bool:

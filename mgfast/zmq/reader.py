@@ -37,8 +37,6 @@ log = logging.getLogger(__name__)
 SKIPPED_BEFORE_YIELD = 64  # unwanted messages read back to back before yielding to the loop
 TERM_TIMEOUT = 2.0  # seconds close() waits for the ZeroMQ context to terminate
 
-Frame = bytes | memoryview  # a memoryview from ZERO_COPY_FROM bytes on, after the topic
-Received = tuple[bytes, list[Frame]]  # (topic, [topic, message, *extra]), as _accept decides
 # A multipart as read: [routing id (ROUTER),] topic, message, *extra. The routing id and the
 # topic are bytes, the rest bytes or memoryviews: more than a list's type can say.
 Parts = list[Any]
@@ -192,7 +190,7 @@ class InStreamReader:
             taken += 1
             accepted = self._accept(parts)  # a REP socket replies here, before its next read
             if accepted is not None:
-                messages.append(Message(*accepted))
+                messages.append(accepted)
         return messages, taken
 
     def _multiparts(self, limit: int) -> Iterator[Parts]:
@@ -205,7 +203,7 @@ class InStreamReader:
                 return
             yield parts
 
-    def _accept(self, parts: Parts) -> Received | None:
+    def _accept(self, parts: Parts) -> Message | None:
         """Reply as Savant does and decide whether the multipart is delivered."""
         if self._rep:
             self._reply(CONFIRMATION)
@@ -228,14 +226,14 @@ class InStreamReader:
             if eos:
                 if self._router:
                     self._reply(parts[0], CONFIRMATION)
-                return topic, frames
+                return Message(topic, frames)
             if not accepted:
                 self.filtered += 1
                 return None
             if self._router and not self._route_allows(topic, parts[0]):
                 self.stale += 1
                 return None
-        return topic, frames
+        return Message(topic, frames)
 
     def _reply(self, *frames: bytes) -> None:
         try:
