@@ -895,11 +895,27 @@ cdef int _scan_message(const uint8_t* p, Py_ssize_t start, Py_ssize_t end, int* 
     return 0
 
 
+cdef int _content_kind(const uint8_t* p, Py_ssize_t start, Py_ssize_t end) noexcept nogil:
+    """The kind of a Savant Message that _scan_message accepted before: its last content
+    member's field number, from the top-level fields alone."""
+    cdef Py_ssize_t pos = start
+    cdef int kind = 0
+    cdef _Field f
+    cdef _Err e
+    while pos < end:
+        if _next_field(p, &pos, end, &f, &e):
+            break
+        if f.number <= _MAX_FIELD and _MSGS[_M_MESSAGE].fields[f.number].flags & _F_KIND:
+            kind = <int>f.number
+    return kind
+
+
 # ---- C scanners of the envelope ------------------------------------------------------------
 
 cdef int _scan_media(const uint8_t* p, Py_ssize_t start, Py_ssize_t end, _Media* m,
-                     _Err* e) noexcept nogil:
-    """Check one Media in p[start:end] and find its parts (offsets are absolute)."""
+                     _Err* e, bint check=True) noexcept nogil:
+    """Check one Media in p[start:end] and find its parts (offsets are absolute). Without
+    ``check`` the Savant message is not checked, only its kind read (_content_kind)."""
     cdef Py_ssize_t pos = start
     cdef Py_ssize_t at
     cdef _Field f
@@ -941,11 +957,15 @@ cdef int _scan_media(const uint8_t* p, Py_ssize_t start, Py_ssize_t end, _Media*
         return _fail(e, _E_NO_MESSAGE, start)
     if not _utf8_ok(p + m.topic_start, m.topic_end - m.topic_start):
         return _fail(e, _E_TOPIC_UTF8, m.topic_start)
+    if not check:
+        m.kind = _content_kind(p, m.msg_start, m.msg_end)
+        return 0
     return _scan_message(p, m.msg_start, m.msg_end, &m.kind, e)
 
 
-cdef int _scan_batch(const uint8_t* p, Py_ssize_t end, _Err* e) noexcept nogil:
-    """Check the outer framing of a MediaBatch (not the items)."""
+cdef int _scan_batch(const uint8_t* p, Py_ssize_t end, _Err* e, bint limit) noexcept nogil:
+    """Check the outer framing of a MediaBatch (not the items), and with ``limit`` its item
+    count."""
     cdef Py_ssize_t pos = 0
     cdef Py_ssize_t at
     cdef Py_ssize_t count = 0
@@ -964,7 +984,7 @@ cdef int _scan_batch(const uint8_t* p, Py_ssize_t end, _Err* e) noexcept nogil:
             e.value = _WT_LEN
             return _fail(e, _E_WRONG_WIRE, at)
         count += 1
-        if count > _MAX_BATCH_ITEMS:
+        if count > _MAX_BATCH_ITEMS and limit:
             return _fail(e, _E_TOO_MANY_ITEMS, at)
     return 0
 
@@ -1199,8 +1219,10 @@ def routing_labels(message):
     return labels
 
 
-def decode_media_batch(body):
-    """MediaBatch body -> per item a decode_media tuple or its MediaError."""
+def decode_media_batch(body, bint check=True):
+    """MediaBatch body -> per item a decode_media tuple or its MediaError. ``check=False``:
+    a batch checked already (check_media_batch), read for its parts and kinds only, with no
+    limits (a worker's hand-off to the egress may group more than a client may send)."""
     cdef object mv = _byte_view(body)
     cdef Py_buffer* v = PyMemoryView_GET_BUFFER(mv)
     cdef const uint8_t* p = <const uint8_t*>v.buf
@@ -1211,18 +1233,18 @@ def decode_media_batch(body):
     cdef _Field f
     cdef _Media m
     cdef _Err e
-    if _scan_batch(p, end, &e):
+    if _scan_batch(p, end, &e, check):
         raise _error(&e)
     while pos < end:
         if _next_field(p, &pos, end, &f, &e):
             break  # unreachable: _scan_batch accepted the framing
         if f.number != 1:
             continue
-        if _scan_media(p, f.start, f.end, &m, &e):
+        if _scan_media(p, f.start, f.end, &m, &e, check):
             results.append(_error(&e))
             continue
         parts += m.n_data
-        if parts > _MAX_BATCH_DATA_PARTS:
+        if parts > _MAX_BATCH_DATA_PARTS and check:
             raise _limit_error(_E_TOO_MANY_BATCH_PARTS, _L_BATCH)
         results.append(_media_tuple(mv, p, f.end, &m))
     return results
@@ -1249,52 +1271,107 @@ cdef Py_ssize_t _send_media(void* sock, const uint8_t* p, Py_ssize_t end, _Media
     return size
 
 
-def send_media_batch(uintptr_t handle, bytes body, bint stop_at_eos):
+cdef Py_ssize_t _batch_table(const uint8_t* p, Py_ssize_t end, bint check, _Media** media,
+                             Py_ssize_t** ends) except -2:
+    """Scan a MediaBatch's items into ``media`` and ``ends`` (malloc'ed, the caller frees
+    them): the item count, or -1 when the batch is not all valid. Without ``check`` (a body
+    a worker checked already) each Savant message is read only for its kind, and the batch
+    limits do not apply."""
+    cdef Py_ssize_t pos = 0
+    cdef Py_ssize_t count = 0
+    cdef Py_ssize_t parts = 0
+    cdef Py_ssize_t i = 0
+    cdef _Field f
+    cdef _Err e
+    if _scan_batch(p, end, &e, check):
+        return -1
+    while pos < end:  # items, to size the table
+        if _next_field(p, &pos, end, &f, &e):
+            return -1  # unreachable: _scan_batch accepted the framing
+        count += f.number == 1
+    media[0] = <_Media*>malloc(count * sizeof(_Media) + 1)
+    ends[0] = <Py_ssize_t*>malloc(count * sizeof(Py_ssize_t) + 1)
+    if media[0] == NULL or ends[0] == NULL:
+        raise MemoryError()
+    pos = 0
+    while pos < end:
+        if _next_field(p, &pos, end, &f, &e):
+            return -1  # unreachable, as above
+        if f.number != 1:
+            continue
+        if _scan_media(p, f.start, f.end, &media[0][i], &e, check):
+            return -1
+        parts += media[0][i].n_data
+        if parts > _MAX_BATCH_DATA_PARTS and check:
+            return -1
+        ends[0][i] = f.end
+        i += 1
+    return count
+
+
+cdef Py_ssize_t _frame_bytes(const uint8_t* p, Py_ssize_t end, _Media* m) noexcept nogil:
+    """The size of a scanned Media's frames ``[topic, message, *data]``."""
+    cdef Py_ssize_t pos = m.data_from
+    cdef Py_ssize_t left = m.n_data
+    cdef Py_ssize_t size = (m.topic_end - m.topic_start) + (m.msg_end - m.msg_start)
+    cdef _Field f
+    cdef _Err e
+    while left:
+        if _next_field(p, &pos, end, &f, &e):
+            break  # unreachable: _scan_media accepted these bytes
+        if f.number == 3:
+            left -= 1
+            size += f.end - f.start
+    return size
+
+
+def check_media_batch(body):
+    """(items, frame bytes) of a MediaBatch whose every item is valid, else None (then
+    decode_media_batch gives each item's answer): what a worker checks before it hands the
+    body on unopened."""
+    cdef Py_buffer v
+    cdef _Media* media = NULL
+    cdef Py_ssize_t* ends = NULL
+    cdef Py_ssize_t count
+    cdef Py_ssize_t size = 0
+    cdef Py_ssize_t i
+    PyObject_GetBuffer(body, &v, PyBUF_SIMPLE)
+    try:
+        count = _batch_table(<const uint8_t*>v.buf, v.len, True, &media, &ends)
+        if count < 0:
+            return None
+        for i in range(count):
+            size += _frame_bytes(<const uint8_t*>v.buf, ends[i], &media[i])
+        return count, size
+    finally:
+        free(media)
+        free(ends)
+        PyBuffer_Release(&v)
+
+
+def send_media_batch(uintptr_t handle, body, bint stop_at_eos, bint check=True):
     """Write a MediaBatch's items to a libzmq socket straight from ``body``, each as
     ``[topic, message, *data]`` copied by libzmq: no Python object per item. Stops before
     the first item the socket would not take and, with ``stop_at_eos``, before the first end
     of stream (its write waits for an acknowledgement). Returns (items, sent, frame bytes
     sent), or None without sending anything when the batch is not all valid: decode_media_batch
-    then gives each item's answer."""
-    cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(body)
-    cdef Py_ssize_t end = PyBytes_GET_SIZE(body)
-    cdef Py_ssize_t pos = 0
-    cdef Py_ssize_t count = 0
-    cdef Py_ssize_t parts = 0
+    then gives each item's answer. ``check=False``: the items were checked already (by
+    check_media_batch in a worker), so only the envelope and each message's kind are read."""
+    cdef Py_buffer v
+    cdef const uint8_t* p
+    cdef Py_ssize_t count
     cdef Py_ssize_t sent = 0
     cdef Py_ssize_t size = 0
-    cdef Py_ssize_t i
     cdef Py_ssize_t written
-    cdef _Field f
-    cdef _Err e
-    cdef _Media* media
-    cdef Py_ssize_t* ends
+    cdef _Media* media = NULL
+    cdef Py_ssize_t* ends = NULL
     cdef void* sock = socket_of(handle)
-    if _scan_batch(p, end, &e):
-        return None
-    while pos < end:  # items, to size the table
-        if _next_field(p, &pos, end, &f, &e):
-            return None  # unreachable: _scan_batch accepted the framing
-        count += f.number == 1
-    media = <_Media*>malloc(count * sizeof(_Media) + 1)
-    ends = <Py_ssize_t*>malloc(count * sizeof(Py_ssize_t) + 1)
+    PyObject_GetBuffer(body, &v, PyBUF_SIMPLE)
+    p = <const uint8_t*>v.buf
     try:
-        if media == NULL or ends == NULL:
-            raise MemoryError()
-        pos = 0
-        i = 0
-        while pos < end:
-            if _next_field(p, &pos, end, &f, &e):
-                return None  # unreachable, as above
-            if f.number != 1:
-                continue
-            if _scan_media(p, f.start, f.end, &media[i], &e):
-                return None
-            parts += media[i].n_data
-            if parts > _MAX_BATCH_DATA_PARTS:
-                return None
-            ends[i] = f.end
-            i += 1
+        count = _batch_table(p, v.len, check, &media, &ends)
+        if count < 0:
+            return None
         while sent < count:
             if stop_at_eos and media[sent].kind == 9:  # Kind.END_OF_STREAM
                 break
@@ -1307,6 +1384,7 @@ def send_media_batch(uintptr_t handle, bytes body, bint stop_at_eos):
     finally:
         free(media)
         free(ends)
+        PyBuffer_Release(&v)
 
 
 def batch_writes(list items):
@@ -1521,6 +1599,24 @@ def encode_media_batch_pieces(items):
         length = _media_pieces(inner, item[0], item[1], item[2])
         pieces.append(_field_header(_TAG_MESSAGE, length))
         pieces += inner
+    return size, pieces
+
+
+def encode_frames_batch_pieces(list messages):
+    """Writer messages ``[topic, message, *data]`` -> (body length, pieces): a MediaBatch of
+    them as field headers and the buffers themselves, uncopied, with no batch limits (how a
+    worker hands messages it decoded to the egress)."""
+    cdef list pieces = []
+    cdef list inner
+    cdef Py_ssize_t size = 0
+    cdef Py_ssize_t length
+    for frames in messages:
+        inner = []
+        length = _media_pieces(inner, frames[0], frames[1],
+                               PySequence_Fast(frames[2:], "data parts must be a sequence"))
+        pieces.append(_field_header(_TAG_MESSAGE, length))
+        pieces += inner
+        size += _field_size(length)
     return size, pieces
 
 

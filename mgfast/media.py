@@ -36,11 +36,21 @@ batch_writes(items) -> (messages, eos, frame_bytes)
     The decoded items of a batch as a writer takes them (``OutStreamWriter.submit_group``):
     their frame lists, EOS flags (None if none is an EOS) and total frame size, in one C loop.
 
-send_media_batch(handle, body, stop_at_eos) -> (items, sent, frame_bytes) | None
-    The writer's fast path for a whole valid batch (``OutStreamWriter.send_batch``): the items
-    go from the body to a libzmq socket with no Python object per item, until the socket would
-    block (or, if asked, an end of stream comes). None, with nothing sent, when any item is
-    malformed: decode_media_batch then answers each one.
+check_media_batch(body) -> (items, frame_bytes) | None
+    Whether every item of a batch is valid, with no Python object per item: a worker checks a
+    client's batch so, then hands it to the egress unopened.
+
+send_media_batch(handle, body, stop_at_eos, check=True) -> (items, sent, frame_bytes) | None
+    The writer's fast path for a whole valid batch (``OutStreamWriter.submit_batch``): the
+    items go from the body to a libzmq socket with no Python object per item, until the socket
+    would block (or, if asked, an end of stream comes). None, with nothing sent, when any item
+    is malformed: decode_media_batch then answers each one. With ``check=False`` (a batch
+    checked already; so also for ``decode_media_batch``) only the envelope and each message's
+    kind are read, and the batch limits do not apply.
+
+encode_frames_batch_pieces(messages) -> (length, pieces)
+    Writer messages ``[topic, message, *data]`` as a MediaBatch, uncopied and without batch
+    limits: how a worker hands the messages it decoded to the egress.
 """
 
 from __future__ import annotations
@@ -72,10 +82,12 @@ from mgfast._media import (  # noqa: E402
     MAX_DATA_PARTS,
     MAX_VARINT_LEN,
     batch_writes,
+    check_media_batch,
     decode_media,
     decode_media_batch,
     encode_media,
     encode_media_batch,
+    encode_frames_batch_pieces,
     encode_media_batch_pieces,
     encode_media_pieces,
     is_end_of_stream,
@@ -92,10 +104,12 @@ __all__ = [
     "Kind",
     "MediaError",
     "batch_writes",
+    "check_media_batch",
     "decode_media",
     "decode_media_batch",
     "encode_media",
     "encode_media_batch",
+    "encode_frames_batch_pieces",
     "encode_media_batch_pieces",
     "encode_media_pieces",
     "is_end_of_stream",

@@ -18,11 +18,13 @@ from mgfast.media import (
     Kind,
     MediaError,
     batch_writes,
+    check_media_batch,
     decode_media,
     decode_media_batch,
     encode_media,
     encode_media_pieces,
     encode_media_batch,
+    encode_frames_batch_pieces,
     encode_media_batch_pieces,
     message_kind,
 )
@@ -655,6 +657,51 @@ def test_batch_limits():
     # an item over the per-Media limit is that item's error only
     results = decode_media_batch(ld(1, media(data=[b""] * (per_item + 1))) + ld(1, media()))
     assert isinstance(results[0], MediaError) and not isinstance(results[1], MediaError)
+
+
+@settings(max_examples=80, deadline=None)
+@given(batch_items())
+def test_check_media_batch_counts_what_decoding_accepts(items):
+    body = encode_media_batch(items)
+    for t in BODY_TYPES:
+        assert check_media_batch(t(body)) == (len(items), batch_writes(decode_media_batch(body))[2])
+
+
+def test_check_media_batch_refuses_a_batch_with_any_bad_item_or_over_the_limits():
+    good = media(data=[b"x"])
+    assert check_media_batch(ld(1, good) * 2) == (2, 2 * (5 + len(EOS) + 1))
+    assert check_media_batch(ld(1, good) + ld(1, media(topic=b"\xff"))) is None
+    assert check_media_batch(ld(1, good)[:-1]) is None  # broken framing
+    assert check_media_batch(ld(1, media()) * (MAX_BATCH_ITEMS + 1)) is None
+    heavy = ld(1, media(data=[b""] * MAX_DATA_PARTS))
+    assert check_media_batch(heavy * (MAX_BATCH_DATA_PARTS // MAX_DATA_PARTS + 1)) is None
+
+
+@settings(max_examples=80, deadline=None)
+@given(batch_items())
+def test_frames_batch_pieces_make_the_batch_of_the_writers_messages(items):
+    """How a worker hands the messages it decoded to the egress: the MediaBatch of them, with
+    the frames passed through uncopied."""
+    messages = [[t, m, *d] for t, m, d in items]
+    length, pieces = encode_frames_batch_pieces(messages)
+    joined = b"".join(pieces)
+    assert joined == encode_media_batch(items) and length == len(joined)
+    assert all(any(p is part for p in pieces) for _, _, data in items for part in data)
+
+
+def test_a_checked_batch_is_read_again_without_limits_and_for_its_kinds_only():
+    """``check=False`` (the egress reading what a worker checked): a hand-off may hold more
+    items than a client may send, and the Savant messages are read only for their kinds."""
+    n = MAX_BATCH_ITEMS + 1
+    length, pieces = encode_frames_batch_pieces([[b"t", EOS]] * n)
+    body = b"".join(pieces)
+    with pytest.raises(MediaError, match="items"):
+        decode_media_batch(body)
+    unchecked = decode_media_batch(body, check=False)
+    assert len(unchecked) == n and {item[3] for item in unchecked} == {Kind.END_OF_STREAM}
+    user = pb.serialize(pb.savant_message(kind=8))
+    mixed = b"".join(encode_frames_batch_pieces([[b"a", user], [b"b", EOS]])[1])
+    assert [item[3] for item in decode_media_batch(mixed, check=False)] == [8, 9]
 
 
 def test_batch_items_must_be_triples():

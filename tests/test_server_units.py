@@ -14,7 +14,7 @@ import pytest
 
 from mgfast.config.loader import load_server_config
 from mgfast.http.server_protocol import Request
-from mgfast.media import encode_media, encode_media_batch
+from mgfast.media import decode_media_batch, encode_media, encode_media_batch
 from mgfast.server.app import GatewayApp
 from mgfast.server.stats import WorkerStats
 from mgfast.server.supervisor import BACKOFF_FIRST, BACKOFF_MAX, STABLE_AFTER, Child, Supervisor
@@ -60,6 +60,15 @@ class ScriptedWriter:
                 break
         results += [WriteResult.NOT_ATTEMPTED] * (len(messages) - len(results))
         return self._future(results)
+
+    def submit_batch(self, body):
+        """As the writers: the items of a batch that is all valid as one group, else None."""
+        items = decode_media_batch(body)
+        if not all(isinstance(item, tuple) for item in items):
+            return None
+        messages = [[topic, message, *data] for topic, message, data, _ in items]
+        size = sum(len(frame) for frames in messages for frame in frames)
+        return len(messages), size, self.submit_group(messages, None)
 
 
 def post(body: bytes, content_type: bytes = b"application/protobuf", path: bytes = b"/",

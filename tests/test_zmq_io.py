@@ -8,7 +8,7 @@ import zmq
 from mgfast._messages import Message
 from mgfast._zmq_io import (ZERO_COPY_MIN, SendBuffer, recv_many, recv_messages, recv_multipart,
                             send_buffers_alive, send_many, send_multipart)
-from mgfast.media import batch_writes, decode_media_batch, send_media_batch
+from mgfast.media import MAX_BATCH_DATA_PARTS, MAX_DATA_PARTS, batch_writes, decode_media_batch, send_media_batch
 from tests import savant_proto as pb
 from tests.savant_proto import ld, tag, varint
 from tests.test_media import EOS, media
@@ -320,6 +320,21 @@ def test_send_media_batch_stops_before_an_eos_only_when_asked(pair):
     assert received(pull, 1) == [[b"cam-1", user]]
     assert send_media_batch(push.underlying, body, False)[:2] == (3, 3)
     assert [m[1] for m in received(pull, 3)] == [user, EOS, user]
+
+
+def test_send_media_batch_unchecked_reads_kinds_and_takes_what_a_worker_grouped(pair):
+    """``check=False`` (the egress, sending what a worker checked): it still stops before an
+    EOS by the message's kind, and a hand-off over a client's batch limits goes through."""
+    push, pull = pair
+    user = pb.serialize(pb.savant_message(kind=8))
+    body = b"".join(ld(1, i) for i in [media(user), media(EOS), media(user)])
+    assert send_media_batch(push.underlying, body, True, False) == (3, 1, 5 + len(user))
+    assert received(pull, 1) == [[b"cam-1", user]]
+    n = MAX_BATCH_DATA_PARTS // MAX_DATA_PARTS + 1  # items of the most data parts each
+    heavy = ld(1, media(user, data=[b"d"] * MAX_DATA_PARTS)) * n
+    assert send_media_batch(push.underlying, heavy, True) is None  # a client may not send it
+    assert send_media_batch(push.underlying, heavy, True, False)[:2] == (n, n)
+    assert [len(m) for m in received(pull, n)] == [2 + MAX_DATA_PARTS] * n
 
 
 def test_send_media_batch_stops_where_the_socket_would_block():

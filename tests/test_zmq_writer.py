@@ -479,29 +479,50 @@ def test_an_idle_writer_sends_at_once_unless_an_ack_is_awaited(tmp_path):
 
 @pytest.mark.timeout(30)
 def test_a_batch_body_is_written_at_once_only_when_nothing_can_be_overtaken(tmp_path):
-    """send_batch (the server's fast path for a MediaBatch): not while a message is queued or
-    awaits its acknowledgement, and never by a req writer, which awaits a reply to each: those
-    answer None with nothing sent, and the caller takes the usual path."""
+    """submit_batch (a MediaBatch body as one group, the server's fast path): written at once
+    when the writer is idle; queued behind a message that awaits its acknowledgement, and
+    from an EOS in the batch on, so nothing overtakes; None, with nothing sent, when an item
+    is malformed (the caller then answers each item)."""
     ep = f"ipc://{tmp_path}/batch"
     config = writer_config(f"dealer+connect:{ep}", receive_timeout=1.0, receive_retries=1)
     items = [(b"cam-1", sp.to_bytes(sp.user_data("cam-1")), [b"%d" % i]) for i in range(3)]
     body = encode_media_batch(items)
+    size = sum(len(t) + len(m) + sum(map(len, d)) for t, m, d in items)
+    eos = sp.frames("cam-1", sp.end_of_stream("cam-1"))
+    with_eos = encode_media_batch([items[0], (eos[0], eos[1], []), items[1]])
+
+    async def received(router: zmq.asyncio.Socket, n: int) -> list[list[bytes]]:
+        """n messages as the router got them: [identity, topic, message, *data]."""
+        return [await asyncio.wait_for(router.recv_multipart(), 5) for _ in range(n)]
 
     async def body_of_test():
         async with routed(config, ep) as (router, writer):
-            eos = writer.submit(sp.frames("cam-1", sp.end_of_stream("cam-1")), True)
-            assert writer.send_batch(body) is None  # the EOS waits for its OK
-            parts = await asyncio.wait_for(router.recv_multipart(), 5)
-            await router.send_multipart([parts[0], b"OK"])
-            assert await eos is WriteResult.ACK
-            size = sum(len(t) + len(m) + sum(map(len, d)) for t, m, d in items)
-            assert writer.send_batch(body) == (3, 3, size)
-            received = [(await asyncio.wait_for(router.recv_multipart(), 5))[1:]
-                        for _ in items]
-            assert received == [[t, m, *d] for t, m, d in items]
-            assert writer.results[WriteResult.SUCCESS] == 3
-        req = writer_config(f"req+connect:{ep}")
-        async with running(req) as writer:
-            assert writer.send_batch(body) is None
+            acked = writer.submit(eos, True)
+            count, frame_bytes, queued = writer.submit_batch(body)
+            assert (count, frame_bytes) == (3, size) and not queued.done()  # behind the EOS
+            (first,) = await received(router, 1)
+            assert first[1:] == eos and not queued.done()
+            await router.send_multipart([first[0], b"OK"])
+            assert await acked is WriteResult.ACK
+            assert await asyncio.wait_for(queued, 5) == [WriteResult.SUCCESS] * 3
+            assert [m[1:] for m in await received(router, 3)] == [[t, m, *d] for t, m, d in items]
+
+            # idle: written at once
+            count, _, written = writer.submit_batch(body)
+            assert written.done() and written.result() == [WriteResult.SUCCESS] * 3
+            assert [m[1:] for m in await received(router, 3)] == [[t, m, *d] for t, m, d in items]
+
+            # an EOS in the middle: the first item goes at once, the rest after the EOS's OK
+            count, _, written = writer.submit_batch(with_eos)
+            assert count == 3 and not written.done()
+            got = await received(router, 2)
+            assert got[0][1:] == [items[0][0], items[0][1], *items[0][2]] and got[1][1:] == eos
+            assert writer.submit_batch(b"\x0a\x02\x08\x01") is None  # a malformed item
+            assert writer.queue_depth == 3  # the batch's run alone (its result is pending)
+            await router.send_multipart([got[1][0], b"OK"])
+            assert await asyncio.wait_for(written, 5) == [
+                WriteResult.SUCCESS, WriteResult.ACK, WriteResult.SUCCESS]
+            (last,) = await received(router, 1)
+            assert last[1:] == [items[1][0], items[1][1], *items[1][2]]
 
     arun(body_of_test())

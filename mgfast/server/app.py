@@ -26,6 +26,7 @@ from mgfast.http.server_protocol import Request
 from mgfast.media import (Kind, MediaError, batch_writes, decode_media, decode_media_batch,
                           routing_labels)
 from mgfast.zmq.sockets import StreamClosed
+from mgfast._zmq_io import SendBuffer
 from mgfast.zmq.writer import Buffer, Frames, WriteResult
 
 if TYPE_CHECKING:
@@ -64,6 +65,9 @@ class Writer(TypingProtocol):
     def submit_group(self, messages: list[Frames], eos: list[bool] | None
                      ) -> asyncio.Future[list[WriteResult]]: ...
 
+    def submit_batch(self, body: Buffer | SendBuffer
+                     ) -> tuple[int, int, asyncio.Future[list[WriteResult]]] | None: ...
+
 
 class GatewayApp:
     def __init__(self, writer: Writer, stats: WorkerStats | None = None,
@@ -72,9 +76,6 @@ class GatewayApp:
         self.stats = stats  # a WorkerStats when metrics are on
         # an mgfast.auth.guard.Guard with basic authentication on; then requests carry .peer
         self.guard = guard
-        # the writer's fast path for whole valid batches, where it has one (not via an egress)
-        self._send_batch: Callable[[bytes], tuple[int, int, int] | None] | None = getattr(
-            writer, "send_batch", None)
 
     def handle(self, request: Request) -> Response | Awaitable[Response]:
         path = request.path.partition(b"?")[0]
@@ -194,18 +195,16 @@ class GatewayApp:
     def _batch(self, request: Request, rule: Rule | None = None
                ) -> Response | Awaitable[Response]:
         body = request.body
-        sent = 0
-        if rule is None and self._send_batch is not None and body.__class__ is bytes:
+        if rule is None:  # the usual case: a whole valid batch goes to the writer unopened
             started = time.perf_counter()
             try:
-                done = self._send_batch(body)
-            except RuntimeError as exc:
+                done = self.writer.submit_batch(body)
+            except (StreamClosed, RuntimeError) as exc:
                 return _failure_response(exc)
             if done is not None:
-                count, sent, size = done
-                if sent == count:  # every item valid and written (pub, dealer: the usual case)
-                    self._count_batch(started, count, size)
-                    return _all_accepted(count)
+                count, size, written = done
+                return _answer(written, partial(self._whole_batch_written, body, count, size,
+                                                started))
         try:
             items = decode_media_batch(body)
         except MediaError as exc:
@@ -215,7 +214,7 @@ class GatewayApp:
                 if item.__class__ is tuple and not _labels_ok(rule, item[1]):
                     self.guard.labels_denied()  # type: ignore[union-attr]
                     items[i] = _DENIED  # type: ignore[call-overload]
-        return self._write_batch(items, sent)
+        return self._write_batch(items)
 
     # -- basic authentication (only with auth.basic; the path above pays one attribute test) --
 
@@ -284,32 +283,42 @@ class GatewayApp:
         result = self._submit_group(answers, messages, eos, where)
         return result if isinstance(result, list) else await result
 
-    def _write_batch(self, items: Sequence[DecodedMedia | MediaError | object], sent: int = 0
+    def _write_batch(self, items: Sequence[DecodedMedia | MediaError | object]
                      ) -> Response | asyncio.Future[Response]:
         """All valid items go to the writer at once as one group; the answer lists a status per
-        item up to and including the first failed write (later ones were not sent). The first
-        ``sent`` items (all valid) were written already, by the writer's fast path."""
+        item up to and including the first failed write (later ones were not sent)."""
         started = time.perf_counter()
         messages, eos, size = batch_writes(items)  # type: ignore[arg-type]
-        answer = partial(self._batch_written, items, messages, size, started, sent)
-        if len(messages) == sent:
+        answer = partial(self._batch_written, items, messages, size, started)
+        if not messages:
             return answer(None)
         try:
-            written = self.writer.submit_group(messages[sent:] if sent else messages,
-                                               eos[sent:] if eos and sent else eos)
+            written = self.writer.submit_group(messages, eos)
         except StreamClosed as exc:
             return _unavailable(exc)
         return _answer(written, answer)
 
+    def _whole_batch_written(self, body: Buffer | SendBuffer, count: int, size: int, started: float,
+                             written: asyncio.Future[list[WriteResult]]) -> Response:
+        """The answer to a batch whose items were all valid and went to the writer unopened."""
+        if not written.cancelled() and written.exception() is None:
+            results = written.result()
+            if not results or results[-1] is WriteResult.SUCCESS:  # all written (a prefix)
+                self._count_batch(started, count, size)
+                return _all_accepted(count)
+        items = decode_media_batch(body)  # a failed write: the statuses name each item
+        messages, _, size = batch_writes(items)
+        return self._batch_written(items, messages, size, started, written)
+
     def _batch_written(self, items: Sequence[DecodedMedia | MediaError | object],
-                       messages: list[Frames], size: int, started: float, sent: int,
+                       messages: list[Frames], size: int, started: float,
                        written: asyncio.Future[list[WriteResult]] | None) -> Response:
-        results: list[WriteResult] = [WriteResult.SUCCESS] * sent
+        results: list[WriteResult] = []
         if written is not None:
             failure = _write_failure(written)
             if failure is not None:
                 return failure
-            results += written.result()
+            results = written.result()
         if len(messages) == len(items) and (not results or results[-1] is WriteResult.SUCCESS):
             # every item valid and written (pub, dealer: the usual case)
             answer, forwarded = _all_accepted(len(items)), len(messages)

@@ -2,8 +2,10 @@
 
 Only one process can bind the out_stream endpoint, so workers hand their messages here in
 batches (``egress_wire``) over a private Unix stream socket, and get one writer result per
-message back. Batches are submitted to the writer in arrival order, so the messages of one
-worker connection reach the out_stream in the order that connection sent them.
+message back. Each entry of a batch is a MediaBatch the worker checked: the writer sends its
+items from the record straight to libzmq (``OutStreamWriter.submit_batch``). Entries are
+submitted to the writer in arrival order, so the messages of one worker connection reach the
+out_stream in the order that connection sent them.
 """
 
 from __future__ import annotations
@@ -12,28 +14,22 @@ import asyncio
 import contextlib
 import logging
 import os
-from typing import Sequence
-
 from mgfast.zmq.settings import OutStreamConfig
 from mgfast.fps_log import FpsLog
 from mgfast.server import egress_wire
-from mgfast.zmq.writer import Buffer, OutStreamWriter, WriteResult
+from mgfast.zmq.sockets import StreamClosed
+from mgfast.zmq.writer import OutStreamWriter, WriteResult
 
 log = logging.getLogger("mgfast.egress")
 
 # How long a stopping egress keeps serving workers still connected: their drain, plus a margin.
 WORKERS_DRAIN = 12.0
 
-Run = tuple[list[Sequence[Buffer]], list[bool]]  # messages written as one run, their EOS flags
-
 
 class Egress:
     def __init__(self, out_stream: OutStreamConfig, endpoint: str,
                  fps: FpsLog | None = None) -> None:
         self.writer = OutStreamWriter(out_stream)
-        # A PUB send never fails (ZeroMQ drops at the high-water mark instead), so a whole
-        # batch can be one run whatever its groups: one submit, one future, one reply.
-        self.one_run = out_stream.url.socket_type == "pub"
         self.fps = fps  # upstream ``statistics``, when configured
         self.path = endpoint.removeprefix("ipc://")
         self.server: asyncio.AbstractServer | None = None
@@ -71,33 +67,46 @@ class Egress:
 
     def _submit(self, connection: _WorkerConnection, record: memoryview) -> None:
         try:
-            batch_id, messages = egress_wire.decode_batch(record)
+            batch_id, entries = egress_wire.decode_batch(record)
         except ValueError as exc:
             self.malformed += 1
             log.error("dropping a malformed batch from a worker", extra={"error": str(exc)})
             return
-        runs = _one_run(messages) if self.one_run else _runs(messages)
-        writer = self.writer
-        futures = [writer.submit_group(frames, eos) for frames, eos in runs]
+        futures = [self._write(count, body) for count, body in entries]
+        counts = [count for count, _ in entries]
         if self.fps is not None:
-            self.fps.add(len(messages))
-        if not futures:
-            connection.reply(batch_id, futures, runs)
+            self.fps.add(sum(counts))
+        remaining = sum(not future.done() for future in futures)
+        if not remaining:  # all written at once: the usual case
+            connection.reply(batch_id, futures, counts)
             return
         self.unanswered += 1
-        remaining = len(futures)
 
         def one_done(_: asyncio.Future[list[WriteResult]]) -> None:
             nonlocal remaining
             remaining -= 1
             if remaining == 0:
                 self.unanswered -= 1
-                connection.reply(batch_id, futures, runs)
+                connection.reply(batch_id, futures, counts)
                 if not self.unanswered:
                     self.all_answered.set()
 
         for future in futures:
-            future.add_done_callback(one_done)
+            if not future.done():
+                future.add_done_callback(one_done)
+
+    def _write(self, count: int, body: memoryview) -> asyncio.Future[list[WriteResult]]:
+        """One entry (a MediaBatch the worker checked) written as a group."""
+        try:
+            done = self.writer.submit_batch(body, check=False)
+            if done is None or done[0] != count:
+                self.malformed += 1
+                raise ValueError(f"an entry of {count} messages from a worker does not hold them")
+            return done[2]
+        except (StreamClosed, RuntimeError, ValueError) as exc:
+            failed: asyncio.Future[list[WriteResult]] = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            return failed
 
 
 class _WorkerConnection(asyncio.Protocol):
@@ -129,39 +138,17 @@ class _WorkerConnection(asyncio.Protocol):
         self.egress.workers.discard(self)
 
     def reply(self, batch_id: int, futures: list[asyncio.Future[list[WriteResult]]],
-              runs: list[Run]) -> None:
+              counts: list[int]) -> None:
         codes = bytearray()
-        for future, (messages, _) in zip(futures, runs):
+        for future, count in zip(futures, counts):
             if future.exception() is not None:
                 log.error("out_stream write failed", exc_info=future.exception())
-                codes += bytes((egress_wire.ERROR,)) * len(messages)
+                codes += bytes((egress_wire.ERROR,)) * count
             else:
                 results = future.result()
                 if results.count(WriteResult.SUCCESS) == len(results):
-                    codes += bytes(len(results))  # all SUCCESS (code 0): the pub case
+                    codes += bytes(len(results))  # all SUCCESS (code 0): the usual case
                 else:
                     codes += bytes(egress_wire.RESULT_CODES[r] for r in results)
         if self.transport is not None:  # else the worker is gone, and so is its waiter
             self.transport.write(egress_wire.encode_results(batch_id, codes))
-
-
-def _one_run(messages: list[tuple[list[memoryview], int]]) -> list[Run]:
-    if not messages:
-        return []
-    return [([frames for frames, _ in messages],
-             [bool(flags & egress_wire.EOS_BIT) for _, flags in messages])]
-
-
-def _runs(messages: list[tuple[list[memoryview], int]]) -> list[Run]:
-    """Split a batch into writer runs: each group is one run, every other message its own."""
-    runs: list[Run] = []
-    grouping = False
-    for frames, flags in messages:
-        eos = bool(flags & egress_wire.EOS_BIT)
-        if flags & egress_wire.GROUP_BIT and grouping and not flags & egress_wire.GROUP_START_BIT:
-            runs[-1][0].append(frames)
-            runs[-1][1].append(eos)
-            continue
-        grouping = bool(flags & egress_wire.GROUP_BIT)
-        runs.append(([frames], [eos]))
-    return runs

@@ -1,7 +1,8 @@
 """The worker's side of the egress hand-off: a writer that batches per event-loop iteration.
 
-Every ``write`` made during one loop iteration goes out as one record (``egress_wire``, over
-the egress's Unix socket) at the end of it,
+Every submit made during one loop iteration goes out as one record (``egress_wire``, over
+the egress's Unix socket) at the end of it, each as a MediaBatch the egress writes as a group
+(a client's batch as it came),
 so under load a batch carries as many messages as there are requests ready, and the cost of the
 hop is paid per batch. At most ``max_pending`` messages wait for their results
 (``PendingLimit``).
@@ -15,9 +16,11 @@ import logging
 from array import array
 from typing import Any, Sequence
 
+from mgfast.media import check_media_batch, encode_frames_batch_pieces
 from mgfast.server import egress_wire
 from mgfast.server.pending_limit import PendingLimit
 from mgfast.zmq.sockets import StreamClosed
+from mgfast._zmq_io import SendBuffer
 from mgfast.zmq.writer import Buffer, Frames, WriteResult
 
 log = logging.getLogger("mgfast.egress")
@@ -46,9 +49,10 @@ class EgressClient:
         self.connecting: asyncio.Task[None] | None = None
         self.ever_connected = False
         self.closing = False
-        # the batch being gathered in this loop iteration
-        self.frames: list[Buffer] = []
-        self.counts = array("I")
+        # the batch being gathered in this loop iteration: its entries' (items, length) pairs
+        # and the pieces of their bodies
+        self.entries = array("I")
+        self.pieces: list[Buffer] = []
         self.waiters: list[_Waiter] = []  # one per submit / submit_group call
         self.flush_scheduled = False
         # batches sent (or waiting for a connection), awaiting results, by id
@@ -63,39 +67,43 @@ class EgressClient:
 
     def submit(self, frames: Sequence[Buffer], *, eos: bool) -> asyncio.Future[WriteResult]:
         """One message; the future's result is its WriteResult."""
-        return self._submit([frames], [eos] if eos else None, grouped=False)
+        return self._submit_messages([frames], single=True)
 
     def submit_group(self, messages: list[Frames], eos: list[bool] | None
                      ) -> asyncio.Future[list[WriteResult]]:
-        """Messages in order as one group (``eos``: their flags, or None if none is an EOS):
-        the first failure stops the rest (WriteResult.NOT_ATTEMPTED), so what was written is a
-        prefix. The future's result lists a WriteResult per message."""
-        return self._submit(messages, eos, grouped=True)
+        """Messages in order as one group: the first failure stops the rest
+        (WriteResult.NOT_ATTEMPTED), so what was written is a prefix. The future's result lists
+        a WriteResult per message. (The egress reads which are EOSes from the messages.)"""
+        return self._submit_messages(messages, single=False)
 
-    def _submit(self, messages: Sequence[Sequence[Buffer]], eos: list[bool] | None,
-                grouped: bool) -> asyncio.Future[Any]:
-        """Queue now unless the worker's bound on messages waiting for the egress is reached;
-        then wait for room first."""
+    def submit_batch(self, body: Buffer | SendBuffer
+                     ) -> tuple[int, int, asyncio.Future[list[WriteResult]]] | None:
+        """A client's MediaBatch body, handed on unopened as one group if every item is valid:
+        (items, frame bytes, the group's future); else None (decode_media_batch then answers
+        each item)."""
+        checked = check_media_batch(body)
+        if checked is None:
+            return None
+        count, size = checked
+        view = body if body.__class__ is bytes else memoryview(body)
+        return count, size, self.limit.admit(
+            count, lambda: self._enqueue(count, len(view), [view], single=False))
+
+    def _submit_messages(self, messages: Sequence[Sequence[Buffer]], single: bool
+                         ) -> asyncio.Future[Any]:
+        length, pieces = encode_frames_batch_pieces(messages)
         return self.limit.admit(len(messages),
-                                lambda: self._enqueue(messages, eos, grouped=grouped))
+                                lambda: self._enqueue(len(messages), length, pieces, single))
 
-    def _enqueue(self, messages: Sequence[Sequence[Buffer]], eos: list[bool] | None, *,
-                 grouped: bool) -> asyncio.Future[Any]:
-        """Add messages to this loop iteration's batch (the flush goes out at its end); the
-        future gets their result (``grouped``: the list of their results)."""
-        append_count = self.counts.append
-        extend_frames = self.frames.extend
-        group = egress_wire.GROUP_BIT if grouped else 0
-        for i, frames in enumerate(messages):
-            flags = len(frames) | group
-            if eos is not None and eos[i]:
-                flags |= egress_wire.EOS_BIT
-            if grouped and i == 0:
-                flags |= egress_wire.GROUP_START_BIT
-            extend_frames(frames)
-            append_count(flags)
+    def _enqueue(self, count: int, length: int, pieces: list[Buffer], single: bool
+                 ) -> asyncio.Future[Any]:
+        """Add one entry (a MediaBatch body of ``count`` items) to this loop iteration's batch
+        (the flush goes out at its end); the future gets its result (a list of them, unless
+        ``single``)."""
+        self.entries += array("I", (count, length))
+        self.pieces += pieces
         future = self.loop.create_future()
-        self.waiters.append(_Waiter(future, len(messages), not grouped))
+        self.waiters.append(_Waiter(future, count, single))
         if not self.flush_scheduled:
             self.flush_scheduled = True
             self.loop.call_soon(self._flush)
@@ -117,16 +125,16 @@ class EgressClient:
 
     def _flush(self) -> None:
         self.flush_scheduled = False
-        frames, counts, waiters = self.frames, self.counts, self.waiters
-        self.frames, self.counts, self.waiters = [], array("I"), []
+        entries, pieces, waiters = self.entries, self.pieces, self.waiters
+        self.entries, self.pieces, self.waiters = array("I"), [], []
         batch_id = next(self.ids)
-        record = egress_wire.encode_batch(batch_id, counts, frames)
+        record = egress_wire.encode_batch(batch_id, entries, pieces)
         timer = self.loop.call_later(self.reply_timeout, self._expire, batch_id)
         batch = self.inflight[batch_id] = _Batch(waiters, timer, record)
         if self.transport is not None:
             self.transport.writelines(record)
             if not self.confirm and self.unconfirmed < self.limit.limit:
-                batch.answered = len(counts)
+                batch.answered = sum(waiter.count for waiter in waiters)
                 self.unconfirmed += batch.answered
                 for waiter in waiters:
                     waiter.settle(bytes(waiter.count))  # SUCCESS: what a PUB write returns
@@ -248,11 +256,15 @@ class _Waiter:
     def settle(self, codes: bytes) -> None:
         if self.future.done():
             return
-        results = [egress_wire.RESULTS_BY_CODE[code] for code in codes]
-        if None in results:
-            self.future.set_exception(RuntimeError("the out_stream writer failed"))
+        if codes.count(0) == len(codes):  # all written: the usual case
+            results = [WriteResult.SUCCESS] * len(codes)
         else:
-            self.future.set_result(results[0] if self.single else results)
+            coded = [egress_wire.RESULTS_BY_CODE[code] for code in codes]
+            if None in coded:
+                self.future.set_exception(RuntimeError("the out_stream writer failed"))
+                return
+            results = coded  # type: ignore[assignment]  # no None left
+        self.future.set_result(results[0] if self.single else results)
 
 
 def _fail(waiters: list[_Waiter], why: str) -> None:

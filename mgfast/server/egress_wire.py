@@ -3,14 +3,15 @@
 Both sides are plain event-loop transports (no ZeroMQ I/O threads between them), so a batch
 costs one write and one read per side. Every record is a u32 length and its body::
 
-    worker -> egress   batch id (u64), message count m (u32), frame count f (u32),
-                       m u32 (each message's frame count and flags), f u32 (frame lengths),
-                       the frames
-    egress -> worker   batch id (u64), one result code per message (u8 each)
+    worker -> egress   batch id (u64), entry count n (u32), n times (item count, body length)
+                       as u32 pairs, then the n bodies
+    egress -> worker   batch id (u64), one result code per item (u8 each), entry after entry
 
-A message's flags are end-of-stream and group membership: a group is a run of messages, the
-first marked GROUP_START, of which only a prefix may be written (the egress stops the group at
-its first failure; see ``OutStreamWriter.submit_group``). The Savant frames travel untouched.
+Each entry is a MediaBatch body whose items the worker has checked, written by the egress as
+one group: in order, stopping at the first failure, so what was written is a prefix (see
+``OutStreamWriter.submit_group``). A client's batch travels as it came; other messages are
+framed as a MediaBatch around their Media fields. The egress reads only the envelope and
+each message's kind, and sends the frames to libzmq straight from the record.
 """
 
 from __future__ import annotations
@@ -20,13 +21,8 @@ from array import array
 
 from mgfast.zmq.writer import Buffer, WriteResult
 
-EOS_BIT = 0x8000_0000
-# 0x4000_0000: unused (once: video frame, when the statistics counted only frames)
-GROUP_BIT = 0x2000_0000
-GROUP_START_BIT = 0x1000_0000
-COUNT_MASK = 0x0FFF_FFFF
 _LEN = struct.Struct("<I")
-_BATCH = struct.Struct("<IQII")  # record length, batch id, messages, frames
+_BATCH = struct.Struct("<IQI")  # record length, batch id, entries
 _REPLY = struct.Struct("<IQ")  # record length, batch id
 MAX_RECORD = 1 << 31  # a corrupt length is refused rather than buffered for
 
@@ -38,47 +34,34 @@ RESULTS_BY_CODE: tuple[WriteResult | None, ...] = (WriteResult.SUCCESS, WriteRes
                           WriteResult.ACK_TIMEOUT, None, WriteResult.NOT_ATTEMPTED)
 
 
-def encode_batch(batch_id: int, counts: array[int], frames: list[Buffer]) -> list[Buffer]:
-    """The pieces of one batch record, for ``transport.writelines`` (frames are not copied).
-    ``counts``: array('I') of per-message frame counts with their flag bits."""
-    lengths = array("I", map(len, frames))
-    body = _BATCH.size - _LEN.size + 4 * (len(counts) + len(lengths)) + sum(lengths)
-    head = _BATCH.pack(body, batch_id, len(counts), len(frames))
-    return [head, counts.tobytes(), lengths.tobytes(), *frames]
+def encode_batch(batch_id: int, entries: array[int], pieces: list[Buffer]) -> list[Buffer]:
+    """The pieces of one batch record, for ``transport.writelines`` (bodies are not copied).
+    ``entries``: array('I') of (item count, body length) pairs; ``pieces``: the bodies, in
+    as many buffers as convenient."""
+    size = _BATCH.size - _LEN.size + 4 * len(entries) + sum(entries[1::2])
+    return [_BATCH.pack(size, batch_id, len(entries) // 2), entries.tobytes(), *pieces]
 
 
-def decode_batch(record: memoryview) -> tuple[int, list[tuple[list[memoryview], int]]]:
-    """A batch record's body -> (batch id, [(frames, flags), ...]); frames are memoryviews of
-    ``record``. ValueError if malformed."""
+def decode_batch(record: memoryview) -> tuple[int, list[tuple[int, memoryview]]]:
+    """A batch record's body -> (batch id, [(item count, MediaBatch body), ...]); the bodies
+    are memoryviews of ``record``. ValueError if malformed."""
     at = _BATCH.size - _LEN.size
     if len(record) < at:
         raise ValueError("egress batch record too short")
-    batch_id, n_messages, n_frames = struct.unpack_from("<QII", record)
-    counts = array("I")
-    lengths = array("I")
-    end = at + 4 * (n_messages + n_frames)
+    batch_id, n_entries = struct.unpack_from("<QI", record)
+    end = at + 8 * n_entries
     if end > len(record):
         raise ValueError("egress batch header runs past its record")
-    counts.frombytes(record[at:at + 4 * n_messages])
-    lengths.frombytes(record[at + 4 * n_messages:end])
-    if end + sum(lengths) != len(record):
-        raise ValueError("egress batch frame lengths do not match its record")
-    frames: list[memoryview] = []
-    at = end
-    for length in lengths:
-        frames.append(record[at:at + length])
-        at += length
-    messages = []
-    pos = 0
-    for count in counts:
-        n = count & COUNT_MASK
-        if n < 2 or pos + n > n_frames:
-            raise ValueError("egress batch frame counts do not match its frames")
-        messages.append((frames[pos:pos + n], count & ~COUNT_MASK))
-        pos += n
-    if pos != n_frames:
-        raise ValueError("egress batch has frames beyond its messages")
-    return batch_id, messages
+    pairs = array("I")
+    pairs.frombytes(record[at:end])
+    if end + sum(pairs[1::2]) != len(record):
+        raise ValueError("egress batch body lengths do not match its record")
+    entries = []
+    for i in range(0, len(pairs), 2):
+        length = pairs[i + 1]
+        entries.append((pairs[i], record[end:end + length]))
+        end += length
+    return batch_id, entries
 
 
 def encode_results(batch_id: int, codes: bytes | bytearray) -> bytes:

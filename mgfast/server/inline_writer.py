@@ -8,6 +8,7 @@ from typing import Sequence
 from mgfast.zmq.settings import OutStreamConfig
 from mgfast.fps_log import FpsLog
 from mgfast.server.pending_limit import PendingLimit
+from mgfast._zmq_io import SendBuffer
 from mgfast.zmq.writer import Buffer, Frames, OutStreamWriter, WriteResult
 
 
@@ -38,15 +39,21 @@ class InlineWriter:
         return self.limit.admit(len(messages),
                                 lambda: self.writer.submit_group(messages, eos))
 
-    def send_batch(self, body: bytes) -> tuple[int, int, int] | None:
-        """OutStreamWriter.send_batch (items written straight from a MediaBatch body), within
-        the same bound on pending messages as submit_group."""
-        if self.limit.pending >= self.limit.limit:
+    def submit_batch(self, body: Buffer | SendBuffer
+                     ) -> tuple[int, int, asyncio.Future[list[WriteResult]]] | None:
+        """OutStreamWriter.submit_batch (items written straight from a MediaBatch body), within
+        the same bound on pending messages as submit_group: None when the bound is reached
+        (then submit_group waits for room) or an item is malformed."""
+        limit = self.limit
+        if limit.pending >= limit.limit:
             return None
-        done = self.writer.send_batch(body)
-        if done is not None and self.fps is not None:
-            self.fps.add(done[1])
-        return done
+        done = self.writer.submit_batch(body)
+        if done is None:
+            return None
+        count, size, future = done
+        if self.fps is not None:
+            self.fps.add(count)
+        return count, size, limit.admit(count, lambda: future)
 
     async def close(self) -> None:
         await self.writer.close()

@@ -5,7 +5,7 @@
     result = await writer.write([topic, message, *extra], eos=False)   # a WriteResult
     future = writer.submit(frames, eos)       # the same without a coroutine
     future = writer.submit_group(messages, eos_flags)   # stops at its first failed write
-    done = writer.send_batch(body)            # a MediaBatch body's items, now, or None
+    count, size, future = writer.submit_batch(body)   # a MediaBatch body's items as a group
     await writer.close()                      # flushes, then fails what is left (StreamClosed)
 
 One writer owns the socket and serves every concurrent request of the process; messages reach
@@ -26,8 +26,8 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from mgfast._zmq_io import recv_multipart, send_many, send_multipart
-from mgfast.media import send_media_batch
+from mgfast._zmq_io import SendBuffer, recv_multipart, send_many, send_multipart
+from mgfast.media import MediaError, batch_writes, decode_media_batch, send_media_batch
 from mgfast.zmq.settings import OutStreamConfig
 from mgfast.zmq.sockets import CONFIRMATION, StreamClosed, open_socket
 
@@ -154,25 +154,45 @@ class OutStreamWriter:
             raise ValueError("submit_group needs one eos flag per message")
         return self._enqueue(messages, eos if eos is not None and True in eos else None, False)
 
-    def send_batch(self, body: bytes) -> tuple[int, int, int] | None:
-        """A MediaBatch body's items written now, straight from the body, if the writer is
-        idle and nothing waits for acknowledgements: (items, sent, frame bytes sent). The
-        items from ``sent`` on (the socket would block, or an EOS that waits for its ack) are
-        the caller's to submit. None, with nothing sent: take the usual path (decode, then
-        ``submit_group``), which also answers malformed items."""
-        if (self._queue or self._busy or self._ack_every or self._closing or self._task is None
-                or not self._handle):
-            return None
+    def submit_batch(self, body: Buffer | SendBuffer, *, check: bool = True
+                     ) -> tuple[int, int, asyncio.Future[list[WriteResult]]] | None:
+        """A MediaBatch body's items as one group (as ``submit_group``): (items, frame bytes,
+        the group's future). While the writer is idle and nothing waits for an ack, the items
+        go to libzmq straight from the body, with no Python object per item; what would block
+        (or an EOS that waits for its ack) and everything else is queued in order as usual.
+        None, with nothing written, when an item is malformed: then decode_media_batch gives
+        each item's answer. ``check=False``: the items were checked already (check_media_batch
+        in a worker), so only the envelope and each message's kind are read."""
+        loop = self._loop
+        if self._task is None or self._closing or loop is None:
+            raise StreamClosed(f"writer for {self.config.url} is not running")
+        sent = 0
+        if (not self._queue and not self._busy and not self._ack_every
+                and body.__class__ is not SendBuffer):  # (its frames go by reference instead)
+            try:
+                done = send_media_batch(self._handle, body, self._ack_eos, check)
+            except zmq.ZMQError as exc:
+                raise self._broken(exc) from exc
+            if done is None:
+                return None
+            count, sent, size = done
+            self.results[WriteResult.SUCCESS] += sent
+            if sent == count:  # the usual case
+                future = loop.create_future()
+                future.set_result([WriteResult.SUCCESS] * count)
+                return count, size, future
         try:
-            done = send_media_batch(self._handle, body, self._ack_eos)
-        except zmq.ZMQError as exc:
-            raise self._broken(exc) from exc
-        if done is not None:
-            self.results[WriteResult.SUCCESS] += done[1]
-        return done
+            items = decode_media_batch(body)
+        except MediaError:
+            return None
+        messages, eos, size = batch_writes(items)
+        if len(messages) != len(items):
+            return None
+        return len(messages), size, self._enqueue(messages, eos, False, sent)
 
-    def _enqueue(self, messages: list[Frames], eos: list[bool] | None, single: bool
-                 ) -> asyncio.Future[Any]:
+    def _enqueue(self, messages: list[Frames], eos: list[bool] | None, single: bool,
+                 start: int = 0) -> asyncio.Future[Any]:
+        """Queue messages as one run; ``start``: how many of them were sent already."""
         loop = self._loop
         if self._task is None or self._closing or loop is None:
             raise StreamClosed(f"writer for {self.config.url} is not running")
@@ -180,8 +200,7 @@ class OutStreamWriter:
             if len(frames) < 2:
                 raise ValueError("a Savant message needs at least the frames [topic, message]")
         future = loop.create_future()
-        start = 0
-        if (not self._queue and not self._busy and not self._ack_every
+        if (not start and not self._queue and not self._busy and not self._ack_every
                 and (eos is None or not self._ack_eos)):
             # The writer task is idle and nothing waits for an acknowledgement: send now, in
             # the caller's turn (no task step, and the future is done when it is returned);
