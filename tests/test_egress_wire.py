@@ -1,13 +1,23 @@
-"""The worker <-> egress records: round trips through a byte stream cut anywhere."""
+"""The worker <-> egress records: round trips through a byte stream cut anywhere, and the
+egress answering them."""
 
 from __future__ import annotations
 
+import asyncio
 from array import array
 
 import pytest
+import zmq
+import zmq.asyncio
 from hypothesis import given, settings, strategies as st
 
+from mgfast.media import encode_media_batch
 from mgfast.server import egress_wire as wire
+from mgfast.server.egress import Egress
+from mgfast.zmq.settings import OutStreamConfig
+from mgfast.zmq.url import parse_socket_url
+from tests.savant_proto import savant_message, serialize
+from tests.util import arun
 
 # entries: (item count, MediaBatch body); the wire does not open the bodies
 entries = st.lists(st.tuples(st.integers(0, 2**32 - 1), st.binary(max_size=300)), max_size=8)
@@ -66,3 +76,52 @@ def test_garbage_is_refused(garbage):
     with pytest.raises(ValueError):
         for record in wire.RecordReader().feed(garbage):
             wire.decode_batch(record)
+
+
+# ---- the egress process's side, in-process: entries written as groups, each answered -------
+
+USER = serialize(savant_message(kind=8))
+
+
+async def _reply(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    length = int.from_bytes(await asyncio.wait_for(reader.readexactly(4), 5), "little")
+    return wire.decode_results(memoryview(await reader.readexactly(length)))
+
+
+def test_the_egress_writes_each_entry_and_answers_a_bad_one_alone(tmp_path):
+    """One record holds the entries of several worker connections: a corrupt one is answered
+    ERROR (the worker answers 500) with nothing of it sent, and the others are written in
+    order; a record that is not one is dropped and counted, and the next is served."""
+    out = f"ipc://{tmp_path}/out"
+    config = OutStreamConfig(url=parse_socket_url(f"dealer+bind:{out}", role="writer"))
+    batch = [(b"cam-1", USER, [b"a"]), (b"cam-2", USER, [])]
+    good = encode_media_batch(batch)
+    corrupt = b"\x0a\x03abc"  # one item, and not a Media
+
+    async def scenario() -> None:
+        egress = Egress(config, f"ipc://{tmp_path}/egress")
+        await egress.start()
+        context = zmq.asyncio.Context()
+        router = context.socket(zmq.ROUTER)
+        router.connect(out)
+        try:
+            reader, writer = await asyncio.open_unix_connection(egress.path)
+            entries = array("I", [2, len(good), 1, len(corrupt), 2, len(good)])
+            writer.write(b"".join(bytes(p) for p in wire.encode_batch(
+                7, entries, [good, corrupt, good])))
+            assert await _reply(reader) == (7, bytes([0, 0, wire.ERROR, 0, 0]))
+            got = [(await asyncio.wait_for(router.recv_multipart(), 5))[1:] for _ in range(4)]
+            assert got == [[t, m, *d] for t, m, d in batch] * 2
+
+            writer.write((12).to_bytes(4, "little") + b"\x00" * 8 + (9).to_bytes(4, "little"))
+            writer.write(b"".join(bytes(p) for p in wire.encode_batch(
+                8, array("I", [2, len(good)]), [good])))
+            assert await _reply(reader) == (8, bytes(2))
+            assert egress.malformed == 2  # the corrupt entry, then the record
+            writer.close()
+        finally:
+            router.close(linger=0)
+            await egress.writer.close()
+            context.term()
+
+    arun(scenario())
