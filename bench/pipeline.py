@@ -319,10 +319,7 @@ def start_profiles(roots: list[int], opts: Options, work: Path, path: Path_) -> 
     if not Path(spy).exists():
         raise SystemExit("bench: --profile needs py-spy: "
                          f"{sys.executable} -m pip install py-spy")
-    names = {p.pid: p.name for p in path.procs}
-    for proc in path.procs:  # mgfast's supervisor logs "started child=worker-0 pid=123"
-        for match in re.finditer(r"child=(\S+) pid=(\d+)", proc.log()):
-            names[int(match.group(2))] = f"{proc.name}:{match.group(1)}"
+    names = {p.pid: p.name for p in path.procs} | child_names(path)
     spies = []
     for pid in process_tree(roots):
         if "python" not in _cmdline(pid):
@@ -335,6 +332,16 @@ def start_profiles(roots: list[int], opts: Options, work: Path, path: Path_) -> 
              str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         spies.append((f"{name} (pid {pid})", proc, out))
     return spies
+
+
+def child_names(path: Path_) -> dict[int, str]:
+    """The server's children by pid, as ``server:worker-0``, ``server:egress``: mgfast's
+    supervisor logs "started child=worker-0 pid=123"."""
+    names = {}
+    for proc in path.procs:
+        for match in re.finditer(r"child=(\S+) pid=(\d+)", proc.log()):
+            names[int(match.group(2))] = f"{proc.name}:{match.group(1)}"
+    return names
 
 
 def _parent_name(pid: int, names: dict[int, str]) -> str:
@@ -397,12 +404,15 @@ def run_scenario(path: Path_, size: Size, transport: str, certs: Certs, work: Pa
         peers = [writer.pid, reader.pid]
         cpu0, peers0, busy0 = cpu_seconds(roots), cpu_seconds(peers), busy_cpu_seconds()
         load_started = time.monotonic()
-        split0 = {p.name: cpu_seconds([p.pid]) for p in path.procs}
+        # each process tree, and each server child (workers, egress) of its own
+        parts = [(p.name, p.pid) for p in path.procs]
+        parts += [(name, pid) for pid, name in child_names(path).items()]
+        split0 = {name: cpu_seconds([pid]) for name, pid in parts}
         spies = start_profiles(roots, opts, work, path) if opts.profile else []
         sent, got = phase(2, size.max_count, opts.load_seconds, 0)
         cpu1, peers1, busy1 = cpu_seconds(roots), cpu_seconds(peers), busy_cpu_seconds()
         load_wall = time.monotonic() - load_started
-        split1 = {p.name: cpu_seconds([p.pid]) for p in path.procs}
+        split1 = {name: cpu_seconds([pid]) for name, pid in parts}
         profile = finish_profiles(spies)
         n_sent, failed, first_ns, _ = sent
         unique = got["unique"]

@@ -32,13 +32,21 @@ def _by(results: list[dict], like: dict, path: str) -> dict | None:
 
 
 def _cpu(r: dict) -> str:
-    """Gateway CPU per message, with the share of each top-level process (tree) when several."""
+    """Gateway CPU per message, with the share of each top-level process (tree) when several,
+    and of each server child (``server:egress``) within its tree's."""
     total = _f(r["cpu_us_per_msg"], 1)
     split = r.get("cpu_split_us_per_msg") or {}
-    if len(split) < 2:
+    top = {name: v for name, v in split.items() if ":" not in name}
+    if len(top) < 2:
         return total
-    return total + " (" + " + ".join(f"{name.replace('stunnel-', 'st-')} {_f(v, 0)}"
-                                     for name, v in split.items()) + ")"
+
+    def share(name: str, v: float) -> str:
+        children = [f"{child.partition(':')[2]} {_f(cv, 1)}" for child, cv in split.items()
+                    if child.startswith(name + ":")]
+        inner = f" [{', '.join(children)}]" if len(children) > 1 else ""
+        return f"{name.replace('stunnel-', 'st-')} {_f(v, 0)}{inner}"
+
+    return total + " (" + " + ".join(share(name, v) for name, v in top.items()) + ")"
 
 
 # ---- tables ----------------------------------------------------------------------------------------
