@@ -333,10 +333,19 @@ def test_batch_writes_in_order_and_reports_each_item(tmp_path, workers):
             assert status == 200 and body == {"results": [200, 200, 200]}
             got = reader.wait_for(6)[3:]
             assert [m.frames for m in got] == [[t, m, *d] for t, m, d in items]
+            # a body of 32 KiB or more is received into a SendBuffer: its frames go to libzmq
+            # by reference (one worker), or the body to the egress as it came (two)
+            large = [(b"cam-3", sp.to_bytes(sp.user_data("cam-3")), [bytes([i]) * 40_000])
+                     for i in range(2)]
+            status, body = post_batch(conn, large)
+            assert status == 200 and body == {"results": [200, 200]}
+            got = reader.wait_for(8)[6:]
+            assert [m.frames for m in got] == [[t, m, *d] for t, m, d in large]
 
 
-def test_batch_stops_at_the_first_failed_write(tmp_path):
-    config = server_config(f"dealer+connect:{endpoint('tcp', tmp_path)}", workers=1)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_batch_stops_at_the_first_failed_write(tmp_path, workers):
+    config = server_config(f"dealer+connect:{endpoint('tcp', tmp_path)}", workers=workers)
     config["out_stream"].update(send_hwm=1, send_timeout={"secs": 0, "nanos": 100_000_000},
                                 send_retries=1)
     with GatewayProcess("server", config, tmp_path):
