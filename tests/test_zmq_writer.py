@@ -14,7 +14,8 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from mgfast.media import encode_media_batch
+from mgfast.media import (MAX_BATCH_DATA_PARTS, MAX_DATA_PARTS, encode_frames_batch_pieces,
+                          encode_media_batch)
 from mgfast.zmq.settings import OutStreamConfig
 from mgfast.zmq.sockets import EndpointError, StreamClosed
 from mgfast.zmq.url import parse_socket_url
@@ -524,5 +525,34 @@ def test_a_batch_body_is_written_at_once_only_when_nothing_can_be_overtaken(tmp_
                 WriteResult.SUCCESS, WriteResult.ACK, WriteResult.SUCCESS]
             (last,) = await received(router, 1)
             assert last[1:] == [items[1][0], items[1][1], *items[1][2]]
+
+    arun(body_of_test())
+
+
+@pytest.mark.timeout(30)
+def test_a_hand_off_over_the_client_limits_is_queued_whole_behind_a_busy_writer(tmp_path):
+    """The egress's ``check=False``: a worker may group more than a client may send in one
+    batch, and it is written in order even when the writer is busy (an EOS awaits its OK)."""
+    ep = f"ipc://{tmp_path}/heavy"
+    config = writer_config(f"dealer+connect:{ep}", receive_timeout=1.0, receive_retries=1)
+    n = MAX_BATCH_DATA_PARTS // MAX_DATA_PARTS + 1
+    user = sp.to_bytes(sp.user_data("cam-1"))
+    heavy = b"".join(encode_frames_batch_pieces([[b"cam-1", user, *[b"d"] * MAX_DATA_PARTS]]
+                                                * n)[1])
+    eos = sp.frames("cam-1", sp.end_of_stream("cam-1"))
+
+    async def body_of_test():
+        async with routed(config, ep) as (router, writer):
+            acked = writer.submit(eos, True)
+            assert writer.submit_batch(heavy) is None  # over a client's limits
+            count, _, queued = writer.submit_batch(heavy, check=False)
+            assert count == n and not queued.done()
+            first = await asyncio.wait_for(router.recv_multipart(), 5)
+            await router.send_multipart([first[0], b"OK"])
+            assert await acked is WriteResult.ACK
+            assert await asyncio.wait_for(queued, 5) == [WriteResult.SUCCESS] * n
+            for _ in range(n):
+                parts = await asyncio.wait_for(router.recv_multipart(), 5)
+                assert parts[1:3] == [b"cam-1", user] and len(parts) == 3 + MAX_DATA_PARTS
 
     arun(body_of_test())

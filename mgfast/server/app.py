@@ -18,6 +18,7 @@ from functools import lru_cache, partial
 from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Protocol as TypingProtocol, Sequence,
                     TypeVar)
 
+from mgfast._zmq_io import SendBuffer
 from mgfast.batching import (BATCH_HEADER, BATCH_TYPE, MEDIA_TYPE, MEDIA_TYPES, all_accepted,
                              batch_answer)
 from mgfast.http import responses
@@ -26,7 +27,6 @@ from mgfast.http.server_protocol import Request
 from mgfast.media import (Kind, MediaError, batch_writes, decode_media, decode_media_batch,
                           routing_labels)
 from mgfast.zmq.sockets import StreamClosed
-from mgfast._zmq_io import SendBuffer
 from mgfast.zmq.writer import Buffer, Frames, WriteResult
 
 if TYPE_CHECKING:
@@ -298,8 +298,9 @@ class GatewayApp:
             return _unavailable(exc)
         return _answer(written, answer)
 
-    def _whole_batch_written(self, body: Buffer | SendBuffer, count: int, size: int, started: float,
-                             written: asyncio.Future[list[WriteResult]]) -> Response:
+    def _whole_batch_written(self, body: Buffer | SendBuffer, count: int, size: int,
+                             started: float, written: asyncio.Future[list[WriteResult]]
+                             ) -> Response:
         """The answer to a batch whose items were all valid and went to the writer unopened."""
         if not written.cancelled() and written.exception() is None:
             results = written.result()

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
+
 from mgfast.zmq.settings import OutStreamConfig
 from mgfast.fps_log import FpsLog
 from mgfast.server import egress_wire

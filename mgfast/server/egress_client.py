@@ -16,11 +16,11 @@ import logging
 from array import array
 from typing import Any, Sequence
 
+from mgfast._zmq_io import SendBuffer
 from mgfast.media import check_media_batch, encode_frames_batch_pieces
 from mgfast.server import egress_wire
 from mgfast.server.pending_limit import PendingLimit
 from mgfast.zmq.sockets import StreamClosed
-from mgfast._zmq_io import SendBuffer
 from mgfast.zmq.writer import Buffer, Frames, WriteResult
 
 log = logging.getLogger("mgfast.egress")
@@ -86,9 +86,9 @@ class EgressClient:
         if checked is None:
             return None
         count, size = checked
-        view = body if body.__class__ is bytes else memoryview(body)
+        view = memoryview(body)  # a SendBuffer too (a body of 32 KiB or more)
         return count, size, self.limit.admit(
-            count, lambda: self._enqueue(count, len(view), [view], single=False))
+            count, lambda: self._enqueue(count, view.nbytes, [view], single=False))
 
     def _submit_messages(self, messages: Sequence[Sequence[Buffer]], single: bool
                          ) -> asyncio.Future[Any]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Sequence
 
+from mgfast._zmq_io import SendBuffer
 from mgfast.zmq.settings import OutStreamConfig
 from mgfast.fps_log import FpsLog
 from mgfast.server.pending_limit import PendingLimit
-from mgfast._zmq_io import SendBuffer
 from mgfast.zmq.writer import Buffer, Frames, OutStreamWriter, WriteResult
 
 

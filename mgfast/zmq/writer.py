@@ -182,7 +182,7 @@ class OutStreamWriter:
                 future.set_result([WriteResult.SUCCESS] * count)
                 return count, size, future
         try:
-            items = decode_media_batch(body)
+            items = decode_media_batch(body, check)
         except MediaError:
             return None
         messages, eos, size = batch_writes(items)
