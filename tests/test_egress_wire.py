@@ -11,6 +11,7 @@ import zmq
 import zmq.asyncio
 from hypothesis import given, settings, strategies as st
 
+from mgfast._zmq_io import ZERO_COPY_MIN, SendBuffer
 from mgfast.media import encode_media_batch
 from mgfast.server import egress_wire as wire
 from mgfast.server.egress import Egress
@@ -34,6 +35,19 @@ def stream_of(batches) -> bytes:
     return out
 
 
+def feed(reader: wire.RecordReader, data: bytes, most: int | None = None) -> list[memoryview]:
+    """What a BufferedProtocol does with ``data``: reads into ``buffer()``, each of at most
+    ``most`` bytes (and never more than the buffer offers), then ``filled``."""
+    records = []
+    while data:
+        target = reader.buffer()
+        n = min(len(target), len(data), most or len(data))
+        target[:n] = data[:n]
+        data = data[n:]
+        records += reader.filled(n)
+    return records
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 2**64 - 1), entries), min_size=1, max_size=4),
        st.lists(st.integers(1, 700), min_size=1, max_size=30))
@@ -41,21 +55,35 @@ def test_batches_survive_any_cutting_of_the_stream(batches, cuts):
     data = stream_of(batches)
     reader, records, at = wire.RecordReader(), [], 0
     for cut in cuts * (len(data) // max(1, sum(cuts)) + 1):
-        records += reader.feed(data[at:at + cut])
+        records += feed(reader, data[at:at + cut])
         at += cut
         if at >= len(data):
             break
-    records += reader.feed(data[at:])
+    records += feed(reader, data[at:])
     decoded = [wire.decode_batch(r) for r in records]
     assert [(i, [(n, bytes(body)) for n, body in e]) for i, e in decoded] == batches
+
+
+@pytest.mark.parametrize("most", [None, 1000, 65536, 200_000])
+def test_a_long_record_is_read_into_a_send_buffer_of_its_own(most):
+    """Records of ZERO_COPY_MIN bytes or more land in their own SendBuffer (their large frames
+    then go to libzmq by reference), whole or cut anywhere, between short ones; the scratch
+    block wraps around as reads fill it."""
+    short = stream_of([(1, [(1, b"s" * 300)])])
+    long_ = stream_of([(2, [(1, bytes(range(256)) * 400)])])  # 102,400 B
+    data = (short + long_) * 5 + short * 1000 + long_
+    records = feed(wire.RecordReader(), data, most)
+    assert [wire.decode_batch(r)[0] for r in records] == [1, 2] * 5 + [1] * 1000 + [2]
+    assert all((type(r.obj) is SendBuffer) == (len(r) >= ZERO_COPY_MIN) for r in records)
+    assert bytes(records[1]) == long_[4:] and bytes(records[0]) == short[4:]
 
 
 def test_results_round_trip_and_error_codes():
     assert wire.RESULTS_BY_CODE[wire.ERROR] is None
     reader = wire.RecordReader()
     data = wire.encode_results(7, b"\x00\x02\x05")
-    assert reader.feed(data[:5]) == []
-    (record,) = reader.feed(data[5:])
+    assert feed(reader, data[:5]) == []
+    (record,) = feed(reader, data[5:])
     assert wire.decode_results(record) == (7, b"\x00\x02\x05")
 
 
@@ -74,7 +102,7 @@ def _record(batch_id: int, pairs: list[int], bodies: bytes) -> bytes:
 ])
 def test_garbage_is_refused(garbage):
     with pytest.raises(ValueError):
-        for record in wire.RecordReader().feed(garbage):
+        for record in feed(wire.RecordReader(), garbage):
             wire.decode_batch(record)
 
 

@@ -110,8 +110,9 @@ class Egress:
             return failed
 
 
-class _WorkerConnection(asyncio.Protocol):
-    """One worker's connection: batch records in, result records out."""
+class _WorkerConnection(asyncio.BufferedProtocol):
+    """One worker's connection: batch records in (read straight into their buffers), result
+    records out."""
 
     def __init__(self, egress: Egress) -> None:
         self.egress = egress
@@ -122,9 +123,12 @@ class _WorkerConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         self.egress.workers.add(self)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.reader.buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
         try:
-            records = self.reader.feed(data)
+            records = self.reader.filled(nbytes)
         except ValueError as exc:
             self.egress.malformed += 1
             log.error("dropping a worker connection that sent garbage",

@@ -182,9 +182,9 @@ class EgressClient:
                           extra={"messages": batch.answered})
             _fail(batch.waiters, "no answer from the egress process in time")
 
-    def _on_data(self, data: bytes) -> None:
+    def _on_read(self, nbytes: int) -> None:
         try:
-            records = self.reader.feed(data)
+            records = self.reader.filled(nbytes)
         except ValueError as exc:
             log.error("malformed data from the egress process", extra={"error": str(exc)})
             if self.transport is not None:
@@ -217,7 +217,7 @@ class EgressClient:
                 at += waiter.count
 
 
-class _EgressConnection(asyncio.Protocol):
+class _EgressConnection(asyncio.BufferedProtocol):
     """The worker's connection to the egress: hands everything to its EgressClient."""
 
     def __init__(self, client: EgressClient) -> None:
@@ -226,8 +226,11 @@ class _EgressConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.client._connected(transport)  # type: ignore[arg-type]
 
-    def data_received(self, data: bytes) -> None:
-        self.client._on_data(data)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.client.reader.buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.client._on_read(nbytes)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.client._lost()

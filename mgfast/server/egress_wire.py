@@ -19,12 +19,14 @@ from __future__ import annotations
 import struct
 from array import array
 
+from mgfast._zmq_io import ZERO_COPY_MIN, SendBuffer
 from mgfast.zmq.writer import Buffer, WriteResult
 
 _LEN = struct.Struct("<I")
 _BATCH = struct.Struct("<IQI")  # record length, batch id, entries
 _REPLY = struct.Struct("<IQ")  # record length, batch id
 MAX_RECORD = 1 << 31  # a corrupt length is refused rather than buffered for
+SCRATCH = 256 * 1024  # the block reads go into (short records are copied out of it)
 
 # Result codes on the wire; ERROR = the writer raised (the worker answers 500).
 RESULT_CODES = {WriteResult.SUCCESS: 0, WriteResult.ACK: 1, WriteResult.SEND_TIMEOUT: 2,
@@ -75,35 +77,61 @@ def decode_results(record: memoryview) -> tuple[int, bytes]:
 
 
 class RecordReader:
-    """Cuts a byte stream into records (their bodies, without the length)."""
+    """Cuts a byte stream into records (their bodies, without the length), read the way of an
+    ``asyncio.BufferedProtocol``: ``buffer()`` to read into, then ``filled(n)``. Reads land in
+    one scratch block, and each short record is copied out of it; a record of ``ZERO_COPY_MIN``
+    bytes or more (large frames) is read straight into a ``SendBuffer`` of its own, so the
+    frames in it go on to libzmq by reference, not copied again."""
 
     def __init__(self) -> None:
-        self.buffer = bytearray()
+        self.scratch = bytearray(SCRATCH)
+        self.view = memoryview(self.scratch)
+        self.start = 0  # the first byte of the scratch not yet cut into a record
+        self.end = 0  # the end of what was read into the scratch
+        self.large: SendBuffer | None = None  # the long record being read, if one is
 
-    def feed(self, data: bytes) -> list[memoryview]:
-        """The records completed by ``data``; ValueError on an impossible length."""
-        buffer = self.buffer
-        if buffer:
-            buffer += data
-            if len(buffer) >= 4 and _LEN.unpack_from(buffer)[0] >= MAX_RECORD:
-                raise ValueError(f"egress record of {_LEN.unpack_from(buffer)[0]} bytes")
-            if len(buffer) < 4 or len(buffer) - 4 < _LEN.unpack_from(buffer)[0]:
-                return []  # the pending record is still incomplete: no copy yet
-            view = memoryview(bytes(buffer))
-            buffer.clear()
-        else:
-            view = memoryview(data)
-        records = []
-        at = 0
-        size = len(view)
-        while size - at >= 4:
+    def buffer(self) -> memoryview:
+        """Where the next read goes (never past the end of a long record)."""
+        if self.large is not None:
+            return self.large.unfilled()
+        if self.end == len(self.scratch):  # a short record's start sits at the end: move it
+            kept = self.end - self.start
+            self.scratch[:kept] = self.scratch[self.start:self.end]
+            self.start, self.end = 0, kept
+        return self.view[self.end:]
+
+    def filled(self, count: int) -> list[memoryview]:
+        """``count`` bytes were read into ``buffer()``: the records they complete. ValueError
+        on an impossible length."""
+        large = self.large
+        if large is not None:
+            large.advance(count)
+            if large.filled < large.size:
+                return []
+            self.large = None
+            return [memoryview(large)]
+        self.end += count
+        view, at, end = self.view, self.start, self.end
+        records: list[memoryview] = []
+        while end - at >= 4:
             (length,) = _LEN.unpack_from(view, at)
             if length >= MAX_RECORD:
                 raise ValueError(f"egress record of {length} bytes")
-            if size - at - 4 < length:
+            if length >= ZERO_COPY_MIN:  # a block of its own; the rest of it is read into it
+                block = SendBuffer(length)
+                have = min(end - at - 4, length)
+                block.append(view[at + 4:at + 4 + have])
+                at += 4 + have
+                if have < length:
+                    self.large = block
+                    break
+                records.append(memoryview(block))
+                continue
+            if end - at - 4 < length:
                 break
-            records.append(view[at + 4:at + 4 + length])
+            records.append(memoryview(bytes(view[at + 4:at + 4 + length])))
             at += 4 + length
-        if at < size:
-            buffer += view[at:]
+        if at == end:
+            at = self.end = 0
+        self.start = at
         return records

@@ -26,7 +26,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from mgfast._zmq_io import SendBuffer, recv_multipart, send_many, send_multipart
+from mgfast._zmq_io import ZERO_COPY_MIN, SendBuffer, recv_multipart, send_many, send_multipart
 from mgfast.media import MediaError, batch_writes, decode_media_batch, send_media_batch
 from mgfast.zmq.settings import OutStreamConfig
 from mgfast.zmq.sockets import CONFIRMATION, StreamClosed, open_socket
@@ -68,6 +68,14 @@ class _Run:
         self.future = future
         self.single = single
         self.start = start  # messages sent already, by the caller's fast path
+
+
+def _by_reference(body: Buffer | SendBuffer) -> bool:
+    """Whether a body lies in a SendBuffer and is large enough to hold frames that libzmq
+    takes by reference: then it goes as frame lists (``send_many``), not copied by the C fast
+    path."""
+    owner = body.obj if body.__class__ is memoryview else body
+    return owner.__class__ is SendBuffer and len(body) >= ZERO_COPY_MIN
 
 
 class OutStreamWriter:
@@ -168,7 +176,7 @@ class OutStreamWriter:
             raise StreamClosed(f"writer for {self.config.url} is not running")
         sent = 0
         if (not self._queue and not self._busy and not self._ack_every
-                and body.__class__ is not SendBuffer):  # (its frames go by reference instead)
+                and not _by_reference(body)):
             try:
                 done = send_media_batch(self._handle, body, self._ack_eos, check)
             except zmq.ZMQError as exc:
