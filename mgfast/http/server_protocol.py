@@ -43,12 +43,14 @@ class Request:
     """One request, and its parsing state while it is parsed (as uvicorn's request cycle: a
     new request starts from fresh state, nothing to reset). The body is bytes when it came in
     one piece, a ``SendBuffer`` when it announced a large length (its frames then reach libzmq
-    uncopied), else a bytearray. ``peer`` (the client's IP address) is set only by
+    uncopied), else bytes joined from its pieces once it is whole (a growing buffer would
+    hold its old and new copies at once on each reallocation: up to twice an unannounced
+    body's size while it arrives). ``peer`` (the client's IP address) is set only by
     ``AddressedHttpServerProtocol``."""
 
     __slots__ = ("method", "path", "content_type", "authorization", "body", "keep_alive",
                  "peer", "head_size", "head_spill", "body_size", "content_length",
-                 "expect_continue")
+                 "expect_continue", "pieces")
 
     peer: str  # set by AddressedHttpServerProtocol only
 
@@ -57,8 +59,9 @@ class Request:
         self.path = b""
         self.content_type = b""
         self.authorization = b""
-        self.body: bytes | bytearray | SendBuffer = b""
+        self.body: bytes | SendBuffer = b""
         self.keep_alive = True
+        self.pieces: list[bytes] | None = None  # a body's pieces while it arrives, if several
         # parsing
         self.head_size = 0  # bytes of request line and headers the parser has handed over
         self.head_spill = 0  # bytes of whole reads that fell inside the unfinished head
@@ -356,16 +359,20 @@ class HttpServerProtocol(asyncio.Protocol):
         if not size:
             request.body = body  # one piece: no copy
             return
-        if isinstance(buffer, bytes):
-            # A second piece of a small or unannounced body: the buffer grows with what
-            # arrives, never to an announced length (see the SendBuffer in on_headers_complete).
-            buffer = request.body = bytearray(buffer)
-        buffer += body
+        # A further piece of a small or unannounced body: kept as it came, joined once whole
+        # (on_message_complete), never reserved to an announced length (see the SendBuffer in
+        # on_headers_complete).
+        if request.pieces is None:
+            request.pieces = [buffer, body]  # the first piece, and this one
+        else:
+            request.pieces.append(body)
 
     def on_message_complete(self) -> None:
         request, self.request = self.request, None
         if request is None or self.failure is not None:
             return
+        if request.pieces is not None:
+            request.body, request.pieces = b"".join(request.pieces), None
         self.queue.append(request)
         if len(self.queue) >= MAX_PIPELINED and not self.reading_paused and self.transport:
             self.reading_paused = True
