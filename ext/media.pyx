@@ -1586,19 +1586,26 @@ cdef tuple _prepare_batch(object items):
     return prepared, size
 
 
+cdef Py_ssize_t _item_pieces(list pieces, object topic, object message,
+                             object parts) except -1:
+    """Append one MediaBatch item (its field header, then the Media's pieces) to ``pieces``;
+    its size in the batch."""
+    cdef list inner = []
+    cdef Py_ssize_t length = _media_pieces(inner, topic, message, parts)
+    pieces.append(_field_header(_TAG_MESSAGE, length))
+    pieces += inner
+    return _field_size(length)
+
+
 def encode_media_batch_pieces(items):
     """encode_media_batch as (body length, pieces), with the buffers uncopied."""
     cdef list prepared
     cdef Py_ssize_t size
     cdef list pieces = []
-    cdef list inner
     cdef tuple item
     prepared, size = _prepare_batch(items)
     for item in prepared:
-        inner = []
-        length = _media_pieces(inner, item[0], item[1], item[2])
-        pieces.append(_field_header(_TAG_MESSAGE, length))
-        pieces += inner
+        _item_pieces(pieces, item[0], item[1], item[2])
     return size, pieces
 
 
@@ -1607,16 +1614,10 @@ def encode_frames_batch_pieces(list messages):
     them as field headers and the buffers themselves, uncopied, with no batch limits (how a
     worker hands messages it decoded to the egress)."""
     cdef list pieces = []
-    cdef list inner
     cdef Py_ssize_t size = 0
-    cdef Py_ssize_t length
     for frames in messages:
-        inner = []
-        length = _media_pieces(inner, frames[0], frames[1],
-                               PySequence_Fast(frames[2:], "data parts must be a sequence"))
-        pieces.append(_field_header(_TAG_MESSAGE, length))
-        pieces += inner
-        size += _field_size(length)
+        size += _item_pieces(pieces, frames[0], frames[1],
+                             PySequence_Fast(frames[2:], "data parts must be a sequence"))
     return size, pieces
 
 

@@ -100,14 +100,13 @@ class Egress:
         """One entry (a MediaBatch the worker checked) written as a group."""
         try:
             done = self.writer.submit_batch(body, check=False)
-            if done is None or done[0] != count:
-                self.malformed += 1
-                raise ValueError(f"an entry of {count} messages from a worker does not hold them")
-            return done[2]
-        except (StreamClosed, RuntimeError, ValueError) as exc:
-            failed: asyncio.Future[list[WriteResult]] = asyncio.get_running_loop().create_future()
-            failed.set_exception(exc)
-            return failed
+        except (StreamClosed, RuntimeError) as exc:
+            return _failed(exc)
+        if done is None or done[0] != count:
+            self.malformed += 1
+            return _failed(ValueError(f"an entry of {count} messages from a worker does not "
+                                      f"hold them"))
+        return done[2]
 
 
 class _WorkerConnection(asyncio.BufferedProtocol):
@@ -157,3 +156,10 @@ class _WorkerConnection(asyncio.BufferedProtocol):
                     codes += bytes(egress_wire.RESULT_CODES[r] for r in results)
         if self.transport is not None:  # else the worker is gone, and so is its waiter
             self.transport.write(egress_wire.encode_results(batch_id, codes))
+
+
+def _failed(exc: Exception) -> asyncio.Future[list[WriteResult]]:
+    """A future that failed with ``exc``: its entry is answered ERROR."""
+    future: asyncio.Future[list[WriteResult]] = asyncio.get_running_loop().create_future()
+    future.set_exception(exc)
+    return future

@@ -171,12 +171,9 @@ class OutStreamWriter:
         None, with nothing written, when an item is malformed: then decode_media_batch gives
         each item's answer. ``check=False``: the items were checked already (check_media_batch
         in a worker), so only the envelope and each message's kind are read."""
-        loop = self._loop
-        if self._task is None or self._closing or loop is None:
-            raise StreamClosed(f"writer for {self.config.url} is not running")
+        loop = self._running_loop()
         sent = 0
-        if (not self._queue and not self._busy and not self._ack_every
-                and not _by_reference(body)):
+        if self._idle() and not _by_reference(body):
             try:
                 done = send_media_batch(self._handle, body, self._ack_eos, check)
             except zmq.ZMQError as exc:
@@ -198,18 +195,27 @@ class OutStreamWriter:
             return None
         return len(messages), size, self._enqueue(messages, eos, False, sent)
 
-    def _enqueue(self, messages: list[Frames], eos: list[bool] | None, single: bool,
-                 start: int = 0) -> asyncio.Future[Any]:
-        """Queue messages as one run; ``start``: how many of them were sent already."""
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        """The writer's loop; StreamClosed unless it was started and is not closing."""
         loop = self._loop
         if self._task is None or self._closing or loop is None:
             raise StreamClosed(f"writer for {self.config.url} is not running")
+        return loop
+
+    def _idle(self) -> bool:
+        """The writer task has nothing queued or in hand, and the socket is not REQ (which
+        awaits a reply to each message): a caller may send now, in its own turn."""
+        return not self._queue and not self._busy and not self._ack_every
+
+    def _enqueue(self, messages: list[Frames], eos: list[bool] | None, single: bool,
+                 start: int = 0) -> asyncio.Future[Any]:
+        """Queue messages as one run; ``start``: how many of them were sent already."""
+        loop = self._running_loop()
         for frames in messages:
             if len(frames) < 2:
                 raise ValueError("a Savant message needs at least the frames [topic, message]")
         future = loop.create_future()
-        if (not start and not self._queue and not self._busy and not self._ack_every
-                and (eos is None or not self._ack_eos)):
+        if not start and self._idle() and (eos is None or not self._ack_eos):
             # The writer task is idle and nothing waits for an acknowledgement: send now, in
             # the caller's turn (no task step, and the future is done when it is returned);
             # only what would block goes to the task.
