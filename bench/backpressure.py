@@ -15,8 +15,8 @@ server's whole process tree (sum of ``VmRSS``), and every response's status is c
 0.5 s slot in which it arrived. Expected: 200 while the consumer reads, then 504 (send
 timeout), and a resident set that levels off instead of growing with the requests sent.
 
-It runs for the server's default ``workers`` (one per CPU, plus the egress process) and for
-``workers`` 1 (the worker owns the out_stream), and draws ``backpressure.png``.
+It runs for ``workers`` 2 (plus the egress process) and for ``workers`` 1 (the worker owns the
+out_stream), and draws ``backpressure.png``.
 
     python -m bench.backpressure [--quick] [--chart PATH]    # prints JSON
     python -m bench --parts backpressure     # the same, written into bench/RESULTS.md
@@ -53,7 +53,7 @@ class Options:
     read_s: float = 3.0  # the consumer reads this long after the load starts, then stops
     load_s: float = 15.0  # new requests are sent this long
     after_s: float = 3.0  # sampling goes on this long after the last response
-    configs: tuple = (None, 1)  # server `workers`: None = its default
+    configs: tuple = (2, 1)  # server `workers`: with the egress, and without
 
 
 QUICK = Options(read_s=1.5, load_s=5.0, after_s=1.0)

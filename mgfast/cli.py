@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
                               '"strict": true in the config')
         if name == "server":
             sub.add_argument("--workers", type=_positive, help="worker processes (default: the "
-                             "config's `workers`, else the CPU count)")
+                             "config's `workers`, else the CPUs less one, at least 1)")
     commands.add_parser("pki", help="certificate authority and hash-directory tooling")
     commands.add_parser("users", help="basic-authentication users in etcd")
     args = parser.parse_args(argv)

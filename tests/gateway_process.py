@@ -117,10 +117,12 @@ class GatewayProcess(LoggedProcess):
 
 
 def server_config(out_url: str, **overrides: Any) -> dict[str, Any]:
-    """A minimal upstream-format server config on a free port."""
+    """A minimal upstream-format server config on a free port, with 2 workers (so the egress
+    and its hop are under test on any machine; the default would be 1 worker on 2 CPUs)."""
     config: dict[str, Any] = {
         "ip": "127.0.0.1",
         "port": free_port(),
+        "workers": 2,
         "out_stream": {
             "url": out_url,
             "send_timeout": {"secs": 1, "nanos": 0},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import os
 import re
 import socket
 import subprocess
@@ -45,6 +46,23 @@ def plain_server(tmp_path):
 def test_health(plain_server):
     status, body = http_get(plain_server.url + "/health")
     assert (status, body) == (200, b'{"status":"healthy"}')
+
+
+def test_without_workers_the_server_runs_one_per_cpu_less_one_and_delivers(tmp_path):
+    """The default layout: the CPUs this process may use less one (the egress takes one when
+    there are several workers). Whatever that is here, a message still reaches a reader."""
+    from mgfast.server.main import default_workers
+    expected = default_workers()
+    assert expected == max(1, len(os.sched_getaffinity(0)) - 1)
+    where = endpoint("ipc", tmp_path)
+    with sp.SavantReader(f"router+bind:{where}") as reader:
+        config = server_config(f"dealer+connect:{where}")
+        del config["workers"]
+        with GatewayProcess("server", config, tmp_path) as server:
+            server.wait_log(f"workers={expected}")
+            conn = http.client.HTTPConnection("127.0.0.1", config["port"], timeout=scaled(10))
+            assert post(conn, media("cam-default", sp.user_data("cam-default")))[0] == 200
+            assert reader.wait_for(1)[0].topic == b"cam-default"
 
 
 def test_both_protobuf_media_types_and_an_empty_protocol_version_are_accepted(tmp_path):

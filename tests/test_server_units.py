@@ -16,6 +16,7 @@ from mgfast.config.loader import load_server_config
 from mgfast.http.server_protocol import Request
 from mgfast.media import decode_media_batch, encode_media, encode_media_batch
 from mgfast.server.app import GatewayApp
+from mgfast.server.main import default_workers
 from mgfast.server.stats import WorkerStats
 from mgfast.server.supervisor import BACKOFF_FIRST, BACKOFF_MAX, STABLE_AFTER, Child, Supervisor
 from mgfast.zmq.sockets import StreamClosed
@@ -222,3 +223,11 @@ def test_waiting_on_a_process_that_exited_fails_at_once(tmp_path) -> None:
         proc.wait_log("never printed", timeout=30)
     assert time.monotonic() - started < 10
     assert proc.stop() == 3
+
+
+def test_the_default_workers_leave_the_egress_a_cpu(monkeypatch) -> None:
+    """Several workers bring the egress process: N CPUs get N - 1 workers, never fewer than 1
+    (one worker writes the out_stream itself), counting the CPUs this process may run on."""
+    assert [default_workers(cpus) for cpus in (1, 2, 3, 8, 64)] == [1, 1, 2, 7, 63]
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert default_workers() == 3

@@ -93,7 +93,7 @@ class ServerConfig:
     auth: BasicAuthConfig | None = None  # auth.basic
     statistics: Statistics | None = None
     http: HttpLimits = field(default_factory=HttpLimits)
-    workers: int | None = None  # mgfast: None means one per CPU
+    workers: int | None = None  # mgfast: None means server.main.default_workers()
     metrics: Listen | None = None  # mgfast
     source: str = "<embedded default>"  # the file it came from, for messages
 

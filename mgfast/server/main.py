@@ -35,6 +35,21 @@ def _reserve_port(config: ServerConfig) -> tuple[socket.socket, ServerConfig]:
     return holder, dataclasses.replace(config, port=holder.getsockname()[1])
 
 
+def default_workers(cpus: int | None = None) -> int:
+    """One process per usable CPU, the egress included: ``cpus - 1`` workers, at least 1.
+
+    With one worker there is no egress and no hop. With N workers the egress is one more busy
+    process, so N workers on N CPUs would leave the egress no CPU of its own; on a 2-CPU host
+    2 workers served fewer requests than 1 at twice the CPU per request (README, "The
+    server's processes")."""
+    if cpus is None:
+        try:
+            cpus = len(os.sched_getaffinity(0))  # what this process may run on (taskset, cpuset)
+        except AttributeError:  # not Linux
+            cpus = os.cpu_count() or 1
+    return max(1, cpus - 1)
+
+
 def run(config: ServerConfig, workers: int | None = None) -> int:
     """Serve until a signal asks to stop; return the process exit status."""
     if config.tls is not None:
@@ -61,7 +76,7 @@ def run(config: ServerConfig, workers: int | None = None) -> int:
                 reserved.close()
             raise
         values_dir = metrics.prepare()  # before any process imports the metric catalog
-    count = workers or config.workers or os.cpu_count() or 1
+    count = workers or config.workers or default_workers()
     peers_dir = None
     if config.auth is not None and config.auth.quarantine is not None and count > 1:
         # the workers share failed attempts through sockets here (mgfast.auth.peers)
