@@ -895,18 +895,32 @@ cdef int _scan_message(const uint8_t* p, Py_ssize_t start, Py_ssize_t end, int* 
     return 0
 
 
-cdef int _content_kind(const uint8_t* p, Py_ssize_t start, Py_ssize_t end) noexcept nogil:
-    """The kind of a Savant Message that _scan_message accepted before: its last content
-    member's field number, from the top-level fields alone."""
+cdef int _top_kind(const uint8_t* p, Py_ssize_t start, Py_ssize_t end, int* kind,
+                   _Err* e) noexcept nogil:
+    """A Savant Message's kind (its last content member's field number, 0 if none) from the
+    top-level fields alone, nothing below them checked; non-zero if those cannot be read."""
     cdef Py_ssize_t pos = start
-    cdef int kind = 0
     cdef _Field f
-    cdef _Err e
+    cdef int rc
+    e.layer = _L_MESSAGE
+    e.base = start
+    e.depth = 0
+    e.msgs[0] = _M_MESSAGE
+    kind[0] = 0
     while pos < end:
-        if _next_field(p, &pos, end, &f, &e):
-            break
+        rc = _next_field(p, &pos, end, &f, e)
+        if rc:
+            return rc
         if f.number <= _MAX_FIELD and _MSGS[_M_MESSAGE].fields[f.number].flags & _F_KIND:
-            kind = <int>f.number
+            kind[0] = <int>f.number
+    return 0
+
+
+cdef int _content_kind(const uint8_t* p, Py_ssize_t start, Py_ssize_t end) noexcept nogil:
+    """The kind of a Savant Message that _scan_message accepted before."""
+    cdef int kind
+    cdef _Err e
+    _top_kind(p, start, end, &kind, &e)
     return kind
 
 
@@ -1186,9 +1200,20 @@ def message_kind(message):
 
 
 def is_end_of_stream(message):
-    """Whether a Savant message is an end of stream (message_kind 9) in one call, for the
-    client's reader, which asks it of every message; MediaError if malformed."""
-    return _kind_of(message) == 9  # Kind.END_OF_STREAM
+    """Whether a Savant message is an end of stream (message_kind 9), for the client's reader,
+    which asks it of every message: from the top-level fields alone, a MediaError only if those
+    cannot be read. Checking the whole message here cost the client 0.6 us per 500 B frame,
+    and the server checks every message it is sent anyway (400 for a malformed one)."""
+    cdef Py_buffer v
+    cdef int kind
+    cdef int rc
+    cdef _Err e
+    PyObject_GetBuffer(message, &v, PyBUF_SIMPLE)
+    rc = _top_kind(<const uint8_t*>v.buf, 0, v.len, &kind, &e)
+    PyBuffer_Release(&v)
+    if rc:
+        raise _error(&e)
+    return kind == 9  # Kind.END_OF_STREAM
 
 
 def routing_labels(message):

@@ -470,7 +470,10 @@ def test_server_answering_400_and_413_does_not_block_the_stream(tmp_path):
     good = [[b"cam-1", message, b"%d" % i] for i in range(20)]
     poison = [b"\xff\xfe", message, b"bad topic"]  # the server answers 400: topic not UTF-8
     too_big = [b"cam-1", message, BIG]  # over max_body_size: 413
-    stream = good[:5] + [poison] + good[5:10] + [too_big] + good[10:]
+    # Well-formed at the top, broken inside (a truncated varint in user_data): the client's
+    # reader reads only the top level for the end-of-stream test, the server checks it all: 400
+    deep = [b"cam-1", b"\x0a\x050.2.0" + bytes([8 << 3 | 2, 1, 0xFF]), b"broken inside"]
+    stream = good[:5] + [poison] + good[5:10] + [too_big] + good[10:15] + [deep] + good[15:]
     with sp.SavantReader(f"router+bind:{out}") as final, \
             GatewayProcess("server", config, tmp_path) as server, \
             GatewayProcess("client", client_config(f"router+bind:{into}", server.url),
@@ -487,9 +490,10 @@ def test_server_answering_400_and_413_does_not_block_the_stream(tmp_path):
             context.term()
         stats = stop_client(client)
     assert [m.frames for m in received] == good
-    assert stats["rejected"] == 2 and stats["forwarded"] == len(good)
+    assert stats["rejected"] == 3 and stats["forwarded"] == len(good)
     log = client.log()
     assert "topic=\\xff\\xfe" in log and "status=400" in log and "UTF-8" in log
+    assert "truncated varint" in log and "user_data" in log
     assert f"size={len(b'cam-1') + len(message) + len(BIG)}" in log and "status=413" in log
 
 

@@ -26,6 +26,7 @@ from mgfast.media import (
     encode_media_batch,
     encode_frames_batch_pieces,
     encode_media_batch_pieces,
+    is_end_of_stream,
     message_kind,
 )
 from tests import savant_proto as pb
@@ -243,6 +244,27 @@ def test_real_savant_messages(make, kind, check):
         assert getattr(loaded, check)()
         assert loaded.labels == ["edge", "gpu"]
         assert [bytes(d) for d in data] == [b"\x00" * 1000]
+    assert is_end_of_stream(raw) == (kind == Kind.END_OF_STREAM)
+
+
+def test_end_of_stream_is_told_from_the_top_level_alone():
+    """The client's reader asks it of every message; the server checks the whole message. A
+    top level that cannot be read is a MediaError; what is broken below it is the server's to
+    refuse, and the kind is still told (the last content member, as protobuf's oneof)."""
+    eos, user_data = ld(9, b""), ld(8, b"")
+    assert is_end_of_stream(ld(1, b"0.2.0") + eos)
+    assert not is_end_of_stream(ld(1, b"0.2.0") + user_data)
+    assert not is_end_of_stream(ld(1, b"0.2.0"))  # no content: not an end of stream
+    broken_inside = ld(1, b"0.2.0") + ld(9, b"\xff")  # a truncated varint inside
+    with pytest.raises(MediaError, match="truncated varint"):
+        message_kind(broken_inside)
+    assert is_end_of_stream(broken_inside)
+    assert is_end_of_stream(user_data + eos) and not is_end_of_stream(eos + user_data)
+    for top_level_broken, why in ((b"\xff", "truncated varint at byte 0"),
+                                  (ld(1, b"0.2.0")[:-1], "truncated length"),
+                                  (tag(9, 3), "group wire type")):
+        with pytest.raises(MediaError, match=why):
+            is_end_of_stream(top_level_broken)
 
 
 @needs_savant_rs

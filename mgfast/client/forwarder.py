@@ -32,7 +32,9 @@ from mgfast.zmq.sockets import StreamClosed
 log = logging.getLogger("mgfast.client")
 
 
-# The reader's end-of-stream test (MediaError on a malformed Savant message): one C call.
+# The reader's end-of-stream test: one C call that reads the message's top-level fields alone
+# (MediaError if those cannot be read: the reader drops it). What is broken deeper goes on to
+# the server, which checks every message and answers 400: logged and skipped here.
 is_eos = is_end_of_stream
 
 
