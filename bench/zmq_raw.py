@@ -7,13 +7,14 @@ benchmark:
 
 Small messages (the pipeline's: user data and one extra frame, 200 B) over ipc:
 
-- receive, as the client reads its in_stream: a savant-rs writer (``dealer+connect``, its own
-  process) sends ``count`` messages as fast as it can. ``libzmq``: a ROUTER read with
+- receive, as the client reads its in_stream: the pipeline benchmark's savant-rs writer
+  (``bench.peers``, ``dealer+connect``, its own process) sends ``count`` messages as fast as it
+  can. ``libzmq``: a ROUTER read with
   ``recv_messages``, waiting in ``zmq.select`` when nothing is queued (libzmq's I/O thread does
   the socket reads). ``raw``: a Unix socket that answers the ZMTP 3.0 greeting and READY itself,
   then only reads the bytes into a 256 KiB buffer, parsing nothing;
-- send, as a worker writes its out_stream: a savant-rs reader (``router+bind``, its own process)
-  takes ``count`` messages. ``libzmq``: a DEALER written with ``send_media_batch`` from
+- send, as a worker writes its out_stream: the pipeline benchmark's savant-rs reader
+  (``router+bind``) takes ``count`` messages and checks that each arrived once, in order. ``libzmq``: a DEALER written with ``send_media_batch`` from
   MediaBatch bodies of 64 (no high-water mark, the items not checked: the transport alone).
   ``raw``: a Unix socket that does the ZMTP 3.0 handshake as a DEALER, then writes each 64
   messages' frames, made beforehand, in one ``sendall``.
@@ -25,7 +26,6 @@ alternating. ``raw`` leaves out the framing a native peer would do in C (tens of
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import resource
 import socket
@@ -36,22 +36,15 @@ from collections.abc import Callable
 
 import zmq
 
+from bench.peers import HEADER, PeerProcess, message_overhead, reader_main, topics, writer_main
 from mgfast._messages import Message
 from mgfast._zmq_io import recv_messages
 from mgfast.media import encode_media_batch, is_end_of_stream, send_media_batch
 
-SMALL = 200
+SMALL = 200  # bytes of topic + Savant message + extra, as the pipeline's small messages
 BATCH = 64
-TOPIC = b"cam-0"
-
-
-def _savant_message() -> tuple[object, bytes, bytes]:
-    """(savant-rs message, its bytes, the extra frame that makes the whole 200 B)."""
-    import savant_rs
-    message = savant_rs.serialization_module.Message.user_data(
-        savant_rs.primitives.UserData(TOPIC.decode()))
-    raw = savant_rs.serialization_module.save_message_to_bytes(message)
-    return message, raw, b"x" * (SMALL - len(TOPIC) - len(raw))
+WIRE = 3 * 2 + SMALL  # a message on the wire: three short frames, a 2-byte header each
+TIMEOUT = 120.0
 
 
 def _cpu() -> float:
@@ -85,144 +78,136 @@ def _handshake(conn: socket.socket, socket_type: bytes) -> None:
 
 # ---- receive --------------------------------------------------------------------------------
 
-def _writer(url: str, count: int, go: multiprocessing.synchronize.Event) -> None:
-    from savant_rs.zmq import BlockingWriter, WriterConfigBuilder
-    message, _, extra = _savant_message()
-    builder = WriterConfigBuilder(url)
-    builder.with_send_hwm(1000)
-    writer = BlockingWriter(builder.build())
-    writer.start()
-    go.wait(30)
-    for _ in range(count):
-        writer.send_message(TOPIC.decode(), message, extra)
-    time.sleep(1)  # let libzmq flush before the process ends
-    writer.shutdown()
+def _receiving(url: str, count: int, receive: Callable[[], None]) -> float:
+    """The writer sends ``count`` messages to ``url`` while ``receive`` takes them; CPU per
+    message of this process."""
+    writer = PeerProcess(writer_main, url, 1, SMALL)
+    try:
+        started = _cpu()
+        writer.conn.send(("run", 0, count, TIMEOUT, 0))  # as fast as the path takes them
+        receive()
+        spent = _cpu() - started
+        sent, failed, _, _ = writer.conn.recv()
+        if (sent, failed) != (count, 0):
+            raise RuntimeError(f"the writer sent {sent:,} of {count:,} ({failed} failed)")
+    finally:
+        writer.stop()
+    return spent / count * 1e6
 
 
 def receive_libzmq(path: str, count: int) -> float:
     context = zmq.Context()
     router = context.socket(zmq.ROUTER)
     router.bind(f"ipc://{path}")
-    go = multiprocessing.Event()
-    writer = multiprocessing.Process(target=_writer,
-                                     args=(f"dealer+connect:ipc://{path}", count, go))
-    writer.start()
     routes: dict[bytes, bytes] = {}
 
     def accept(parts: list[bytes]) -> Message | None:
         routes[parts[1]] = parts[0]
         return Message(parts[1], parts[1:])
 
-    started = _cpu()
-    go.set()
-    got = 0
-    while got < count:
-        _, taken = recv_messages(router.underlying, 1000, 65536, routes, is_end_of_stream,
-                                 accept)
-        got += taken
-        if not taken:
-            zmq.select([router], [], [], 1.0)
-    spent = _cpu() - started
-    writer.join(30)
-    router.close(linger=0)
-    context.term()
-    return spent / count * 1e6
+    def receive() -> None:
+        got = 0
+        while got < count:
+            _, taken = recv_messages(router.underlying, 1000, 65536, routes, is_end_of_stream,
+                                     accept)
+            got += taken
+            if not taken:
+                zmq.select([router], [], [], 1.0)
+
+    try:
+        return _receiving(f"dealer+connect:ipc://{path}", count, receive)
+    finally:
+        router.close(linger=0)
+        context.term()
 
 
 def receive_raw(path: str, count: int) -> float:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(1)
-    go = multiprocessing.Event()
-    writer = multiprocessing.Process(target=_writer,
-                                     args=(f"dealer+connect:ipc://{path}", count, go))
-    writer.start()
-    conn, _ = listener.accept()
-    _handshake(conn, b"ROUTER")
-    per_message = 3 * 2 + SMALL  # three short frames, a 2-byte header each
     buffer = bytearray(256 * 1024)
-    started = _cpu()
-    go.set()
-    received = 0
-    while received < per_message * count:
-        n = conn.recv_into(buffer)
-        if not n:
-            raise RuntimeError(f"the writer stopped after {received:,} bytes")
-        received += n
-    spent = _cpu() - started
-    conn.close()
-    writer.join(30)
-    listener.close()
-    return spent / count * 1e6
+
+    def receive() -> None:
+        conn, _ = listener.accept()
+        _handshake(conn, b"ROUTER")
+        received = 0
+        while received < WIRE * count:
+            n = conn.recv_into(buffer)
+            if not n:
+                raise RuntimeError(f"the writer stopped after {received:,} bytes")
+            received += n
+        conn.close()
+
+    try:
+        return _receiving(f"dealer+connect:ipc://{path}", count, receive)
+    finally:
+        listener.close()
 
 
 # ---- send -----------------------------------------------------------------------------------
 
-def _reader(url: str, count: int, done: multiprocessing.synchronize.Event) -> None:
-    from savant_rs.zmq import BlockingReader, ReaderConfigBuilder, ReaderResultMessage
-    builder = ReaderConfigBuilder(url)
-    builder.with_receive_timeout(100)
-    reader = BlockingReader(builder.build())
-    reader.start()
-    got = 0
-    while got < count:
-        if isinstance(reader.receive(), ReaderResultMessage):
-            got += 1
-    done.set()
-    reader.shutdown()
+def _batches(count: int) -> list[list[tuple[bytes, bytes, bytes]]]:
+    """``count`` messages (topic, Savant message, extra) as the pipeline's writer makes them,
+    with sequence numbers the reader checks, in batches of BATCH."""
+    import savant_rs
+    source = topics(1)[0]
+    ser = savant_rs.serialization_module
+    message = ser.save_message_to_bytes(
+        ser.Message.user_data(savant_rs.primitives.UserData(source)))
+    pad = b"\x00" * (SMALL - message_overhead(source) - HEADER.size)
+    items = [(source.encode(), message, HEADER.pack(0, 0, seq, 0) + pad)
+             for seq in range(count // BATCH * BATCH)]
+    return [items[i:i + BATCH] for i in range(0, len(items), BATCH)]
 
 
-def _with_reader(path: str, count: int, send: Callable[[str], None]) -> float:
-    done = multiprocessing.Event()
-    reader = multiprocessing.Process(target=_reader,
-                                     args=(f"router+bind:ipc://{path}", count, done))
-    reader.start()
-    deadline = time.monotonic() + 30
-    while not os.path.exists(path) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    started = _cpu()
-    send(path)
-    if not done.wait(120):
-        raise RuntimeError("the reader did not get every message")
-    spent = _cpu() - started
-    reader.join(30)
+def _sending(url: str, count: int, send: Callable[[], None]) -> float:
+    """``send`` writes ``count`` messages while the reader at ``url`` takes them; CPU per
+    message of this process, until the reader has them all, once each and in order."""
+    reader = PeerProcess(reader_main, url, 1)
+    try:
+        started = _cpu()
+        send()
+        stats = reader.call(("wait", 0, count, TIMEOUT), TIMEOUT + 10)
+        spent = _cpu() - started
+    finally:
+        reader.stop()
+    if (stats["unique"], stats["duplicates"], stats["gaps"]) != (count, 0, 0):
+        raise RuntimeError(f"the reader got {stats}")
     return spent / count * 1e6
 
 
 def send_libzmq(path: str, count: int) -> float:
-    _, raw, extra = _savant_message()
-    body = encode_media_batch([(TOPIC, raw, [extra])] * BATCH)
+    bodies = [encode_media_batch([(t, m, [e]) for t, m, e in batch]) for batch in _batches(count)]
     context = zmq.Context()
     dealer = context.socket(zmq.DEALER)
     dealer.setsockopt(zmq.SNDHWM, 0)
 
-    def send(path: str) -> None:
+    def send() -> None:
         dealer.connect(f"ipc://{path}")
-        for _ in range(count // BATCH):
+        for body in bodies:
             send_media_batch(dealer.underlying, body, False, False)
 
     try:
-        return _with_reader(path, count // BATCH * BATCH, send)
+        return _sending(f"router+bind:ipc://{path}", len(bodies) * BATCH, send)
     finally:
         dealer.close(linger=0)
         context.term()
 
 
 def send_raw(path: str, count: int) -> float:
-    _, raw, extra = _savant_message()
-    wire = b"".join(bytes([flags, len(frame)]) + frame
-                    for _ in range(BATCH)
-                    for flags, frame in ((1, TOPIC), (1, raw), (0, extra)))
+    wires = [b"".join(bytes([flags, len(frame)]) + frame
+                      for item in batch for flags, frame in zip((1, 1, 0), item))
+             for batch in _batches(count)]
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 
-    def send(path: str) -> None:
+    def send() -> None:
         conn.connect(path)
         _handshake(conn, b"DEALER")
-        for _ in range(count // BATCH):
+        for wire in wires:
             conn.sendall(wire)
 
     try:
-        return _with_reader(path, count // BATCH * BATCH, send)
+        return _sending(f"router+bind:ipc://{path}", len(wires) * BATCH, send)
     finally:
         conn.close()
 
